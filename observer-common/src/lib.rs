@@ -1,0 +1,387 @@
+//! The kernel/user ABI of observer.
+//!
+//! Every type here crosses the boundary between the eBPF programs and userspace, either as a
+//! ring-buffer event, a map value, or a load-time global. All are `#[repr(C)]` with explicit
+//! padding and no `bool`, and their sizes are asserted at compile time so that both sides fail
+//! to build rather than disagree. Event kinds have fixed discriminants; a retired number is never
+//! reused.
+#![no_std]
+
+use core::mem::{align_of, size_of};
+
+/// Bumped whenever a layout below changes. Recordings carry it, and replay refuses a mismatch.
+pub const ABI_VERSION: u32 = 1;
+
+/// Transitions kept per socket in the kernel. Beyond this the last slot is overwritten, so the
+/// final state is never lost, and `ConnState::n_transitions` tells how many there were.
+pub const MAX_TRANSITIONS: usize = 8;
+
+/// `TASK_COMM_LEN` in the kernel.
+pub const COMM_LEN: usize = 16;
+
+/// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
+pub mod tcp_state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const SYN_RECV: u8 = 3;
+    pub const FIN_WAIT1: u8 = 4;
+    pub const FIN_WAIT2: u8 = 5;
+    pub const TIME_WAIT: u8 = 6;
+    pub const CLOSE: u8 = 7;
+    pub const CLOSE_WAIT: u8 = 8;
+    pub const LAST_ACK: u8 = 9;
+    pub const LISTEN: u8 = 10;
+    pub const CLOSING: u8 = 11;
+    pub const NEW_SYN_RECV: u8 = 12;
+}
+
+/// `AF_INET` and `AF_INET6`.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// Event kinds. Explicit and permanent: a retired number is never reused.
+pub mod kind {
+    /// [`crate::ConnClosed`]: a socket reached CLOSE; its whole kernel-side lifecycle.
+    pub const CONN_CLOSED: u16 = 1;
+    /// [`crate::Transition`]: one state change, only with `--transitions`.
+    pub const TRANSITION: u16 = 2;
+    /// [`crate::Reset`]: a RST on a socket the kernel map no longer (or never) tracked.
+    pub const RESET: u16 = 3;
+    /// [`crate::SynackRetransmit`]: a SYN-ACK retransmitted for a request socket.
+    pub const SYNACK_RETRANSMIT: u16 = 4;
+}
+
+/// The header every event starts with. It never moves.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    pub kind: u16,
+    /// Total length of the event in bytes, header included.
+    pub len: u16,
+    pub _pad: u32,
+    /// `CLOCK_BOOTTIME` nanoseconds (`bpf_ktime_get_boot_ns`).
+    pub ts_ns: u64,
+    /// `bpf_get_current_pid_tgid()` of whatever task was current: tgid << 32 | tid.
+    pub pid_tgid: u64,
+}
+
+/// Both ends of a socket, from the socket's own point of view. Ports are in host order;
+/// an IPv4 address fills the first four bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Endpoints {
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub family: u16,
+    pub _pad: u16,
+}
+
+/// The process that owns a socket: the caller of connect(), listen() or accept().
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    pub tgid: u32,
+    pub uid: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// `ConnState::flags`.
+pub mod conn_flag {
+    /// Born by CLOSE→SYN_SENT inside connect().
+    pub const ROLE_CLIENT: u16 = 1 << 0;
+    /// Born by LISTEN→SYN_RECV: a child of a listener.
+    pub const ROLE_SERVER: u16 = 1 << 1;
+    /// Entered LISTEN.
+    pub const ROLE_LISTENER: u16 = 1 << 2;
+    /// First seen mid-life: the socket existed before the observer started.
+    pub const PRE_EXISTING: u16 = 1 << 3;
+    /// `ConnState::tuple` has been read from the socket.
+    pub const TUPLE_VALID: u16 = 1 << 4;
+    /// `ConnState::owner` is known.
+    pub const OWNER_VALID: u16 = 1 << 5;
+}
+
+/// Per-socket state kept in the kernel map `CONNS`, keyed by the socket's address.
+/// Transitions accumulate here; userspace gets one [`ConnClosed`] when the socket closes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnState {
+    /// When the socket was born (its first transition) or first seen.
+    pub birth_ns: u64,
+    /// When accept() returned it, for server sockets.
+    pub accept_ns: u64,
+    /// `SO_COOKIE`.
+    pub cookie: u64,
+    /// Timestamp of each transition in `states`.
+    pub ts: [u64; MAX_TRANSITIONS],
+    pub tuple: Endpoints,
+    pub owner: Owner,
+    /// Inode number of the socket's network namespace.
+    pub netns: u32,
+    /// `tcp:tcp_retransmit_skb` while in SYN_SENT.
+    pub retrans_syn: u32,
+    /// `tcp:tcp_retransmit_skb` in any other state.
+    pub retrans_data: u32,
+    pub resets_sent: u16,
+    pub resets_received: u16,
+    /// The kernel's `enum sk_rst_reason` of the last RST sent, plus one; 0 when unknown.
+    pub rst_reason: u32,
+    pub flags: u16,
+    /// How many transitions happened, saturating at 255.
+    pub n_transitions: u8,
+    /// The state before the first recorded transition.
+    pub first_state: u8,
+    /// The new state of each transition, in order.
+    pub states: [u8; MAX_TRANSITIONS],
+}
+
+impl ConnState {
+    #[must_use]
+    pub const fn zeroed() -> Self {
+        // SAFETY: every field is an integer or an array of integers.
+        unsafe { core::mem::zeroed() }
+    }
+}
+
+/// Kernel counters read from `tcp_sock` and `sock` at CLOSE.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CloseInfo {
+    /// `tcp_sock.bytes_received`: payload bytes received.
+    pub bytes_received: u64,
+    /// `tcp_sock.bytes_acked`: payload bytes sent and acknowledged by the peer.
+    pub bytes_acked: u64,
+    pub segs_in: u32,
+    pub segs_out: u32,
+    pub data_segs_in: u32,
+    pub data_segs_out: u32,
+    /// `tcp_sock.srtt_us`: smoothed RTT in microseconds, times 8.
+    pub srtt_us_x8: u32,
+    pub total_retrans: u32,
+    /// `sock.sk_err`: why the socket died (ECONNREFUSED, ETIMEDOUT, ECONNRESET, …), or 0.
+    pub sk_err: i32,
+    /// 1 when `SOCK_DONE` is set in `sock.sk_flags`: `tcp_fin()` ran, the peer's FIN arrived.
+    /// (`sk_shutdown` cannot tell: close() sets both bits on an orphaned socket.)
+    pub peer_fin: u8,
+    pub _pad: [u8; 3],
+}
+
+/// [`kind::CONN_CLOSED`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnClosed {
+    pub header: EventHeader,
+    /// Kernel address of the socket.
+    pub sk: u64,
+    pub state: ConnState,
+    pub close: CloseInfo,
+}
+
+/// [`kind::TRANSITION`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub header: EventHeader,
+    pub sk: u64,
+    /// `ConnState::birth_ns` of the socket, so the transition joins its connection's uid.
+    pub birth_ns: u64,
+    pub tuple: Endpoints,
+    pub netns: u32,
+    pub old_state: u8,
+    pub new_state: u8,
+    /// `ConnState::flags` at the time of the transition.
+    pub flags: u16,
+}
+
+/// `Reset::flags`.
+pub mod reset_flag {
+    /// The RST was sent by this host (`tcp_send_reset`); otherwise received.
+    pub const SENT: u8 = 1 << 0;
+    /// `Reset::reason` holds the kernel's `enum sk_rst_reason` (6.10+).
+    pub const HAS_REASON: u8 = 1 << 1;
+    /// `Reset::tuple` is filled.
+    pub const TUPLE_VALID: u8 = 1 << 2;
+}
+
+/// [`kind::RESET`]: a RST on a socket not (or no longer) in the kernel map: a socket that
+/// already reached CLOSE (tcp_disconnect sends its RST after CLOSE), a time-wait socket, or no
+/// socket at all.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reset {
+    pub header: EventHeader,
+    /// Kernel address of the socket, or 0.
+    pub sk: u64,
+    pub tuple: Endpoints,
+    pub reason: u32,
+    /// Socket state as the tracepoint reported it.
+    pub state: u8,
+    pub flags: u8,
+    pub _pad: u16,
+}
+
+/// [`kind::SYNACK_RETRANSMIT`]. The child socket does not exist yet, so userspace joins this to
+/// the child's record by its endpoints.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SynackRetransmit {
+    pub header: EventHeader,
+    /// The listener.
+    pub listener_sk: u64,
+    /// The request socket.
+    pub req: u64,
+    /// From the listener's side: local is the listening address.
+    pub tuple: Endpoints,
+}
+
+/// Indexes of the per-CPU counter array `COUNTERS`.
+pub mod counter {
+    /// Events dropped because the ring buffer was full.
+    pub const RING_FULL: u32 = 0;
+    /// Sockets not tracked because the `CONNS` map was full.
+    pub const MAP_FULL: u32 = 1;
+    /// Transitions that overwrote the last slot of a socket's `states`.
+    pub const TRANSITIONS_TRUNCATED: u32 = 2;
+    /// Events submitted to the ring buffer.
+    pub const EVENTS: u32 = 3;
+    /// Kernel memory reads (`bpf_probe_read_kernel`) that failed.
+    pub const READ_FAILED: u32 = 4;
+    pub const COUNT: u32 = 8;
+}
+
+/// `Layout::reset_layout`.
+pub mod reset_layout {
+    /// `tcp_send_reset` has no address fields (not expected on any supported kernel).
+    pub const NONE: u32 = 0;
+    /// sport, dport, family, saddr[4], daddr[4], saddr_v6[16], daddr_v6[16] fields (≤ 6.9).
+    pub const FIELDS: u32 = 1;
+    /// saddr[28], daddr[28] `sockaddr` blobs (6.10+).
+    pub const SOCKADDR: u32 = 2;
+}
+
+/// A field of a tracepoint record: its offset, or `u32::MAX` when absent.
+pub const ABSENT: u32 = u32::MAX;
+
+/// Byte offsets resolved at load time: kernel struct fields from BTF, tracepoint record fields
+/// from tracefs. Written into the global `LAYOUT` with `EbpfLoader::override_global`, so one
+/// object runs on every kernel without CO-RE.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    // struct sock_common / sock / inet_sock
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_dport: u32,
+    pub skc_family: u32,
+    pub skc_net: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    pub inet_sport: u32,
+    pub sk_protocol: u32,
+    pub sk_err: u32,
+    /// `sock.sk_flags`, and the bit number of `SOCK_DONE` in it (`enum sock_flags`).
+    pub sk_flags: u32,
+    pub sock_done_bit: u32,
+    /// `struct net` → `ns.inum`.
+    pub net_ns_inum: u32,
+    // struct tcp_sock
+    pub tcp_bytes_received: u32,
+    pub tcp_bytes_acked: u32,
+    pub tcp_segs_in: u32,
+    pub tcp_segs_out: u32,
+    pub tcp_data_segs_in: u32,
+    pub tcp_data_segs_out: u32,
+    pub tcp_srtt_us: u32,
+    pub tcp_total_retrans: u32,
+    // task → files → fdt → fd[] → file → socket → sk
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_private_data: u32,
+    pub socket_sk: u32,
+    // tracepoint records
+    pub tp_retransmit_skaddr: u32,
+    pub tp_retransmit_state: u32,
+    /// `err` (newer kernels: the tracepoint also fires for failed attempts), or [`ABSENT`].
+    pub tp_retransmit_err: u32,
+    pub tp_synack_skaddr: u32,
+    pub tp_synack_req: u32,
+    pub tp_synack_sport: u32,
+    pub tp_synack_dport: u32,
+    pub tp_synack_family: u32,
+    pub tp_synack_saddr: u32,
+    pub tp_synack_daddr: u32,
+    pub tp_synack_saddr_v6: u32,
+    pub tp_synack_daddr_v6: u32,
+    pub tp_send_reset_skaddr: u32,
+    pub tp_send_reset_state: u32,
+    /// `reason`, or [`ABSENT`] before 6.10.
+    pub tp_send_reset_reason: u32,
+    /// One of [`reset_layout`].
+    pub tp_send_reset_layout: u32,
+    /// With `SOCKADDR`: the saddr/daddr blobs. With `FIELDS`: unused (see below).
+    pub tp_send_reset_saddr: u32,
+    pub tp_send_reset_daddr: u32,
+    /// With `FIELDS`: the classic tuple fields.
+    pub tp_send_reset_sport: u32,
+    pub tp_send_reset_dport: u32,
+    pub tp_send_reset_family: u32,
+    pub tp_send_reset_saddr4: u32,
+    pub tp_send_reset_daddr4: u32,
+    pub tp_send_reset_saddr6: u32,
+    pub tp_send_reset_daddr6: u32,
+    pub tp_receive_reset_skaddr: u32,
+    pub tp_accept_ret: u32,
+    pub skc_state: u32,
+}
+
+impl Layout {
+    #[must_use]
+    pub const fn zeroed() -> Self {
+        // SAFETY: every field is an integer.
+        unsafe { core::mem::zeroed() }
+    }
+}
+
+/// Run-time settings, written into the global `SETTINGS` at load time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Non-zero: emit a [`Transition`] per state change (`--transitions`).
+    pub emit_transitions: u32,
+    /// Wake userspace only once this many bytes wait in the ring; it also drains on a timer.
+    pub wakeup_bytes: u32,
+}
+
+impl Settings {
+    #[must_use]
+    pub const fn zeroed() -> Self {
+        Self { emit_transitions: 0, wakeup_bytes: 0 }
+    }
+}
+
+const _: () = {
+    assert!(size_of::<EventHeader>() == 24);
+    assert!(size_of::<Endpoints>() == 40);
+    assert!(size_of::<Owner>() == 24);
+    assert!(size_of::<ConnState>() == 184);
+    assert!(align_of::<ConnState>() == 8);
+    assert!(size_of::<CloseInfo>() == 48);
+    assert!(size_of::<ConnClosed>() == 264);
+    assert!(size_of::<Transition>() == 88);
+    assert!(size_of::<Reset>() == 80);
+    assert!(size_of::<SynackRetransmit>() == 80);
+    assert!(size_of::<Layout>() == 55 * 4);
+    assert!(size_of::<Settings>() == 8);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are `#[repr(C)]`, made of integers, with explicit padding.
+    unsafe impl aya::Pod for super::ConnState {}
+    unsafe impl aya::Pod for super::Layout {}
+    unsafe impl aya::Pod for super::Settings {}
+}

@@ -1,0 +1,73 @@
+//! observer's eBPF programs. Entry points are thin: each hands its context to a module that
+//! holds the logic and opens with its hook map (which hook, why, cost, fallback).
+//!
+//! Data flows one way: hooks update per-socket state in the `CONNS` map and write events into
+//! the `EVENTS` ring buffer; userspace drains the ring in batches.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod accept;
+#[cfg(target_arch = "bpf")]
+mod kernel;
+#[cfg(target_arch = "bpf")]
+mod lifecycle;
+#[cfg(target_arch = "bpf")]
+mod runtime;
+#[cfg(target_arch = "bpf")]
+mod tcp_events;
+
+#[cfg(target_arch = "bpf")]
+mod programs {
+    use aya_ebpf::{
+        macros::{btf_tracepoint, tracepoint},
+        programs::{BtfTracePointContext, TracePointContext},
+    };
+
+    #[btf_tracepoint(function = "inet_sock_set_state")]
+    pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
+        crate::lifecycle::on_set_state(&ctx);
+        0
+    }
+
+    #[tracepoint]
+    pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
+        crate::tcp_events::on_retransmit(&ctx);
+        0
+    }
+
+    #[tracepoint]
+    pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
+        crate::tcp_events::on_synack_retransmit(&ctx);
+        0
+    }
+
+    #[tracepoint]
+    pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+        crate::tcp_events::on_send_reset(&ctx);
+        0
+    }
+
+    #[tracepoint]
+    pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+        crate::tcp_events::on_receive_reset(&ctx);
+        0
+    }
+
+    /// Attached to both `syscalls:sys_exit_accept4` and `syscalls:sys_exit_accept`.
+    #[tracepoint]
+    pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+        crate::accept::on_accept_exit(&ctx);
+        0
+    }
+}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Any reachable panic fails verification; this loop is never reached at run time.
+    loop {}
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

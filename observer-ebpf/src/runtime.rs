@@ -1,0 +1,96 @@
+//! Maps, load-time globals, loss counters and ring-buffer submission shared by every hook.
+//!
+//! - `CONNS` holds per-socket state keyed by the socket's kernel address, so transitions,
+//!   retransmits and resets accumulate in the kernel and userspace gets one event per socket.
+//! - `EVENTS` is the single ring buffer. Producers submit with `BPF_RB_NO_WAKEUP` until
+//!   `Settings::wakeup_bytes` are waiting, so userspace is woken per batch, never per event;
+//!   it also drains on a timer.
+//! - `COUNTERS` is a per-CPU array: every event lost to a full ring or a full map is counted.
+
+use aya_ebpf::{
+    helpers::bpf_probe_read_kernel,
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+};
+use aya_ebpf::helpers::bpf_get_current_pid_tgid;
+use observer_common::{ConnState, EventHeader, Layout, Settings, counter};
+
+/// Default size; userspace sets the real one with `EbpfLoader::map_max_entries`.
+#[map]
+pub static CONNS: HashMap<u64, ConnState> = HashMap::with_max_entries(65_536, 0);
+
+/// Default size; userspace sets the real one with `EbpfLoader::map_max_entries`.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Offsets resolved from BTF and tracefs at load time.
+#[unsafe(no_mangle)]
+pub static LAYOUT: Layout = Layout::zeroed();
+
+#[unsafe(no_mangle)]
+static SETTINGS: Settings = Settings::zeroed();
+
+/// Reads one field of the load-time `LAYOUT` global. Volatile, so the compiler cannot fold the
+/// zero it was compiled with.
+macro_rules! layout {
+    ($field:ident) => {
+        // SAFETY: a plain read of a field of an initialised static.
+        unsafe { core::ptr::read_volatile(&raw const $crate::runtime::LAYOUT.$field) }
+    };
+}
+pub(crate) use layout;
+
+pub fn emit_transitions() -> bool {
+    // SAFETY: a plain read of an initialised static.
+    unsafe { core::ptr::read_volatile(&raw const SETTINGS.emit_transitions) != 0 }
+}
+
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+/// Flags for a ring-buffer submit: wake userspace only once a batch is waiting.
+pub fn wakeup_flags() -> u64 {
+    // SAFETY: a plain read of an initialised static.
+    let threshold = unsafe { core::ptr::read_volatile(&raw const SETTINGS.wakeup_bytes) };
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= u64::from(threshold) {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
+pub fn count(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot; programs do not preempt each other on one CPU for these hooks.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Reads a `T` at `base + offset` in kernel memory; counts failures.
+#[inline(always)]
+pub fn read<T>(base: u64, offset: u32) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel tolerates any address and reports faults as errors.
+    match unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) } {
+        Ok(value) => Some(value),
+        Err(_) => {
+            count(counter::READ_FAILED);
+            None
+        }
+    }
+}
+
+/// The header every event starts with.
+pub fn header(kind: u16, len: usize, now: u64) -> EventHeader {
+    EventHeader {
+        kind,
+        // Event sizes are compile-time constants far below 64 KiB.
+        len: len as u16,
+        _pad: 0,
+        ts_ns: now,
+        pid_tgid: bpf_get_current_pid_tgid(),
+    }
+}

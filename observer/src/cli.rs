@@ -1,0 +1,85 @@
+//! Command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "observer",
+    version,
+    about = "eBPF TCP connection observer: every connection's lifecycle, owner and counters, as NDJSON",
+    long_about = None,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Options of `run`, the default subcommand.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Capture TCP connections and write NDJSON records (the default).
+    Run(RunArgs),
+    /// Check this host: privileges, tracefs, BTF, cgroup2, and every hook this build uses.
+    Check,
+    /// Run a recording (`run --record FILE`) through the same tracker and output offline.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Filters {
+    /// Only connections with this port on either end.
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Only sockets in this network namespace: a path such as /run/netns/NAME or
+    /// /proc/PID/ns/net (with `replay`, also a namespace inode number).
+    #[arg(long, value_name = "PATH")]
+    pub netns: Option<String>,
+    /// Also write one record per state change (event.dataset = observer.state).
+    #[arg(long)]
+    pub transitions: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Append NDJSON to FILE instead of writing to stdout.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Also write the raw event stream to FILE, for `observer replay`.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    #[command(flatten)]
+    pub filters: Filters,
+    /// Sockets tracked at once in the kernel; beyond it new sockets are counted as lost.
+    #[arg(long, value_name = "N", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
+    pub max_connections: u32,
+    /// Ring buffer size in MiB (a power of two).
+    #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = ring_size)]
+    pub ring_mib: u32,
+    /// Stop after this many seconds (default: run until SIGINT or SIGTERM).
+    #[arg(long, value_name = "SECONDS")]
+    pub duration: Option<u64>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    /// A file written by `observer run --record FILE`.
+    pub file: PathBuf,
+    /// Append NDJSON to FILE instead of writing to stdout.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub filters: Filters,
+}
+
+fn ring_size(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    if !(1..=1024).contains(&n) || !n.is_power_of_two() {
+        return Err("must be a power of two between 1 and 1024".into());
+    }
+    Ok(n)
+}

@@ -1,0 +1,206 @@
+//! Raw event bytes (from the ring buffer or a recording) → plain Rust events.
+//!
+//! Every event starts with [`EventHeader`]; its `kind` selects the layout and its `len` must be
+//! exactly that layout's size. Anything else is an error, never a panic, so a corrupt
+//! recording or a kernel/userspace ABI mismatch is reported, not misread.
+
+use std::mem::size_of;
+
+use observer_common::{
+    ConnClosed, EventHeader, Reset, SynackRetransmit, Transition, counter, kind,
+};
+use thiserror::Error;
+
+/// Kind of the counter snapshots userspace writes into recordings. Kernel kinds stay below
+/// 0x8000.
+pub const KIND_COUNTERS: u16 = 0x8001;
+
+/// A snapshot of the kernel's per-CPU counters, summed over CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counters {
+    pub ts_ns: u64,
+    pub values: [u64; counter::COUNT as usize],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Closed(ConnClosed),
+    Transition(Transition),
+    Reset(Reset),
+    SynackRetransmit(SynackRetransmit),
+    Counters(Counters),
+}
+
+impl Event {
+    /// The event's `CLOCK_BOOTTIME` timestamp.
+    #[must_use]
+    pub fn ts_ns(&self) -> u64 {
+        match self {
+            Event::Closed(e) => e.header.ts_ns,
+            Event::Transition(e) => e.header.ts_ns,
+            Event::Reset(e) => e.header.ts_ns,
+            Event::SynackRetransmit(e) => e.header.ts_ns,
+            Event::Counters(c) => c.ts_ns,
+        }
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("event truncated: {got} bytes, need at least {need}")]
+    Truncated { got: usize, need: usize },
+    #[error("unknown event kind {0}")]
+    UnknownKind(u16),
+    #[error("event kind {kind} declares {declared} bytes, its layout has {expected}")]
+    BadLength { kind: u16, declared: u16, expected: usize },
+}
+
+/// Copies a `T` out of `bytes`.
+///
+/// Only for the `#[repr(C)]` integer-only types of `observer_common`: every bit pattern is a
+/// valid value, so any bytes of the right length decode.
+fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() < size_of::<T>() {
+        return Err(DecodeError::Truncated { got: bytes.len(), need: size_of::<T>() });
+    }
+    // SAFETY: length checked above; T is plain integers (see above); unaligned read.
+    Ok(unsafe { bytes.as_ptr().cast::<T>().read_unaligned() })
+}
+
+fn exact<T: Copy>(header: &EventHeader, bytes: &[u8]) -> Result<T, DecodeError> {
+    if usize::from(header.len) != size_of::<T>() {
+        return Err(DecodeError::BadLength {
+            kind: header.kind,
+            declared: header.len,
+            expected: size_of::<T>(),
+        });
+    }
+    read(bytes)
+}
+
+/// Decodes one event.
+///
+/// # Errors
+/// Truncated input, an unknown kind, or a length that does not match the kind's layout.
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    let header: EventHeader = read(bytes)?;
+    match header.kind {
+        kind::CONN_CLOSED => exact(&header, bytes).map(Event::Closed),
+        kind::TRANSITION => exact(&header, bytes).map(Event::Transition),
+        kind::RESET => exact(&header, bytes).map(Event::Reset),
+        kind::SYNACK_RETRANSMIT => exact(&header, bytes).map(Event::SynackRetransmit),
+        KIND_COUNTERS => {
+            let frame: CountersFrame = exact(&header, bytes)?;
+            Ok(Event::Counters(Counters { ts_ns: header.ts_ns, values: frame.values }))
+        }
+        other => Err(DecodeError::UnknownKind(other)),
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CountersFrame {
+    header: EventHeader,
+    values: [u64; counter::COUNT as usize],
+}
+
+/// Appends the bytes of an event to `out`, as the kernel (or, for counters, userspace) lays
+/// it out.
+pub fn encode_into(event: &Event, out: &mut Vec<u8>) {
+    fn bytes<T: Copy>(value: &T, out: &mut Vec<u8>) {
+        // SAFETY: T is a #[repr(C)] integer-only type with explicit padding, so all bytes are
+        // initialised.
+        out.extend_from_slice(unsafe {
+            std::slice::from_raw_parts(std::ptr::from_ref(value).cast::<u8>(), size_of::<T>())
+        });
+    }
+    match event {
+        Event::Closed(e) => bytes(e, out),
+        Event::Transition(e) => bytes(e, out),
+        Event::Reset(e) => bytes(e, out),
+        Event::SynackRetransmit(e) => bytes(e, out),
+        Event::Counters(c) => bytes(&CountersFrame {
+            header: EventHeader {
+                kind: KIND_COUNTERS,
+                len: u16::try_from(size_of::<CountersFrame>()).unwrap_or(u16::MAX),
+                _pad: 0,
+                ts_ns: c.ts_ns,
+                pid_tgid: 0,
+            },
+            values: c.values,
+        }, out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use observer_common::{ConnState, Endpoints};
+
+    use super::*;
+
+    fn encode(event: &Event) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_into(event, &mut out);
+        out
+    }
+
+    fn reset() -> Reset {
+        Reset {
+            header: EventHeader {
+                kind: kind::RESET,
+                len: u16::try_from(size_of::<Reset>()).expect("fits"),
+                _pad: 0,
+                ts_ns: 42,
+                pid_tgid: 7 << 32 | 8,
+            },
+            sk: 0xffff_8881_0000_1000,
+            tuple: Endpoints { local_port: 80, remote_port: 5555, family: 2, ..Endpoints::default() },
+            reason: 11,
+            state: 7,
+            flags: 3,
+            _pad: 0,
+        }
+    }
+
+    #[test]
+    fn round_trips_every_kind() {
+        let closed = ConnClosed {
+            header: EventHeader { kind: kind::CONN_CLOSED, len: 264, _pad: 0, ts_ns: 9, pid_tgid: 1 },
+            sk: 1,
+            state: ConnState::zeroed(),
+            close: observer_common::CloseInfo::default(),
+        };
+        let counters = Counters { ts_ns: 5, values: [1, 2, 3, 4, 5, 6, 7, 8] };
+        for event in [Event::Reset(reset()), Event::Closed(closed), Event::Counters(counters)] {
+            assert_eq!(decode(&encode(&event)), Ok(event));
+        }
+    }
+
+    #[test]
+    fn decodes_from_unaligned_bytes() {
+        let mut buf = vec![0u8];
+        buf.extend(encode(&Event::Reset(reset())));
+        assert_eq!(decode(&buf[1..]), Ok(Event::Reset(reset())));
+    }
+
+    #[test]
+    fn truncated_input_is_an_error() {
+        let bytes = encode(&Event::Reset(reset()));
+        assert_eq!(decode(&bytes[..10]), Err(DecodeError::Truncated { got: 10, need: 24 }));
+        assert_eq!(decode(&bytes[..79]), Err(DecodeError::Truncated { got: 79, need: 80 }));
+        assert_eq!(decode(&[]), Err(DecodeError::Truncated { got: 0, need: 24 }));
+    }
+
+    #[test]
+    fn malformed_headers_are_errors() {
+        let mut bytes = encode(&Event::Reset(reset()));
+        bytes[0] = 99;
+        assert_eq!(decode(&bytes), Err(DecodeError::UnknownKind(99)));
+        let mut bytes = encode(&Event::Reset(reset()));
+        bytes[2] = 200;
+        assert_eq!(
+            decode(&bytes),
+            Err(DecodeError::BadLength { kind: kind::RESET, declared: 200, expected: 80 })
+        );
+    }
+}

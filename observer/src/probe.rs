@@ -1,0 +1,210 @@
+//! The only module that touches aya: loads the embedded eBPF object with this kernel's layout,
+//! attaches every hook, and hands out the ring buffer and the loss counters. Everything
+//! downstream sees bytes and plain Rust types.
+
+use std::path::Path;
+
+use aya::{
+    Btf as AyaBtf, Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, TracePoint},
+};
+use observer_common::{Layout, Settings, counter};
+use thiserror::Error;
+
+use crate::kernel::{
+    btf::Btf,
+    layout::{self, Choices, LayoutError},
+    tracefs::{self, TracefsError},
+};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
+
+/// Where a hook attaches, for loading and for `observer check`.
+pub struct Hook {
+    pub program: &'static str,
+    pub kind: HookKind,
+    /// What the observer loses without it.
+    pub role: &'static str,
+}
+
+pub enum HookKind {
+    BtfTracepoint(&'static str),
+    Tracepoint(&'static [(&'static str, &'static str)]),
+}
+
+pub const HOOKS: &[Hook] = &[
+    Hook {
+        program: "inet_sock_set_state",
+        kind: HookKind::BtfTracepoint("inet_sock_set_state"),
+        role: "every TCP state transition",
+    },
+    Hook {
+        program: "tcp_retransmit_skb",
+        kind: HookKind::Tracepoint(&[("tcp", "tcp_retransmit_skb")]),
+        role: "SYN and data retransmits",
+    },
+    Hook {
+        program: "tcp_retransmit_synack",
+        kind: HookKind::Tracepoint(&[("tcp", "tcp_retransmit_synack")]),
+        role: "SYN-ACK retransmits",
+    },
+    Hook {
+        program: "tcp_send_reset",
+        kind: HookKind::Tracepoint(&[("tcp", "tcp_send_reset")]),
+        role: "RSTs sent",
+    },
+    Hook {
+        program: "tcp_receive_reset",
+        kind: HookKind::Tracepoint(&[("tcp", "tcp_receive_reset")]),
+        role: "RSTs received",
+    },
+    Hook {
+        program: "sys_exit_accept",
+        kind: HookKind::Tracepoint(&[("syscalls", "sys_exit_accept4"), ("syscalls", "sys_exit_accept")]),
+        role: "the owner process of server sockets",
+    },
+];
+
+#[derive(Debug, Error)]
+pub enum ProbeError {
+    #[error("observer must run as root to load eBPF programs: run it with sudo")]
+    NotRoot,
+    #[error(transparent)]
+    Tracefs(#[from] TracefsError),
+    #[error(
+        "this kernel has no BTF ({0}): observer needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (Debian, Ubuntu, Fedora and RHEL kernels have it)"
+    )]
+    NoBtf(String),
+    #[error("cannot resolve this kernel's struct and tracepoint layout")]
+    Layout(#[from] LayoutError),
+    #[error("loading the eBPF object failed")]
+    Load(#[source] aya::EbpfError),
+    #[error("program {program}: {action} failed")]
+    Program {
+        program: &'static str,
+        action: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("map {name}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// Sizes and switches fixed at load time.
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeConfig {
+    /// Sockets tracked at once in the kernel map.
+    pub max_connections: u32,
+    /// Ring buffer size in bytes (a power of two, multiple of the page size).
+    pub ring_bytes: u32,
+    /// Emit one event per transition (`--transitions`).
+    pub transitions: bool,
+}
+
+pub struct Probe {
+    /// Owns the programs and their links: dropping it detaches everything.
+    _ebpf: Ebpf,
+    counters: PerCpuArray<MapData, u64>,
+    pub choices: Choices,
+    /// "category:name" of every attached hook.
+    pub attached: Vec<String>,
+}
+
+/// Offsets for this kernel, from BTF and tracefs.
+///
+/// # Errors
+/// No BTF, no tracefs, or a layout mismatch.
+pub fn resolve_layout() -> Result<(Layout, Choices), ProbeError> {
+    let root = tracefs::ensure_mounted()?;
+    let btf_path = Path::new("/sys/kernel/btf/vmlinux");
+    let data = std::fs::read(btf_path).map_err(|e| ProbeError::NoBtf(format!("{}: {e}", btf_path.display())))?;
+    let btf = Btf::parse(&data).map_err(|e| ProbeError::NoBtf(e.to_string()))?;
+    Ok(layout::resolve(&btf, &root)?)
+}
+
+impl Probe {
+    /// Loads and attaches everything; returns the probe and the ring buffer to drain.
+    ///
+    /// # Errors
+    /// Not root, no BTF or tracefs, a layout mismatch, or a verifier or attach failure.
+    pub fn load(config: ProbeConfig) -> Result<(Self, RingBuf<MapData>), ProbeError> {
+        // SAFETY: no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(ProbeError::NotRoot);
+        }
+        let (layout, choices) = resolve_layout()?;
+        let settings = Settings {
+            emit_transitions: u32::from(config.transitions),
+            wakeup_bytes: config.ring_bytes / 8,
+        };
+        let mut ebpf = EbpfLoader::new()
+            .override_global("LAYOUT", &layout, true)
+            .override_global("SETTINGS", &settings, true)
+            .map_max_entries("CONNS", config.max_connections)
+            .map_max_entries("EVENTS", config.ring_bytes)
+            .load(OBJECT)
+            .map_err(ProbeError::Load)?;
+        let attached = attach_all(&mut ebpf)?;
+        let ring = take_map(&mut ebpf, "EVENTS")?;
+        let ring = RingBuf::try_from(ring).map_err(|source| ProbeError::Map { name: "EVENTS", source })?;
+        let counters = take_map(&mut ebpf, "COUNTERS")?;
+        let counters = PerCpuArray::try_from(counters)
+            .map_err(|source| ProbeError::Map { name: "COUNTERS", source })?;
+        Ok((Self { _ebpf: ebpf, counters, choices, attached }, ring))
+    }
+
+    /// The kernel's counters, summed over CPUs (indexes in `observer_common::counter`).
+    #[must_use]
+    pub fn counters(&self) -> [u64; counter::COUNT as usize] {
+        let mut out = [0; counter::COUNT as usize];
+        for (i, slot) in (0..counter::COUNT).zip(out.iter_mut()) {
+            if let Ok(per_cpu) = self.counters.get(&i, 0) {
+                *slot = per_cpu.iter().sum();
+            }
+        }
+        out
+    }
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
+    ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
+}
+
+fn attach_all(ebpf: &mut Ebpf) -> Result<Vec<String>, ProbeError> {
+    let kernel_btf = AyaBtf::from_sys_fs().map_err(|e| ProbeError::NoBtf(e.to_string()))?;
+    let mut attached = Vec::new();
+    for hook in HOOKS {
+        let fail = |action: String| {
+            move |source| ProbeError::Program { program: hook.program, action, source }
+        };
+        let program = ebpf.program_mut(hook.program).ok_or_else(|| ProbeError::Program {
+            program: hook.program,
+            action: "lookup".into(),
+            source: aya::programs::ProgramError::UnexpectedProgramType,
+        })?;
+        match hook.kind {
+            HookKind::BtfTracepoint(name) => {
+                let p: &mut BtfTracePoint = program.try_into().map_err(fail("type".into()))?;
+                p.load(name, &kernel_btf).map_err(fail(format!("loading tp_btf/{name}")))?;
+                p.attach().map_err(fail(format!("attaching tp_btf/{name}")))?;
+                attached.push(format!("tp_btf:{name}"));
+            }
+            HookKind::Tracepoint(points) => {
+                let p: &mut TracePoint = program.try_into().map_err(fail("type".into()))?;
+                p.load().map_err(fail("loading".into()))?;
+                for (category, name) in points {
+                    p.attach(category, name).map_err(fail(format!("attaching {category}:{name}")))?;
+                    attached.push(format!("{category}:{name}"));
+                }
+            }
+        }
+    }
+    Ok(attached)
+}

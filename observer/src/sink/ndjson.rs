@@ -1,0 +1,466 @@
+//! Records → NDJSON lines with ECS names (docs/schema.md). Formatting only: every value comes
+//! from the tracker. Serialises borrowed structs into a reused buffer, without allocating.
+
+use std::net::IpAddr;
+
+use serde::{Serialize, Serializer, ser::SerializeMap as _};
+
+use super::{community_id, timefmt::Rfc3339};
+use crate::track::{
+    lifecycle::{Lifecycle, state_name},
+    record::{ConnRecord, End, LossRecord, Losses, Output, Role, StateRecord},
+};
+
+/// Bumped when a field changes meaning or disappears; additions keep it.
+pub const SCHEMA_VERSION: &str = "1";
+
+/// Turns records into lines; holds what every line shares.
+pub struct Encoder {
+    host: String,
+    boot_to_unix_ns: i64,
+}
+
+#[derive(Serialize)]
+struct Host<'a> {
+    name: &'a str,
+}
+
+#[derive(Serialize)]
+struct EventFields {
+    kind: &'static str,
+    category: [&'static str; 1],
+    #[serde(rename = "type")]
+    types: &'static [&'static str],
+    dataset: &'static str,
+    action: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcome: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    start: Option<Rfc3339>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    end: Option<Rfc3339>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duration: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct EndFields {
+    ip: IpAddr,
+    port: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    packets: Option<u32>,
+}
+
+impl From<&End> for EndFields {
+    fn from(e: &End) -> Self {
+        Self { ip: e.ip, port: e.port, bytes: Some(e.bytes), packets: Some(e.packets) }
+    }
+}
+
+#[derive(Serialize)]
+struct Network<'a> {
+    transport: &'static str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    iana_number: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    community_id: Option<&'a str>,
+}
+
+impl Network<'_> {
+    fn tcp(ipv6: bool) -> Self {
+        Self {
+            transport: "tcp",
+            kind: if ipv6 { "ipv6" } else { "ipv4" },
+            iana_number: "6",
+            community_id: None,
+        }
+    }
+}
+
+/// `conn.transitions`: `[{"state": "SYN_SENT", "ts": "…"}, …]`.
+struct Transitions<'a>(&'a Lifecycle, i64);
+
+impl Serialize for Transitions<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Step {
+            state: &'static str,
+            ts: Rfc3339,
+        }
+        s.collect_seq(self.0.steps().iter().map(|step| Step {
+            state: state_name(step.state),
+            ts: Rfc3339::from_unix_ns(wall(step.ts_ns, self.1)),
+        }))
+    }
+}
+
+/// `conn.state_durations_ms`: milliseconds (µs precision) spent in each state left.
+struct Durations<'a>(&'a Lifecycle);
+
+impl Serialize for Durations<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let d = self.0.durations_ns();
+        let mut map = s.serialize_map(Some(d.iter().flatten().count()))?;
+        for (state, ns) in d.iter().enumerate() {
+            if let Some(ns) = ns {
+                // Whole microseconds, as milliseconds: exact in an f64 for 285 years.
+                #[expect(clippy::cast_precision_loss, reason = "exact below 2^53 µs")]
+                let ms = (ns / 1_000) as f64 / 1_000.0;
+                map.serialize_entry(state_name(u8::try_from(state).unwrap_or(0)), &ms)?;
+            }
+        }
+        map.end()
+    }
+}
+
+#[derive(Serialize)]
+struct Conn<'a> {
+    uid: &'a str,
+    role: &'static str,
+    transitions: Transitions<'a>,
+    state_durations_ms: Durations<'a>,
+    final_state: &'static str,
+    time_wait: bool,
+    fin_received: bool,
+    resets_sent: u32,
+    resets_received: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rst_reason: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'static str>,
+    pre_existing: bool,
+    #[serde(skip_serializing_if = "is_zero")]
+    transitions_truncated: u32,
+    cookie: u64,
+    netns: u32,
+}
+
+#[expect(clippy::trivially_copy_pass_by_ref, reason = "serde's skip_serializing_if signature")]
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+#[derive(Serialize)]
+struct Tcp {
+    retransmits: u32,
+    retransmits_syn: u32,
+    retransmits_synack: u32,
+    retransmits_data: u32,
+    srtt_us: u32,
+}
+
+#[derive(Serialize)]
+struct ProcessFields<'a> {
+    pid: u32,
+    name: &'a str,
+}
+
+#[derive(Serialize)]
+struct User {
+    /// ECS keeps ids as strings.
+    #[serde(serialize_with = "as_string")]
+    id: u32,
+}
+
+fn as_string<S: Serializer>(n: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(n)
+}
+
+#[derive(Serialize)]
+struct ConnLine<'a> {
+    #[serde(rename = "@timestamp")]
+    timestamp: Rfc3339,
+    schema_version: &'static str,
+    event: EventFields,
+    host: Host<'a>,
+    conn: Conn<'a>,
+    source: EndFields,
+    destination: EndFields,
+    network: Network<'a>,
+    tcp: Tcp,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    process: Option<ProcessFields<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<User>,
+}
+
+#[derive(Serialize)]
+struct StateConn<'a> {
+    uid: &'a str,
+    role: &'static str,
+    old_state: &'static str,
+    new_state: &'static str,
+    netns: u32,
+}
+
+#[derive(Serialize)]
+struct StateLine<'a> {
+    #[serde(rename = "@timestamp")]
+    timestamp: Rfc3339,
+    schema_version: &'static str,
+    event: EventFields,
+    host: Host<'a>,
+    conn: StateConn<'a>,
+    source: EndFields,
+    destination: EndFields,
+    network: Network<'a>,
+}
+
+#[derive(Serialize)]
+struct LossFields<'a> {
+    #[serde(flatten)]
+    delta: &'a Losses,
+    total: &'a Losses,
+    events_delivered: u64,
+}
+
+#[derive(Serialize)]
+struct LossLine<'a> {
+    #[serde(rename = "@timestamp")]
+    timestamp: Rfc3339,
+    schema_version: &'static str,
+    event: EventFields,
+    host: Host<'a>,
+    loss: LossFields<'a>,
+}
+
+/// The observer's own start and stop (`event.dataset` = `observer.agent`).
+#[derive(Debug, Clone)]
+pub struct AgentRecord {
+    pub action: &'static str,
+    pub reason: Option<&'static str>,
+    pub ts_ns: u64,
+    pub version: &'static str,
+    pub kernel: String,
+    pub hooks: Vec<String>,
+    /// Connection records written, at stop.
+    pub records: Option<u64>,
+    pub transitions: bool,
+    pub max_connections: u32,
+    pub ring_mib: u32,
+}
+
+#[derive(Serialize)]
+struct AgentLine<'a> {
+    #[serde(rename = "@timestamp")]
+    timestamp: Rfc3339,
+    schema_version: &'static str,
+    event: AgentEvent<'a>,
+    host: Host<'a>,
+    observer: AgentObserver<'a>,
+}
+
+#[derive(Serialize)]
+struct AgentEvent<'a> {
+    kind: &'static str,
+    dataset: &'static str,
+    action: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct AgentObserver<'a> {
+    version: &'a str,
+    os: AgentOs<'a>,
+    hooks: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    records: Option<u64>,
+    config: AgentConfig,
+}
+
+#[derive(Serialize)]
+struct AgentOs<'a> {
+    kernel: &'a str,
+}
+
+#[derive(Serialize)]
+struct AgentConfig {
+    transitions: bool,
+    max_connections: u32,
+    ring_mib: u32,
+}
+
+fn wall(boot_ns: u64, offset: i64) -> i64 {
+    i64::try_from(boot_ns).unwrap_or(i64::MAX).saturating_add(offset)
+}
+
+/// Name of an errno value the kernel leaves in `sk_err`.
+fn errno_name(err: i32) -> Option<&'static str> {
+    Some(match err {
+        0 => return None,
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::ECONNRESET => "ECONNRESET",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::EHOSTUNREACH => "EHOSTUNREACH",
+        libc::ENETUNREACH => "ENETUNREACH",
+        libc::EPIPE => "EPIPE",
+        libc::ECONNABORTED => "ECONNABORTED",
+        libc::EPROTO => "EPROTO",
+        _ => "EOTHER",
+    })
+}
+
+impl Encoder {
+    #[must_use]
+    pub fn new(host: String, boot_to_unix_ns: i64) -> Self {
+        Self { host, boot_to_unix_ns }
+    }
+
+    fn ts(&self, boot_ns: u64) -> Rfc3339 {
+        Rfc3339::from_unix_ns(wall(boot_ns, self.boot_to_unix_ns))
+    }
+
+    /// Appends one line (with its newline) to `buf`.
+    ///
+    /// # Errors
+    /// Only if serialisation fails, which these types never do.
+    pub fn write(&self, output: &Output, buf: &mut Vec<u8>) -> serde_json::Result<()> {
+        match output {
+            Output::Connection(c) => self.connection(c, buf)?,
+            Output::State(s) => self.state(s, buf)?,
+            Output::Loss(l) => self.loss(l, buf)?,
+        }
+        buf.push(b'\n');
+        Ok(())
+    }
+
+    /// Appends the observer's start or stop line to `buf`.
+    ///
+    /// # Errors
+    /// Only if serialisation fails, which these types never do.
+    pub fn agent(&self, a: &AgentRecord, buf: &mut Vec<u8>) -> serde_json::Result<()> {
+        let line = AgentLine {
+            timestamp: self.ts(a.ts_ns),
+            schema_version: SCHEMA_VERSION,
+            event: AgentEvent { kind: "event", dataset: "observer.agent", action: a.action, reason: a.reason },
+            host: Host { name: &self.host },
+            observer: AgentObserver {
+                version: a.version,
+                os: AgentOs { kernel: &a.kernel },
+                hooks: &a.hooks,
+                records: a.records,
+                config: AgentConfig {
+                    transitions: a.transitions,
+                    max_connections: a.max_connections,
+                    ring_mib: a.ring_mib,
+                },
+            },
+        };
+        serde_json::to_writer(&mut *buf, &line)?;
+        buf.push(b'\n');
+        Ok(())
+    }
+
+    fn connection(&self, c: &ConnRecord, buf: &mut Vec<u8>) -> serde_json::Result<()> {
+        let community = community_id::tcp(
+            0,
+            (c.source.ip, c.source.port),
+            (c.destination.ip, c.destination.port),
+        );
+        let established = c.lifecycle.reached(observer_common::tcp_state::ESTABLISHED);
+        let line = ConnLine {
+            timestamp: self.ts(c.end_ns),
+            schema_version: SCHEMA_VERSION,
+            event: EventFields {
+                kind: "event",
+                category: ["network"],
+                types: &["connection", "end"],
+                dataset: "observer.connection",
+                action: "closed",
+                outcome: Some(if established { "success" } else { "failure" }),
+                start: Some(self.ts(c.start_ns)),
+                end: Some(self.ts(c.end_ns)),
+                duration: Some(c.end_ns.saturating_sub(c.start_ns)),
+            },
+            host: Host { name: &self.host },
+            conn: Conn {
+                uid: c.uid.as_str(),
+                role: c.role.as_str(),
+                transitions: Transitions(&c.lifecycle, self.boot_to_unix_ns),
+                state_durations_ms: Durations(&c.lifecycle),
+                final_state: state_name(c.lifecycle.final_state()),
+                time_wait: c.lifecycle.time_wait,
+                fin_received: c.lifecycle.fin_received,
+                resets_sent: c.resets_sent,
+                resets_received: c.resets_received,
+                rst_reason: c.rst_reason,
+                error: errno_name(c.sk_err),
+                pre_existing: c.pre_existing,
+                transitions_truncated: c.lifecycle.truncated,
+                cookie: c.cookie,
+                netns: c.netns,
+            },
+            source: (&c.source).into(),
+            destination: (&c.destination).into(),
+            network: Network { community_id: Some(community.as_str()), ..Network::tcp(c.ipv6) },
+            tcp: Tcp {
+                retransmits: c.retransmits.total(),
+                retransmits_syn: c.retransmits.syn,
+                retransmits_synack: c.retransmits.synack,
+                retransmits_data: c.retransmits.data,
+                srtt_us: c.srtt_us,
+            },
+            process: c.process.as_ref().map(|p| ProcessFields { pid: p.pid, name: p.name() }),
+            user: c.process.as_ref().map(|p| User { id: p.uid }),
+        };
+        serde_json::to_writer(buf, &line)
+    }
+
+    fn state(&self, s: &StateRecord, buf: &mut Vec<u8>) -> serde_json::Result<()> {
+        let end = |(ip, port): (IpAddr, u16)| EndFields { ip, port, bytes: None, packets: None };
+        let (source, destination) =
+            if s.role == Role::Server { (s.remote, s.local) } else { (s.local, s.remote) };
+        let line = StateLine {
+            timestamp: self.ts(s.ts_ns),
+            schema_version: SCHEMA_VERSION,
+            event: EventFields {
+                kind: "event",
+                category: ["network"],
+                types: &["connection", "change"],
+                dataset: "observer.state",
+                action: "state_change",
+                outcome: None,
+                start: None,
+                end: None,
+                duration: None,
+            },
+            host: Host { name: &self.host },
+            conn: StateConn {
+                uid: s.uid.as_str(),
+                role: s.role.as_str(),
+                old_state: state_name(s.old_state),
+                new_state: state_name(s.new_state),
+                netns: s.netns,
+            },
+            source: end(source),
+            destination: end(destination),
+            network: Network::tcp(s.ipv6),
+        };
+        serde_json::to_writer(buf, &line)
+    }
+
+    fn loss(&self, l: &LossRecord, buf: &mut Vec<u8>) -> serde_json::Result<()> {
+        let line = LossLine {
+            timestamp: self.ts(l.ts_ns),
+            schema_version: SCHEMA_VERSION,
+            event: EventFields {
+                kind: "metric",
+                category: ["network"],
+                types: &["info"],
+                dataset: "observer.loss",
+                action: if l.summary { "summary" } else { "loss" },
+                outcome: None,
+                start: None,
+                end: None,
+                duration: None,
+            },
+            host: Host { name: &self.host },
+            loss: LossFields { delta: &l.delta, total: &l.total, events_delivered: l.events },
+        };
+        serde_json::to_writer(buf, &line)
+    }
+}

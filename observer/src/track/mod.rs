@@ -1,0 +1,331 @@
+//! The tracker: decoded kernel events in, connection records out. Pure: it takes time as an
+//! argument (`now_ns`, CLOCK_BOOTTIME), so a recorded stream replays to the same records.
+//!
+//! A closed socket's record is held for [`GRACE_NS`] before it is emitted, because a few facts
+//! arrive just after the kernel's CLOSE: the RST of `tcp_disconnect()` (SO_LINGER 0, close with
+//! unread data) is sent after the state change.
+
+pub mod lifecycle;
+pub mod record;
+
+use std::collections::{HashMap, VecDeque};
+
+use observer_common::{ConnClosed, Endpoints, Reset, SynackRetransmit, Transition, conn_flag, reset_flag};
+
+use self::{
+    lifecycle::{LateResets, Lifecycle},
+    record::{
+        ConnRecord, End, LossRecord, Losses, Output, Process, Retransmits, Role, StateRecord, Uid,
+        ends_of, ip_of,
+    },
+};
+use crate::decode::{Counters, Event};
+
+/// How long a closed socket's record waits for late facts before it is emitted.
+pub const GRACE_NS: u64 = 250_000_000;
+/// How long an unclaimed SYN-ACK retransmit waits for its child socket (SYN_RECV gives up
+/// after ~63 s with default settings).
+const SYNACK_TTL_NS: u64 = 120_000_000_000;
+
+/// Which records to emit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Either end's port.
+    pub port: Option<u16>,
+    /// Network namespace inode.
+    pub netns: Option<u32>,
+    /// Emit a record per state change.
+    pub transitions: bool,
+}
+
+impl Filter {
+    fn admits(&self, netns: u32, t: &Endpoints) -> bool {
+        self.netns.is_none_or(|ns| ns == netns)
+            && self.port.is_none_or(|p| t.local_port == p || t.remote_port == p)
+    }
+}
+
+struct Pending {
+    closed: ConnClosed,
+    late: LateResets,
+    late_reason: Option<u32>,
+}
+
+/// Identity of a half-open connection, from the listener's side: (local, remote).
+type SynKey = ([u8; 16], u16, [u8; 16], u16);
+
+fn syn_key(t: &Endpoints) -> SynKey {
+    (t.local_addr, t.local_port, t.remote_addr, t.remote_port)
+}
+
+pub struct Tracker {
+    boot_id: [u8; 16],
+    filter: Filter,
+    pending: HashMap<u64, Pending>,
+    order: VecDeque<(u64, u64)>,
+    synacks: HashMap<SynKey, (u32, u64)>,
+    last_counters: Counters,
+    decode_errors: u64,
+    reported: Losses,
+    /// Resets that no socket could be found for.
+    pub unattributed_resets: u64,
+    /// Records emitted.
+    pub records: u64,
+}
+
+impl Tracker {
+    #[must_use]
+    pub fn new(boot_id: [u8; 16], filter: Filter) -> Self {
+        Self {
+            boot_id,
+            filter,
+            pending: HashMap::new(),
+            order: VecDeque::new(),
+            synacks: HashMap::new(),
+            last_counters: Counters::default(),
+            decode_errors: 0,
+            reported: Losses::default(),
+            unattributed_resets: 0,
+            records: 0,
+        }
+    }
+
+    pub fn note_decode_error(&mut self) {
+        self.decode_errors += 1;
+    }
+
+    /// Feeds one event; records that become due are appended to `out`.
+    pub fn ingest(&mut self, event: &Event, out: &mut Vec<Output>) {
+        match event {
+            Event::Closed(closed) => self.closed(closed, out),
+            Event::Transition(t) => self.transition(t, out),
+            Event::Reset(r) => self.reset(r),
+            Event::SynackRetransmit(s) => self.synack(s),
+            Event::Counters(c) => self.counters(c, out),
+        }
+    }
+
+    /// Emits the records whose grace period ended by `now_ns`.
+    pub fn flush_due(&mut self, now_ns: u64, out: &mut Vec<Output>) {
+        while let Some(&(end, sk)) = self.order.front() {
+            if end.saturating_add(GRACE_NS) > now_ns {
+                break;
+            }
+            self.order.pop_front();
+            self.emit(sk, end, out);
+        }
+        if self.synacks.len() > 1024 {
+            self.synacks.retain(|_, &mut (_, last)| last.saturating_add(SYNACK_TTL_NS) > now_ns);
+        }
+    }
+
+    /// Emits everything still held, then the loss summary. For shutdown and the end of a replay.
+    pub fn finish(&mut self, now_ns: u64, out: &mut Vec<Output>) {
+        while let Some((end, sk)) = self.order.pop_front() {
+            self.emit(sk, end, out);
+        }
+        let total = self.losses();
+        out.push(Output::Loss(LossRecord {
+            ts_ns: now_ns,
+            delta: total.minus(&self.reported),
+            total,
+            events: self.last_counters.values[observer_common::counter::EVENTS as usize],
+            summary: true,
+        }));
+        self.reported = total;
+    }
+
+    fn losses(&self) -> Losses {
+        Losses::from_counters(&self.last_counters, self.decode_errors)
+    }
+
+    fn closed(&mut self, closed: &ConnClosed, out: &mut Vec<Output>) {
+        if closed.state.flags & conn_flag::ROLE_LISTENER != 0 {
+            return;
+        }
+        // A socket reused for a new connect() closes again under the same address: the older
+        // record is complete, emit it now.
+        if self.pending.contains_key(&closed.sk) {
+            let end = self.pending[&closed.sk].closed.header.ts_ns;
+            self.order.retain(|&(_, sk)| sk != closed.sk);
+            self.emit(closed.sk, end, out);
+        }
+        self.pending.insert(closed.sk, Pending { closed: *closed, late: LateResets::default(), late_reason: None });
+        self.order.push_back((closed.header.ts_ns, closed.sk));
+    }
+
+    fn reset(&mut self, r: &Reset) {
+        if r.flags & reset_flag::SENT != 0
+            && let Some(p) = self.pending.get_mut(&r.sk).filter(|_| r.sk != 0)
+        {
+            p.late.sent = p.late.sent.saturating_add(1);
+            if r.flags & reset_flag::HAS_REASON != 0 {
+                p.late_reason = Some(r.reason);
+            }
+            return;
+        }
+        self.unattributed_resets += 1;
+    }
+
+    fn synack(&mut self, s: &SynackRetransmit) {
+        let entry = self.synacks.entry(syn_key(&s.tuple)).or_insert((0, 0));
+        entry.0 += 1;
+        entry.1 = s.header.ts_ns;
+    }
+
+    fn counters(&mut self, c: &Counters, out: &mut Vec<Output>) {
+        self.last_counters = *c;
+        let total = self.losses();
+        let delta = total.minus(&self.reported);
+        if delta.any() {
+            out.push(Output::Loss(LossRecord {
+                ts_ns: c.ts_ns,
+                delta,
+                total,
+                events: c.values[observer_common::counter::EVENTS as usize],
+                summary: false,
+            }));
+            self.reported = total;
+        }
+    }
+
+    fn transition(&mut self, t: &Transition, out: &mut Vec<Output>) {
+        if !self.filter.transitions
+            || t.flags & conn_flag::ROLE_LISTENER != 0
+            || !self.filter.admits(t.netns, &t.tuple)
+        {
+            return;
+        }
+        let (local, remote) = ends_of(&t.tuple);
+        out.push(Output::State(StateRecord {
+            uid: self.uid(t.sk, t.birth_ns),
+            ts_ns: t.header.ts_ns,
+            old_state: t.old_state,
+            new_state: t.new_state,
+            role: role_of(t.flags),
+            netns: t.netns,
+            ipv6: local.0.is_ipv6(),
+            local,
+            remote,
+        }));
+    }
+
+    fn emit(&mut self, sk: u64, end: u64, out: &mut Vec<Output>) {
+        let Some(p) = self.pending.remove(&sk) else { return };
+        if p.closed.header.ts_ns != end {
+            // A newer record for the same socket; this queue entry was superseded.
+            self.pending.insert(sk, p);
+            return;
+        }
+        let st = &p.closed.state;
+        if !self.filter.admits(st.netns, &st.tuple) {
+            return;
+        }
+        let role = role_of(st.flags);
+        let synack = if role == Role::Server {
+            self.synacks.remove(&syn_key(&st.tuple)).map_or(0, |(n, _)| n)
+        } else {
+            0
+        };
+        self.records += 1;
+        out.push(Output::Connection(self.record(&p, role, synack)));
+    }
+
+    fn record(&self, p: &Pending, role: Role, synack: u32) -> ConnRecord {
+        let c = &p.closed;
+        let st = &c.state;
+        let close = &c.close;
+        let (local, remote) = ends_of(&st.tuple);
+        let lifecycle = Lifecycle::derive(st, close, p.late);
+        let (sent, received) = payload_bytes(role, &lifecycle, c);
+        let local_end = End { ip: local.0, port: local.1, bytes: sent, packets: close.segs_out };
+        let remote_end = End { ip: remote.0, port: remote.1, bytes: received, packets: close.segs_in };
+        let (source, destination) =
+            if role == Role::Server { (remote_end, local_end) } else { (local_end, remote_end) };
+        let start_ns = if st.flags & conn_flag::PRE_EXISTING != 0 {
+            st.birth_ns
+        } else {
+            lifecycle.steps().first().map_or(st.birth_ns, |s| s.ts_ns)
+        };
+        ConnRecord {
+            uid: self.uid(c.sk, st.birth_ns),
+            role,
+            pre_existing: st.flags & conn_flag::PRE_EXISTING != 0,
+            cookie: st.cookie,
+            netns: st.netns,
+            ipv6: ip_of(st.tuple.family, &st.tuple.local_addr).is_ipv6(),
+            source,
+            destination,
+            start_ns,
+            end_ns: c.header.ts_ns,
+            lifecycle,
+            retransmits: Retransmits { syn: st.retrans_syn, synack, data: st.retrans_data },
+            srtt_us: close.srtt_us_x8 >> 3,
+            resets_sent: u32::from(st.resets_sent) + u32::from(p.late.sent),
+            resets_received: u32::from(st.resets_received),
+            rst_reason: p.late_reason.or_else(|| st.rst_reason.checked_sub(1)),
+            sk_err: close.sk_err,
+            process: (st.flags & conn_flag::OWNER_VALID != 0).then_some(Process {
+                pid: st.owner.tgid,
+                uid: st.owner.uid,
+                comm: st.owner.comm,
+            }),
+            accept_ns: (st.accept_ns != 0).then_some(st.accept_ns),
+        }
+    }
+
+    /// A uid unique per socket lifetime, derived from (boot, socket address, birth time) so
+    /// that replay reproduces it.
+    fn uid(&self, sk: u64, birth_ns: u64) -> Uid {
+        let boot_lo = u64::from_le_bytes(self.boot_id[..8].try_into().unwrap_or_default());
+        let boot_hi = u64::from_le_bytes(self.boot_id[8..].try_into().unwrap_or_default());
+        let a = mix(mix(boot_lo ^ sk) ^ birth_ns);
+        let b = mix(mix(boot_hi ^ birth_ns.rotate_left(32)) ^ sk);
+        let mut n = (u128::from(a) << 64) | u128::from(b);
+        const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+        let mut out = [b'C'; 18];
+        for byte in &mut out[1..] {
+            *byte = ALPHABET[(n % 62) as usize];
+            n /= 62;
+        }
+        Uid(out)
+    }
+}
+
+/// Payload bytes sent and received. The kernel's `bytes_acked` and `bytes_received` count
+/// sequence space (RFC 4898), which includes one for a SYN acknowledged by the peer (active
+/// opens only; a passive open starts past its SYN) and one for each FIN.
+fn payload_bytes(role: Role, lc: &Lifecycle, c: &ConnClosed) -> (u64, u64) {
+    use observer_common::tcp_state::{CLOSE, CLOSING, ESTABLISHED, FIN_WAIT2, LAST_ACK, TIME_WAIT};
+    let clean = c.close.sk_err == 0 && c.state.resets_received == 0;
+    let steps = lc.steps();
+    let fin_acked = lc.reached(FIN_WAIT2)
+        || steps.windows(2).any(|w| {
+            (w[0].state == CLOSING && w[1].state == TIME_WAIT)
+                || (w[0].state == LAST_ACK && w[1].state == CLOSE && clean)
+        });
+    let syn_acked = role == Role::Client && lc.reached(ESTABLISHED);
+    let sent = c.close.bytes_acked.saturating_sub(u64::from(syn_acked) + u64::from(fin_acked));
+    let received = c.close.bytes_received.saturating_sub(u64::from(lc.fin_received));
+    (sent, received)
+}
+
+fn role_of(flags: u16) -> Role {
+    if flags & conn_flag::ROLE_CLIENT != 0 {
+        Role::Client
+    } else if flags & conn_flag::ROLE_SERVER != 0 {
+        Role::Server
+    } else {
+        Role::Unknown
+    }
+}
+
+/// SplitMix64's finaliser.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+#[cfg(test)]
+mod tests;

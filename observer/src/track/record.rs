@@ -1,0 +1,216 @@
+//! The tracker's outputs: plain data, oriented the way users read it (source = originator),
+//! formatted by the sinks.
+
+use std::net::IpAddr;
+
+use observer_common::{AF_INET6, COMM_LEN, Endpoints};
+
+use super::lifecycle::Lifecycle;
+use crate::decode::Counters;
+
+/// Which end of the connection this socket is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Called connect(): the originator.
+    Client,
+    /// Accepted from a listener: the responder.
+    Server,
+    /// First seen mid-life; the role is unknown.
+    Unknown,
+}
+
+impl Role {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Client => "client",
+            Role::Server => "server",
+            Role::Unknown => "unknown",
+        }
+    }
+}
+
+/// One end of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct End {
+    pub ip: IpAddr,
+    pub port: u16,
+    /// Payload bytes this end sent.
+    pub bytes: u64,
+    /// Segments this end sent.
+    pub packets: u32,
+}
+
+/// The process that owns the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Process {
+    pub pid: u32,
+    pub uid: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+impl Process {
+    #[must_use]
+    pub fn name(&self) -> &str {
+        let end = self.comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+        std::str::from_utf8(&self.comm[..end]).unwrap_or("?")
+    }
+}
+
+/// A Zeek-style connection uid: "C" and 17 base62 characters.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Uid(pub [u8; 18]);
+
+impl Uid {
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or("C")
+    }
+}
+
+impl std::fmt::Debug for Uid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Retransmits {
+    pub syn: u32,
+    pub synack: u32,
+    pub data: u32,
+}
+
+impl Retransmits {
+    #[must_use]
+    pub fn total(&self) -> u32 {
+        self.syn + self.synack + self.data
+    }
+}
+
+/// One socket's whole life, emitted once it closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnRecord {
+    pub uid: Uid,
+    pub role: Role,
+    pub pre_existing: bool,
+    pub cookie: u64,
+    pub netns: u32,
+    pub ipv6: bool,
+    /// The originator (for `Role::Unknown`, the local end).
+    pub source: End,
+    pub destination: End,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub lifecycle: Lifecycle,
+    pub retransmits: Retransmits,
+    pub srtt_us: u32,
+    pub resets_sent: u32,
+    pub resets_received: u32,
+    /// The kernel's `enum sk_rst_reason` of the last RST sent, when the kernel gives it.
+    pub rst_reason: Option<u32>,
+    pub sk_err: i32,
+    pub process: Option<Process>,
+    pub accept_ns: Option<u64>,
+}
+
+/// One state change (`--transitions`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateRecord {
+    pub uid: Uid,
+    pub ts_ns: u64,
+    pub old_state: u8,
+    pub new_state: u8,
+    pub role: Role,
+    pub netns: u32,
+    pub ipv6: bool,
+    pub local: (IpAddr, u16),
+    pub remote: (IpAddr, u16),
+}
+
+/// Events the observer lost, in the kernel or on the way out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LossRecord {
+    pub ts_ns: u64,
+    /// Since the previous loss record.
+    pub delta: Losses,
+    /// Since the start.
+    pub total: Losses,
+    /// Events delivered since the start.
+    pub events: u64,
+    /// The summary at exit.
+    pub summary: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Losses {
+    /// Events dropped because the ring buffer was full.
+    pub ring_full: u64,
+    /// Sockets not tracked because the kernel map was full.
+    pub map_full: u64,
+    /// Transitions dropped from a socket's history (its last state is always kept).
+    pub transitions_truncated: u64,
+    /// Kernel memory reads that failed.
+    pub read_failed: u64,
+    /// Events userspace could not decode.
+    pub decode_errors: u64,
+}
+
+impl Losses {
+    #[must_use]
+    pub fn from_counters(c: &Counters, decode_errors: u64) -> Self {
+        use observer_common::counter;
+        let at = |i: u32| c.values[i as usize];
+        Self {
+            ring_full: at(counter::RING_FULL),
+            map_full: at(counter::MAP_FULL),
+            transitions_truncated: at(counter::TRANSITIONS_TRUNCATED),
+            read_failed: at(counter::READ_FAILED),
+            decode_errors,
+        }
+    }
+
+    #[must_use]
+    pub fn minus(&self, earlier: &Self) -> Self {
+        Self {
+            ring_full: self.ring_full.saturating_sub(earlier.ring_full),
+            map_full: self.map_full.saturating_sub(earlier.map_full),
+            transitions_truncated: self
+                .transitions_truncated
+                .saturating_sub(earlier.transitions_truncated),
+            read_failed: self.read_failed.saturating_sub(earlier.read_failed),
+            decode_errors: self.decode_errors.saturating_sub(earlier.decode_errors),
+        }
+    }
+
+    #[must_use]
+    pub fn any(&self) -> bool {
+        *self != Self::default()
+    }
+}
+
+/// What the tracker emits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    Connection(ConnRecord),
+    State(StateRecord),
+    Loss(LossRecord),
+}
+
+/// An address from the kernel's 16-byte form. IPv4-mapped IPv6 addresses (an IPv6 socket
+/// talking IPv4) come out as IPv4, as they are on the wire.
+#[must_use]
+pub fn ip_of(family: u16, addr: &[u8; 16]) -> IpAddr {
+    if family == AF_INET6 {
+        let v6 = std::net::Ipv6Addr::from(*addr);
+        v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+    } else {
+        IpAddr::V4(std::net::Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
+    }
+}
+
+/// Local and remote (ip, port) of a socket.
+#[must_use]
+pub fn ends_of(t: &Endpoints) -> ((IpAddr, u16), (IpAddr, u16)) {
+    ((ip_of(t.family, &t.local_addr), t.local_port), (ip_of(t.family, &t.remote_addr), t.remote_port))
+}
