@@ -1,0 +1,93 @@
+//! Developer and CI tasks for observer: `cargo xtask <command>`.
+
+mod bootstrap;
+mod cmd;
+mod packages;
+mod test;
+mod toolchain;
+mod workspace;
+
+use std::{
+    ffi::OsString,
+    os::unix::process::CommandExt as _,
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, run and test observer (run as root)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building observer needs: tracefs, the eBPF nightly, rust-src, bpf-linker
+    Bootstrap {
+        /// Also install the Debian packages the integration tests use
+        #[arg(long)]
+        tests: bool,
+    },
+    /// Bootstrap, then `cargo build --release --package observer`
+    Build,
+    /// Bootstrap, build, then run observer with ARGS (`cargo xtask run -- --help`)
+    Run {
+        /// Arguments for observer
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Bootstrap, unit tests, build, then the privileged integration tests
+    Test {
+        /// Run on this host's kernel only (the QEMU kernel matrix is added by a later change)
+        #[arg(long)]
+        host_only: bool,
+        /// Extra libtest arguments for the integration tests (after `--`)
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+}
+
+fn main() -> ExitCode {
+    let task = Cli::parse().command;
+    match run(task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // Printed by hand: anyhow's Debug output adds a backtrace under RUST_BACKTRACE=1.
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> Result<()> {
+    match task {
+        Task::Bootstrap { tests } => bootstrap::run(tests).map(drop),
+        Task::Build => {
+            let tools = bootstrap::run(false)?;
+            let bin = workspace::build_observer(&tools)?;
+            eprintln!("built {}", bin.display());
+            Ok(())
+        }
+        Task::Run { args } => {
+            let tools = bootstrap::run(false)?;
+            let bin = workspace::build_observer(&tools)?;
+            let mut observer = Command::new(&bin);
+            observer.args(&args);
+            cmd::echo(&observer);
+            // exec: observer replaces xtask, so Ctrl-C and the exit code are its own.
+            let err = observer.exec();
+            Err(err).with_context(|| format!("could not execute {}", bin.display()))
+        }
+        // Only the host kernel exists so far, so --host-only changes nothing yet.
+        Task::Test { host_only: _, args } => test::run(&args),
+    }
+}

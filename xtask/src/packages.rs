@@ -1,0 +1,145 @@
+//! The Debian packages the privileged tests use.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+
+use crate::{bootstrap::say, cmd};
+
+const PACKAGES: &[&str] = &[
+    "nftables",
+    "iptables",
+    "iproute2",
+    "python3",
+    "curl",
+    "socat",
+    "tmux",
+    "libbpf-tools",
+    "bpftool",
+    "bpftrace",
+    "hping3",
+    "nginx-light",
+    "gnutls-bin",
+    "openssl",
+    "kmod",
+    "busybox-static",
+    "qemu-system-x86",
+    "procps",
+];
+
+pub fn ensure() -> Result<()> {
+    let missing = missing()?;
+    if missing.is_empty() {
+        say(
+            "test packages",
+            &format!("all {} already installed", PACKAGES.len()),
+        );
+        return Ok(());
+    }
+    say(
+        "test packages",
+        &format!("installing {}", missing.join(" ")),
+    );
+    let nginx_before = nginx_pids();
+    cmd::run(Command::new("apt-get").arg("update"))
+        .context("`apt-get update` failed: check network access to the Debian mirror")?;
+    let result = cmd::run(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing),
+    )
+    .context("`apt-get install` failed: read apt's errors above");
+    // The nginx package's postinst may start a daemon; the tests start their own nginx.
+    stop_new_nginx(&nginx_before);
+    result?;
+    say("test packages", &format!("installed {}", missing.len()));
+    Ok(())
+}
+
+/// The packages that are not in state "install ok installed", with one dpkg-query call.
+fn missing() -> Result<Vec<&'static str>> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Package} ${Status}\\n"])
+        .args(PACKAGES)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .context("could not run dpkg-query: the test setup expects Debian")?;
+    // dpkg-query exits 1 when a package is unknown; the known ones are still listed.
+    let listing = String::from_utf8_lossy(&out.stdout);
+    Ok(missing_from(&listing))
+}
+
+fn missing_from(listing: &str) -> Vec<&'static str> {
+    let installed: BTreeSet<&str> = listing
+        .lines()
+        .filter_map(|line| line.strip_suffix(" install ok installed"))
+        .map(|name| name.split(':').next().unwrap_or(name))
+        .collect();
+    PACKAGES
+        .iter()
+        .copied()
+        .filter(|pkg| !installed.contains(pkg))
+        .collect()
+}
+
+/// Pids of processes whose command name is `nginx` (pgrep may not be installed yet).
+fn nginx_pids() -> BTreeSet<i32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return BTreeSet::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| is_nginx(*pid))
+        .collect()
+}
+
+fn is_nginx(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim_end() == "nginx")
+}
+
+fn stop_new_nginx(before: &BTreeSet<i32>) {
+    let new: Vec<i32> = nginx_pids().difference(before).copied().collect();
+    if new.is_empty() {
+        return;
+    }
+    for &pid in &new {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while new.iter().any(|&pid| is_nginx(pid)) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    for &pid in new.iter().filter(|&&pid| is_nginx(pid)) {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    say(
+        "test packages",
+        &format!("stopped the nginx the package started (pids {new:?})"),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_reads_dpkg_status() {
+        let listing = "nftables install ok installed\ncurl deinstall ok config-files\n\
+                       python3:amd64 install ok installed\n";
+        let missing = missing_from(listing);
+        assert!(!missing.contains(&"nftables"));
+        assert!(!missing.contains(&"python3"));
+        assert!(missing.contains(&"curl"));
+        assert!(missing.contains(&"procps"));
+        assert_eq!(missing.len(), PACKAGES.len() - 2);
+    }
+}
