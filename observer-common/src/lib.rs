@@ -149,10 +149,12 @@ impl ConnState {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CloseInfo {
-    /// `tcp_sock.bytes_received`: payload bytes received.
+    /// `tcp_sock.bytes_received`: sequence space received (payload, plus one for a FIN).
     pub bytes_received: u64,
-    /// `tcp_sock.bytes_acked`: payload bytes sent and acknowledged by the peer.
-    pub bytes_acked: u64,
+    /// `tcp_sock.bytes_sent`: payload bytes transmitted, retransmissions included.
+    pub bytes_sent: u64,
+    /// `tcp_sock.bytes_retrans`: payload bytes retransmitted.
+    pub bytes_retrans: u64,
     pub segs_in: u32,
     pub segs_out: u32,
     pub data_segs_in: u32,
@@ -288,7 +290,8 @@ pub struct Layout {
     pub net_ns_inum: u32,
     // struct tcp_sock
     pub tcp_bytes_received: u32,
-    pub tcp_bytes_acked: u32,
+    pub tcp_bytes_sent: u32,
+    pub tcp_bytes_retrans: u32,
     pub tcp_segs_in: u32,
     pub tcp_segs_out: u32,
     pub tcp_data_segs_in: u32,
@@ -369,12 +372,12 @@ const _: () = {
     assert!(size_of::<Owner>() == 24);
     assert!(size_of::<ConnState>() == 184);
     assert!(align_of::<ConnState>() == 8);
-    assert!(size_of::<CloseInfo>() == 48);
-    assert!(size_of::<ConnClosed>() == 264);
+    assert!(size_of::<CloseInfo>() == 56);
+    assert!(size_of::<ConnClosed>() == 272);
     assert!(size_of::<Transition>() == 88);
     assert!(size_of::<Reset>() == 80);
     assert!(size_of::<SynackRetransmit>() == 80);
-    assert!(size_of::<Layout>() == 55 * 4);
+    assert!(size_of::<Layout>() == 56 * 4);
     assert!(size_of::<Settings>() == 8);
 };
 

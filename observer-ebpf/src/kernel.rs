@@ -69,7 +69,8 @@ pub fn close_info(sk: u64) -> CloseInfo {
     let done_bit = layout!(sock_done_bit) & 63;
     CloseInfo {
         bytes_received: read::<u64>(sk, layout!(tcp_bytes_received)).unwrap_or(0),
-        bytes_acked: read::<u64>(sk, layout!(tcp_bytes_acked)).unwrap_or(0),
+        bytes_sent: read::<u64>(sk, layout!(tcp_bytes_sent)).unwrap_or(0),
+        bytes_retrans: read::<u64>(sk, layout!(tcp_bytes_retrans)).unwrap_or(0),
         segs_in: read::<u32>(sk, layout!(tcp_segs_in)).unwrap_or(0),
         segs_out: read::<u32>(sk, layout!(tcp_segs_out)).unwrap_or(0),
         data_segs_in: read::<u32>(sk, layout!(tcp_data_segs_in)).unwrap_or(0),

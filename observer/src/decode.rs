@@ -165,7 +165,7 @@ mod tests {
     #[test]
     fn round_trips_every_kind() {
         let closed = ConnClosed {
-            header: EventHeader { kind: kind::CONN_CLOSED, len: 264, _pad: 0, ts_ns: 9, pid_tgid: 1 },
+            header: EventHeader { kind: kind::CONN_CLOSED, len: 272, _pad: 0, ts_ns: 9, pid_tgid: 1 },
             sk: 1,
             state: ConnState::zeroed(),
             close: observer_common::CloseInfo::default(),

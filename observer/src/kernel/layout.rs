@@ -70,7 +70,8 @@ pub fn resolve(btf: &Btf, tracefs: &Path) -> Result<(Layout, Choices), LayoutErr
     l.sock_done_bit = btf.enum_value("sock_flags", "SOCK_DONE")?;
     l.net_ns_inum = r.at("net", "ns.inum", 32)?;
     l.tcp_bytes_received = r.at("tcp_sock", "bytes_received", 64)?;
-    l.tcp_bytes_acked = r.at("tcp_sock", "bytes_acked", 64)?;
+    l.tcp_bytes_sent = r.at("tcp_sock", "bytes_sent", 64)?;
+    l.tcp_bytes_retrans = r.at("tcp_sock", "bytes_retrans", 64)?;
     l.tcp_segs_in = r.at("tcp_sock", "segs_in", 32)?;
     l.tcp_segs_out = r.at("tcp_sock", "segs_out", 32)?;
     l.tcp_data_segs_in = r.at("tcp_sock", "data_segs_in", 32)?;

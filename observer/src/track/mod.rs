@@ -237,7 +237,7 @@ impl Tracker {
         let close = &c.close;
         let (local, remote) = ends_of(&st.tuple);
         let lifecycle = Lifecycle::derive(st, close, p.late);
-        let (sent, received) = payload_bytes(role, &lifecycle, c);
+        let (sent, received) = payload_bytes(c, &lifecycle);
         let local_end = End { ip: local.0, port: local.1, bytes: sent, packets: close.segs_out };
         let remote_end = End { ip: remote.0, port: remote.1, bytes: received, packets: close.segs_in };
         let (source, destination) =
@@ -292,20 +292,10 @@ impl Tracker {
     }
 }
 
-/// Payload bytes sent and received. The kernel's `bytes_acked` and `bytes_received` count
-/// sequence space (RFC 4898), which includes one for a SYN acknowledged by the peer (active
-/// opens only; a passive open starts past its SYN) and one for each FIN.
-fn payload_bytes(role: Role, lc: &Lifecycle, c: &ConnClosed) -> (u64, u64) {
-    use observer_common::tcp_state::{CLOSE, CLOSING, ESTABLISHED, FIN_WAIT2, LAST_ACK, TIME_WAIT};
-    let clean = c.close.sk_err == 0 && c.state.resets_received == 0;
-    let steps = lc.steps();
-    let fin_acked = lc.reached(FIN_WAIT2)
-        || steps.windows(2).any(|w| {
-            (w[0].state == CLOSING && w[1].state == TIME_WAIT)
-                || (w[0].state == LAST_ACK && w[1].state == CLOSE && clean)
-        });
-    let syn_acked = role == Role::Client && lc.reached(ESTABLISHED);
-    let sent = c.close.bytes_acked.saturating_sub(u64::from(syn_acked) + u64::from(fin_acked));
+/// Payload bytes sent (each byte once, however often it was retransmitted) and received.
+/// The kernel's `bytes_received` counts sequence space (RFC 4898), so a received FIN adds one.
+fn payload_bytes(c: &ConnClosed, lc: &Lifecycle) -> (u64, u64) {
+    let sent = c.close.bytes_sent.saturating_sub(c.close.bytes_retrans);
     let received = c.close.bytes_received.saturating_sub(u64::from(lc.fin_received));
     (sent, received)
 }

@@ -1,0 +1,171 @@
+//! The real observer binary, run as a child process.
+
+use std::{
+    fs,
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use serde_json::Value;
+
+use crate::{NetNs, field, wait_for};
+
+/// Path of the binary under test (`cargo xtask test` sets it).
+#[must_use]
+pub fn bin() -> PathBuf {
+    std::env::var_os("OBSERVER_BIN")
+        .map(PathBuf::from)
+        .expect("OBSERVER_BIN is not set: run the integration tests with `cargo xtask test`")
+}
+
+/// A scratch file path, removed by the caller.
+#[must_use]
+pub fn scratch(suffix: &str) -> PathBuf {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    std::env::temp_dir().join(format!(
+        "observer-test-{}-{}.{suffix}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// Parses NDJSON, panicking on a malformed line.
+#[must_use]
+pub fn parse_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad NDJSON line {l:?}: {e}")))
+        .collect()
+}
+
+/// Records of one `event.dataset`.
+#[must_use]
+pub fn of_dataset(lines: &[Value], dataset: &str) -> Vec<Value> {
+    lines.iter().filter(|v| field(v, "event.dataset") == dataset).cloned().collect()
+}
+
+pub struct Observer {
+    child: Option<Child>,
+    pub output: PathBuf,
+    stderr: PathBuf,
+}
+
+/// What a stopped observer left behind.
+pub struct Stopped {
+    pub status: ExitStatus,
+    pub lines: Vec<Value>,
+    pub stderr: String,
+}
+
+impl Stopped {
+    #[must_use]
+    pub fn dataset(&self, dataset: &str) -> Vec<Value> {
+        of_dataset(&self.lines, dataset)
+    }
+
+    /// Asserts a clean exit and a loss summary with every count at zero.
+    pub fn assert_clean(&self) {
+        assert!(self.status.success(), "observer exited with {}: {}", self.status, self.stderr);
+        assert!(!self.stderr.contains("panicked"), "observer panicked: {}", self.stderr);
+        let summary = self.dataset("observer.loss");
+        let summary = summary
+            .iter()
+            .find(|l| field(l, "event.action") == "summary")
+            .unwrap_or_else(|| panic!("no loss summary in the output; stderr: {}", self.stderr));
+        for key in ["ring_full", "map_full", "transitions_truncated", "read_failed", "decode_errors"] {
+            assert_eq!(summary["loss"]["total"][key], 0, "loss {key} in {summary}");
+        }
+        assert_eq!(self.dataset("observer.loss").len(), 1, "only the summary: no loss happened");
+    }
+}
+
+impl Observer {
+    /// Starts `observer run --netns <ns> --output <file> ARGS` and waits until it captures.
+    #[must_use]
+    pub fn start(ns: &NetNs, args: &[&str]) -> Self {
+        let netns = ns.path();
+        let mut all = vec!["run", "--netns", netns.to_str().expect("utf-8 path")];
+        all.extend_from_slice(args);
+        Self::start_with(&all)
+    }
+
+    /// Starts the binary with exactly these arguments plus `--output <file>`.
+    #[must_use]
+    pub fn start_with(args: &[&str]) -> Self {
+        let output = scratch("ndjson");
+        let stderr = scratch("stderr");
+        let child = Command::new(bin())
+            .args(args)
+            .arg("--output")
+            .arg(&output)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("spawn observer");
+        let mut obs = Self { child: Some(child), output, stderr };
+        wait_for(Duration::from_secs(30), "observer to start capturing", || {
+            if let Some(status) = obs.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("observer exited early with {status}: {}", fs::read_to_string(&obs.stderr).unwrap_or_default());
+            }
+            obs.lines().iter().any(|l| field(l, "event.action") == "started").then_some(())
+        });
+        obs
+    }
+
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Every line written so far.
+    #[must_use]
+    pub fn lines(&self) -> Vec<Value> {
+        // A line may be half-written: parse complete lines only.
+        let text = fs::read_to_string(&self.output).unwrap_or_default();
+        let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
+        parse_lines(complete)
+    }
+
+    /// Waits until `n` records of `dataset` were written; returns them.
+    #[must_use]
+    pub fn wait_records(&self, dataset: &str, n: usize) -> Vec<Value> {
+        wait_for(Duration::from_secs(20), &format!("{n} {dataset} records"), || {
+            let found = of_dataset(&self.lines(), dataset);
+            (found.len() >= n).then_some(found)
+        })
+    }
+
+    /// Sends `signal` and waits for the exit.
+    #[must_use]
+    pub fn stop_with(mut self, signal: libc::c_int) -> Stopped {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(libc::pid_t::try_from(child.id()).expect("pid"), signal) };
+        let status = wait_for(Duration::from_secs(20), "observer to exit", || child.try_wait().ok().flatten());
+        Stopped {
+            status,
+            lines: self.lines(),
+            stderr: fs::read_to_string(&self.stderr).unwrap_or_default(),
+        }
+    }
+
+    /// SIGINT and wait.
+    #[must_use]
+    pub fn stop(self) -> Stopped {
+        self.stop_with(libc::SIGINT)
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = fs::remove_file(&self.output);
+        let _ = fs::remove_file(&self.stderr);
+    }
+}
