@@ -91,15 +91,19 @@ impl Observer {
         Self::start_with(&all)
     }
 
-    /// Starts the binary with exactly these arguments plus `--output <file>`.
+    /// Starts the binary with exactly these arguments, plus `--output <scratch file>` unless
+    /// they name an output.
     #[must_use]
     pub fn start_with(args: &[&str]) -> Self {
-        let output = scratch("ndjson");
+        let given = args.iter().position(|&a| a == "--output").and_then(|i| args.get(i + 1));
+        let output = given.map_or_else(|| scratch("ndjson"), PathBuf::from);
         let stderr = scratch("stderr");
-        let child = Command::new(bin())
-            .args(args)
-            .arg("--output")
-            .arg(&output)
+        let mut command = Command::new(bin());
+        command.args(args);
+        if given.is_none() {
+            command.arg("--output").arg(&output);
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&stderr).expect("stderr file"))
@@ -113,6 +117,11 @@ impl Observer {
             obs.lines().iter().any(|l| field(l, "event.action") == "started").then_some(())
         });
         obs
+    }
+
+    #[must_use]
+    pub fn stderr_path(&self) -> &std::path::Path {
+        &self.stderr
     }
 
     #[must_use]

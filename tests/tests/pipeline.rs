@@ -1,0 +1,255 @@
+//! The observer as a whole: namespace and port filters, the transition stream, record and
+//! replay, signals, a closed pipe and a full disk.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use observer_tests::{
+    NetNs, Observer, Peer, field,
+    observer::{bin, of_dataset, parse_lines, scratch},
+    privileged, sh, states, wait_for,
+};
+use serde_json::Value;
+
+/// One complete connection (client closes first); returns the listening port.
+fn one_connection(ns: &NetNs, up: u64) -> u16 {
+    let mut server = Peer::spawn(ns, "srv");
+    let mut client = Peer::spawn(ns, "cli");
+    let port = server.port("listen 4 127.0.0.1", "port");
+    client.ok(&format!("connect 4 127.0.0.1 {port}"));
+    server.ok("accept");
+    client.ok(&format!("send {up}"));
+    server.ok(&format!("recv {up}"));
+    client.ok("close");
+    server.ok("wait_eof");
+    server.ok("close");
+    port
+}
+
+fn inode(ns: &NetNs) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(ns.path()).expect("netns file").ino()
+}
+
+#[test]
+fn g_netns_filter_shows_nothing_from_another_namespace() {
+    if !privileged("g_netns_filter_shows_nothing_from_another_namespace") {
+        return;
+    }
+    let watched = NetNs::new("g-in");
+    let other = NetNs::new("g-out");
+    let obs = Observer::start(&watched, &[]);
+    // The other namespace's connection closes first, so it would be written first.
+    let other_port = one_connection(&other, 11);
+    let port = one_connection(&watched, 22);
+    let records = obs.wait_records("observer.connection", 2);
+    let stopped = obs.stop_with(libc::SIGTERM);
+    stopped.assert_clean();
+    assert!(stopped.stderr.contains("stopped (SIGTERM)"), "{}", stopped.stderr);
+    let all = stopped.dataset("observer.connection");
+    assert_eq!(all.len(), 2, "only the watched namespace: {all:#?}");
+    assert_eq!(records, all);
+    for r in &all {
+        assert_eq!(field(r, "conn.netns"), inode(&watched));
+        assert_eq!(field(r, "destination.port"), port);
+        assert_ne!(field(r, "destination.port"), other_port);
+        assert_eq!(field(r, "source.bytes"), 22);
+    }
+}
+
+#[test]
+fn port_filter_keeps_either_end() {
+    if !privileged("port_filter_keeps_either_end") {
+        return;
+    }
+    let ns = NetNs::new("port");
+    let mut server = Peer::spawn(&ns, "srv");
+    let port = server.port("listen 4 127.0.0.1", "port");
+    let obs = Observer::start(&ns, &["--port", &port.to_string()]);
+    // A connection to another port first: it must not show.
+    let other = one_connection(&ns, 5);
+    let mut client = Peer::spawn(&ns, "cli");
+    client.ok(&format!("connect 4 127.0.0.1 {port}"));
+    server.ok("accept");
+    client.ok("linger0");
+    client.ok("close");
+    let records = obs.wait_records("observer.connection", 2);
+    let stopped = obs.stop();
+    stopped.assert_clean();
+    let all = stopped.dataset("observer.connection");
+    assert_eq!(all, records);
+    assert_eq!(all.len(), 2, "{all:#?}");
+    for r in &all {
+        assert_eq!(field(r, "destination.port"), port);
+        assert_ne!(field(r, "destination.port"), other);
+        assert_eq!(states(r).last().map(String::as_str), Some("CLOSE"));
+    }
+}
+
+/// The traffic of the record/replay test: an orderly close, a refused connect and a reset.
+fn mixed_traffic(ns: &NetNs) {
+    one_connection(ns, 3);
+    let mut client = Peer::spawn(ns, "refused");
+    let closed = client.port("freeport 4 127.0.0.1", "port");
+    assert_eq!(client.cmd(&format!("connect 4 127.0.0.1 {closed}"))["error"], "ECONNREFUSED");
+    let mut server = Peer::spawn(ns, "srv");
+    let port = server.port("listen 6 ::1", "port");
+    client.ok(&format!("connect 6 ::1 {port}"));
+    server.ok("accept");
+    client.ok("linger0");
+    client.ok("close");
+}
+
+fn without_agent(lines: &[Value]) -> Vec<Value> {
+    lines.iter().filter(|l| field(l, "event.dataset") != "observer.agent").cloned().collect()
+}
+
+#[test]
+fn h_record_then_replay_gives_identical_records() {
+    if !privileged("h_record_then_replay_gives_identical_records") {
+        return;
+    }
+    let ns = NetNs::new("h");
+    let recording = scratch("rec");
+    let obs = Observer::start(&ns, &["--transitions", "--record", recording.to_str().expect("utf-8")]);
+    mixed_traffic(&ns);
+    obs.wait_records("observer.connection", 5);
+    let live = obs.stop();
+    live.assert_clean();
+    let conns = live.dataset("observer.connection");
+    assert_eq!(conns.len(), 5, "{conns:#?}");
+    // The transition stream: every state change of every connection, joined by uid.
+    let changes = live.dataset("observer.state");
+    for conn in &conns {
+        let uid = field(conn, "conn.uid");
+        let mine: Vec<String> = changes
+            .iter()
+            .filter(|c| field(c, "conn.uid") == uid)
+            .map(|c| field(c, "conn.new_state").as_str().unwrap_or("?").to_owned())
+            .collect();
+        let mut want = states(conn);
+        // The stream shows the kernel's raw CLOSE where the record reads a time-wait handover.
+        if want.last().map(String::as_str) == Some("TIME_WAIT") {
+            *want.last_mut().expect("non-empty") = "CLOSE".into();
+        }
+        assert_eq!(mine, want, "state records of {conn}");
+    }
+
+    let replayed = scratch("ndjson");
+    let status = Command::new(bin())
+        .args(["replay", "--transitions", "--output"])
+        .arg(&replayed)
+        .arg(&recording)
+        .status()
+        .expect("replay");
+    assert!(status.success());
+    let text = std::fs::read_to_string(&replayed).expect("replay output");
+    let again = parse_lines(&text);
+    assert_eq!(without_agent(&live.lines), again, "replay reproduces every record");
+
+    // Filters apply to replay too: only the refused connect used this port.
+    let refused = conns.iter().find(|c| field(c, "conn.error") == "ECONNREFUSED").expect("refused");
+    let port = field(refused, "destination.port").to_string();
+    let out = Command::new(bin()).args(["replay", "--port", &port]).arg(&recording).output().expect("replay");
+    assert!(out.status.success());
+    let filtered = of_dataset(&parse_lines(&String::from_utf8_lossy(&out.stdout)), "observer.connection");
+    assert_eq!(filtered, vec![refused.clone()]);
+    let _ = std::fs::remove_file(&recording);
+    let _ = std::fs::remove_file(&replayed);
+}
+
+#[test]
+fn a_closed_stdout_ends_the_run_cleanly() {
+    if !privileged("a_closed_stdout_ends_the_run_cleanly") {
+        return;
+    }
+    let ns = NetNs::new("pipe");
+    let mut child = Command::new(bin())
+        .args(["run", "--netns"])
+        .arg(ns.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    stdout.read_line(&mut first).expect("first line");
+    assert!(first.contains("\"started\""), "{first}");
+    drop(stdout);
+    one_connection(&ns, 1);
+    let status = wait_for(Duration::from_secs(10), "observer to notice the closed pipe", || {
+        child.try_wait().ok().flatten()
+    });
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr).expect("stderr");
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(stderr.contains("stopped (output closed)"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// A tmpfs mounted for one test, unmounted on drop.
+struct SmallDisk {
+    dir: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn new(bytes: u64) -> Self {
+        let dir = scratch("disk");
+        std::fs::create_dir(&dir).expect("mount point");
+        sh("mount", &["-t", "tmpfs", "-o", &format!("size={bytes}"), "obs-test", dir.to_str().expect("utf-8")]);
+        Self { dir }
+    }
+
+    /// Fills every free byte.
+    fn fill(&self) -> std::path::PathBuf {
+        let filler = self.dir.join("filler");
+        let _ = Command::new("dd")
+            .args(["if=/dev/zero", "bs=4096"])
+            .arg(format!("of={}", filler.display()))
+            .stderr(Stdio::null())
+            .status();
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[test]
+fn a_full_disk_loses_nothing() {
+    if !privileged("a_full_disk_loses_nothing") {
+        return;
+    }
+    let disk = SmallDisk::new(1 << 20);
+    let ns = NetNs::new("disk");
+    let output = disk.dir.join("out.ndjson");
+    let netns = ns.path();
+    let obs = Observer::start_with(&["run", "--netns", netns.to_str().expect("utf-8"), "--output", output.to_str().expect("utf-8")]);
+    let filler = disk.fill();
+    for _ in 0..3 {
+        one_connection(&ns, 9);
+    }
+    let stderr_says = |what: &str| {
+        let stderr = std::fs::read_to_string(obs.stderr_path()).unwrap_or_default();
+        stderr.contains(what).then_some(stderr)
+    };
+    let warning = wait_for(Duration::from_secs(10), "the disk-full warning", || stderr_says("No space left on device"));
+    assert!(warning.contains(&format!("cannot write to {}", output.display())), "{warning}");
+    std::fs::remove_file(filler).expect("free the disk");
+    wait_for(Duration::from_secs(10), "the recovery notice", || stderr_says("works again; nothing was lost"));
+    let stopped = obs.stop();
+    let lines = &stopped.lines;
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    let conns = of_dataset(lines, "observer.connection");
+    assert_eq!(conns.len(), 6, "all three connections, both ends: {conns:#?}");
+    let summary = of_dataset(lines, "observer.loss");
+    assert_eq!(summary.len(), 1);
+    assert_eq!(summary[0]["loss"]["total"]["ring_full"], 0);
+}
