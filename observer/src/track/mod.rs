@@ -21,8 +21,12 @@ use self::{
 };
 use crate::decode::{Counters, Event};
 
-/// How long a closed socket's record waits for late facts before it is emitted.
+/// Late facts join a closed socket's record when they happened at most this long after its
+/// CLOSE. The decision depends only on event timestamps, so live capture and replay agree.
 pub const GRACE_NS: u64 = 250_000_000;
+/// Extra wait before a record is emitted, for events stamped before `now` but not yet
+/// committed to the ring, or reserved out of timestamp order on another CPU.
+pub const SKEW_NS: u64 = 20_000_000;
 /// How long an unclaimed SYN-ACK retransmit waits for its child socket (SYN_RECV gives up
 /// after ~63 s with default settings).
 const SYNACK_TTL_NS: u64 = 120_000_000_000;
@@ -61,7 +65,12 @@ fn syn_key(t: &Endpoints) -> SynKey {
 pub struct Tracker {
     boot_id: [u8; 16],
     filter: Filter,
-    pending: HashMap<u64, Pending>,
+    /// Closed sockets waiting out the grace period, by (socket address, close time): the
+    /// kernel reuses a freed socket's address quickly, so two can wait at once.
+    pending: HashMap<(u64, u64), Pending>,
+    /// The latest close time per socket address, for late resets.
+    latest: HashMap<u64, u64>,
+    /// (close time, socket address), in arrival order.
     order: VecDeque<(u64, u64)>,
     synacks: HashMap<SynKey, (u32, u64)>,
     last_counters: Counters,
@@ -80,6 +89,7 @@ impl Tracker {
             boot_id,
             filter,
             pending: HashMap::new(),
+            latest: HashMap::new(),
             order: VecDeque::new(),
             synacks: HashMap::new(),
             last_counters: Counters::default(),
@@ -97,7 +107,7 @@ impl Tracker {
     /// Feeds one event; records that become due are appended to `out`.
     pub fn ingest(&mut self, event: &Event, out: &mut Vec<Output>) {
         match event {
-            Event::Closed(closed) => self.closed(closed, out),
+            Event::Closed(closed) => self.closed(closed),
             Event::Transition(t) => self.transition(t, out),
             Event::Reset(r) => self.reset(r),
             Event::SynackRetransmit(s) => self.synack(s),
@@ -108,7 +118,7 @@ impl Tracker {
     /// Emits the records whose grace period ended by `now_ns`.
     pub fn flush_due(&mut self, now_ns: u64, out: &mut Vec<Output>) {
         while let Some(&(end, sk)) = self.order.front() {
-            if end.saturating_add(GRACE_NS) > now_ns {
+            if end.saturating_add(GRACE_NS + SKEW_NS) > now_ns {
                 break;
             }
             self.order.pop_front();
@@ -139,24 +149,28 @@ impl Tracker {
         Losses::from_counters(&self.last_counters, self.decode_errors)
     }
 
-    fn closed(&mut self, closed: &ConnClosed, out: &mut Vec<Output>) {
+    fn closed(&mut self, closed: &ConnClosed) {
         if closed.state.flags & conn_flag::ROLE_LISTENER != 0 {
             return;
         }
-        // A socket reused for a new connect() closes again under the same address: the older
-        // record is complete, emit it now.
-        if self.pending.contains_key(&closed.sk) {
-            let end = self.pending[&closed.sk].closed.header.ts_ns;
-            self.order.retain(|&(_, sk)| sk != closed.sk);
-            self.emit(closed.sk, end, out);
+        let end = closed.header.ts_ns;
+        let pending = Pending { closed: *closed, late: LateResets::default(), late_reason: None };
+        if self.pending.insert((closed.sk, end), pending).is_some() {
+            // The same address closing twice in one nanosecond: keep the newer, as the kernel did.
+            return;
         }
-        self.pending.insert(closed.sk, Pending { closed: *closed, late: LateResets::default(), late_reason: None });
-        self.order.push_back((closed.header.ts_ns, closed.sk));
+        self.latest.insert(closed.sk, end);
+        self.order.push_back((end, closed.sk));
     }
 
     fn reset(&mut self, r: &Reset) {
+        let end = self.latest.get(&r.sk).copied().unwrap_or(0);
         if r.flags & reset_flag::SENT != 0
-            && let Some(p) = self.pending.get_mut(&r.sk).filter(|_| r.sk != 0)
+            && r.sk != 0
+            && let Some(p) = self
+                .pending
+                .get_mut(&(r.sk, end))
+                .filter(|_| r.header.ts_ns >= end && r.header.ts_ns <= end.saturating_add(GRACE_NS))
         {
             p.late.sent = p.late.sent.saturating_add(1);
             if r.flags & reset_flag::HAS_REASON != 0 {
@@ -211,11 +225,9 @@ impl Tracker {
     }
 
     fn emit(&mut self, sk: u64, end: u64, out: &mut Vec<Output>) {
-        let Some(p) = self.pending.remove(&sk) else { return };
-        if p.closed.header.ts_ns != end {
-            // A newer record for the same socket; this queue entry was superseded.
-            self.pending.insert(sk, p);
-            return;
+        let Some(p) = self.pending.remove(&(sk, end)) else { return };
+        if self.latest.get(&sk) == Some(&end) {
+            self.latest.remove(&sk);
         }
         let st = &p.closed.state;
         if !self.filter.admits(st.netns, &st.tuple) {
