@@ -3,7 +3,8 @@ use anyhow::Context as _;
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=OBSERVER_BPF_TOOLCHAIN");
-    let toolchain = std::env::var("OBSERVER_BPF_TOOLCHAIN").unwrap_or_else(|_| "nightly".to_owned());
+    let toolchain =
+        std::env::var("OBSERVER_BPF_TOOLCHAIN").unwrap_or_else(|_| "nightly".to_owned());
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .context("observer/ has a parent directory")?

@@ -6,6 +6,10 @@
 //! to build rather than disagree. Event kinds have fixed discriminants; a retired number is never
 //! reused.
 #![no_std]
+#![expect(
+    clippy::pub_underscore_fields,
+    reason = "explicit padding is part of the ABI"
+)]
 
 use core::mem::{align_of, size_of};
 
@@ -78,7 +82,7 @@ pub struct Endpoints {
     pub _pad: u16,
 }
 
-/// The process that owns a socket: the caller of connect(), listen() or accept().
+/// The process that owns a socket: the caller of `connect()`, `listen()` or `accept()`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Owner {
@@ -89,9 +93,9 @@ pub struct Owner {
 
 /// `ConnState::flags`.
 pub mod conn_flag {
-    /// Born by CLOSE→SYN_SENT inside connect().
+    /// Born by `CLOSE→SYN_SENT` inside `connect()`.
     pub const ROLE_CLIENT: u16 = 1 << 0;
-    /// Born by LISTEN→SYN_RECV: a child of a listener.
+    /// Born by `LISTEN→SYN_RECV`: a child of a listener.
     pub const ROLE_SERVER: u16 = 1 << 1;
     /// Entered LISTEN.
     pub const ROLE_LISTENER: u16 = 1 << 2;
@@ -110,7 +114,7 @@ pub mod conn_flag {
 pub struct ConnState {
     /// When the socket was born (its first transition) or first seen.
     pub birth_ns: u64,
-    /// When accept() returned it, for server sockets.
+    /// When `accept()` returned it, for server sockets.
     pub accept_ns: u64,
     /// `SO_COOKIE`.
     pub cookie: u64,
@@ -120,7 +124,7 @@ pub struct ConnState {
     pub owner: Owner,
     /// Inode number of the socket's network namespace.
     pub netns: u32,
-    /// `tcp:tcp_retransmit_skb` while in SYN_SENT.
+    /// `tcp:tcp_retransmit_skb` while in `SYN_SENT`.
     pub retrans_syn: u32,
     /// `tcp:tcp_retransmit_skb` in any other state.
     pub retrans_data: u32,
@@ -165,7 +169,7 @@ pub struct CloseInfo {
     /// `sock.sk_err`: why the socket died (ECONNREFUSED, ETIMEDOUT, ECONNRESET, …), or 0.
     pub sk_err: i32,
     /// 1 when `SOCK_DONE` is set in `sock.sk_flags`: `tcp_fin()` ran, the peer's FIN arrived.
-    /// (`sk_shutdown` cannot tell: close() sets both bits on an orphaned socket.)
+    /// (`sk_shutdown` cannot tell: `close()` sets both bits on an orphaned socket.)
     pub peer_fin: u8,
     pub _pad: [u8; 3],
 }
@@ -208,7 +212,7 @@ pub mod reset_flag {
 }
 
 /// [`kind::RESET`]: a RST on a socket not (or no longer) in the kernel map: a socket that
-/// already reached CLOSE (tcp_disconnect sends its RST after CLOSE), a time-wait socket, or no
+/// already reached CLOSE (`tcp_disconnect` sends its RST after CLOSE), a time-wait socket, or no
 /// socket at all.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -257,7 +261,7 @@ pub mod counter {
 pub mod reset_layout {
     /// `tcp_send_reset` has no address fields (not expected on any supported kernel).
     pub const NONE: u32 = 0;
-    /// sport, dport, family, saddr[4], daddr[4], saddr_v6[16], daddr_v6[16] fields (≤ 6.9).
+    /// sport, dport, family, saddr[4], daddr[4], `saddr_v6`[16], `daddr_v6`[16] fields (≤ 6.9).
     pub const FIELDS: u32 = 1;
     /// saddr[28], daddr[28] `sockaddr` blobs (6.10+).
     pub const SOCKADDR: u32 = 2;
@@ -362,7 +366,10 @@ pub struct Settings {
 impl Settings {
     #[must_use]
     pub const fn zeroed() -> Self {
-        Self { emit_transitions: 0, wakeup_bytes: 0 }
+        Self {
+            emit_transitions: 0,
+            wakeup_bytes: 0,
+        }
     }
 }
 

@@ -25,7 +25,9 @@ use crate::{
 };
 
 pub fn on_accept_exit(ctx: &TracePointContext) {
-    let Some(ret) = read::<i64>(ctx.as_ptr() as u64, layout!(tp_accept_ret)) else { return };
+    let Some(ret) = read::<i64>(ctx.as_ptr() as u64, layout!(tp_accept_ret)) else {
+        return;
+    };
     let Ok(fd) = u32::try_from(ret) else { return };
     let Some(sk) = socket_of_fd(fd) else { return };
     // SAFETY: no preconditions.

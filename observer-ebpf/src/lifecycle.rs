@@ -23,8 +23,7 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use observer_common::{
-    ConnClosed, ConnState, MAX_TRANSITIONS, Owner, Transition, conn_flag, counter,
-    kind, tcp_state,
+    ConnClosed, ConnState, MAX_TRANSITIONS, Owner, Transition, conn_flag, counter, kind, tcp_state,
 };
 
 use crate::{

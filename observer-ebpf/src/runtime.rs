@@ -7,12 +7,12 @@
 //!   it also drains on a timer.
 //! - `COUNTERS` is a per-CPU array: every event lost to a full ring or a full map is counted.
 
+use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use aya_ebpf::{
     helpers::bpf_probe_read_kernel,
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
 };
-use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use observer_common::{ConnState, EventHeader, Layout, Settings, counter};
 
 /// Default size; userspace sets the real one with `EbpfLoader::map_max_entries`.

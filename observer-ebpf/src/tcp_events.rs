@@ -14,8 +14,8 @@
 
 use aya_ebpf::{EbpfContext as _, helpers::bpf_ktime_get_boot_ns, programs::TracePointContext};
 use observer_common::{
-    ABSENT, AF_INET6, Endpoints, Reset, SynackRetransmit, counter, kind, reset_flag,
-    reset_layout, tcp_state,
+    ABSENT, AF_INET6, Endpoints, Reset, SynackRetransmit, counter, kind, reset_flag, reset_layout,
+    tcp_state,
 };
 
 use crate::{
@@ -33,7 +33,9 @@ fn now() -> u64 {
 }
 
 pub fn on_retransmit(ctx: &TracePointContext) {
-    let Some(sk) = field::<u64>(ctx, layout!(tp_retransmit_skaddr)) else { return };
+    let Some(sk) = field::<u64>(ctx, layout!(tp_retransmit_skaddr)) else {
+        return;
+    };
     let state = field::<i32>(ctx, layout!(tp_retransmit_state)).unwrap_or(0);
     let err_off = layout!(tp_retransmit_err);
     // Newer kernels also report attempts that failed locally (`err`); count retransmits
@@ -58,7 +60,9 @@ pub fn on_retransmit(ctx: &TracePointContext) {
 }
 
 pub fn on_receive_reset(ctx: &TracePointContext) {
-    let Some(sk) = field::<u64>(ctx, layout!(tp_receive_reset_skaddr)) else { return };
+    let Some(sk) = field::<u64>(ctx, layout!(tp_receive_reset_skaddr)) else {
+        return;
+    };
     let entry = match CONNS.get_ptr_mut(sk) {
         Some(entry) => entry,
         None => match kernel::track_existing(sk, now()) {
@@ -74,7 +78,11 @@ pub fn on_receive_reset(ctx: &TracePointContext) {
 pub fn on_send_reset(ctx: &TracePointContext) {
     let sk = field::<u64>(ctx, layout!(tp_send_reset_skaddr)).unwrap_or(0);
     let reason_off = layout!(tp_send_reset_reason);
-    let reason = if reason_off == ABSENT { None } else { field::<u32>(ctx, reason_off) };
+    let reason = if reason_off == ABSENT {
+        None
+    } else {
+        field::<u32>(ctx, reason_off)
+    };
     if sk != 0
         && let Some(entry) = CONNS.get_ptr_mut(sk)
     {
@@ -180,8 +188,12 @@ fn fill_addrs(
 }
 
 pub fn on_synack_retransmit(ctx: &TracePointContext) {
-    let Some(listener_sk) = field::<u64>(ctx, layout!(tp_synack_skaddr)) else { return };
-    let Some(family) = field::<u16>(ctx, layout!(tp_synack_family)) else { return };
+    let Some(listener_sk) = field::<u64>(ctx, layout!(tp_synack_skaddr)) else {
+        return;
+    };
+    let Some(family) = field::<u16>(ctx, layout!(tp_synack_family)) else {
+        return;
+    };
     let mut tuple = Endpoints {
         family,
         local_port: field::<u16>(ctx, layout!(tp_synack_sport)).unwrap_or(0),
@@ -206,7 +218,11 @@ pub fn on_synack_retransmit(ctx: &TracePointContext) {
     let event = entry.as_mut_ptr();
     // SAFETY: `event` points at reserved ring memory large enough for a SynackRetransmit.
     unsafe {
-        (*event).header = header(kind::SYNACK_RETRANSMIT, size_of::<SynackRetransmit>(), now());
+        (*event).header = header(
+            kind::SYNACK_RETRANSMIT,
+            size_of::<SynackRetransmit>(),
+            now(),
+        );
         (*event).listener_sk = listener_sk;
         (*event).req = req;
         (*event).tuple = tuple;

@@ -55,7 +55,11 @@ fn filter(filters: &Filters, allow_inode: bool) -> Result<Filter> {
             _ => Some(kernel::netns_inode(Path::new(arg))?),
         },
     };
-    Ok(Filter { port: filters.port, netns, transitions: filters.transitions })
+    Ok(Filter {
+        port: filters.port,
+        netns,
+        transitions: filters.transitions,
+    })
 }
 
 fn open_sink(output: Option<&Path>) -> Result<Sink> {
@@ -101,7 +105,9 @@ impl Pipeline {
             Err(err) => {
                 self.tracker.note_decode_error();
                 if !self.warned_decode {
-                    eprintln!("observer: warning: undecodable kernel event ({err}); counted as loss");
+                    eprintln!(
+                        "observer: warning: undecodable kernel event ({err}); counted as loss"
+                    );
                     self.warned_decode = true;
                 }
             }
@@ -126,7 +132,11 @@ impl Pipeline {
             // Serialising these types cannot fail.
             let _ = self.encoder.write(&output, &mut self.buf);
         }
-        let result = if self.buf.is_empty() { self.sink.retry() } else { self.sink.write(&self.buf) };
+        let result = if self.buf.is_empty() {
+            self.sink.retry()
+        } else {
+            self.sink.write(&self.buf)
+        };
         self.buf.clear();
         result
     }
@@ -154,7 +164,8 @@ fn run(args: &RunArgs) -> Result<()> {
         ring_bytes: args.ring_mib << 20,
         transitions: args.filters.transitions,
     };
-    let (probe, ring) = Probe::load(config).context("cannot start capture (`observer check` shows what is missing)")?;
+    let (probe, ring) = Probe::load(config)
+        .context("cannot start capture (`observer check` shows what is missing)")?;
     let boot_id = kernel::boot_id();
     let header = Header {
         abi_version: observer_common::ABI_VERSION,
@@ -164,10 +175,18 @@ fn run(args: &RunArgs) -> Result<()> {
         boot_id: Header::hex(&boot_id),
         boot_to_unix_ns: kernel::boot_to_unix_offset_ns(),
     };
-    let recorder = args.record.as_deref().map(|p| Recorder::create(p, &header)).transpose()?;
+    let recorder = args
+        .record
+        .as_deref()
+        .map(|p| Recorder::create(p, &header))
+        .transpose()?;
     let encoder = Encoder::new(header.host.clone(), header.boot_to_unix_ns);
     let mut pipeline = Pipeline::new(Tracker::new(boot_id, filter), encoder, sink, recorder);
-    eprintln!("observer: capturing on {} ({})", header.kernel, probe.attached.join(", "));
+    eprintln!(
+        "observer: capturing on {} ({})",
+        header.kernel,
+        probe.attached.join(", ")
+    );
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -236,7 +255,10 @@ async fn live(
     };
 
     drain(ring.get_mut(), pipeline);
-    let counters = Counters { ts_ns: kernel::boottime_ns(), values: probe.counters() };
+    let counters = Counters {
+        ts_ns: kernel::boottime_ns(),
+        values: probe.counters(),
+    };
     pipeline.event(&Event::Counters(counters));
     let closed = matches!(pipeline.finish(counters.ts_ns), Err(SinkError::Closed));
     agent.action = "stopped";
@@ -254,7 +276,11 @@ async fn live(
         counters.values[observer_common::counter::EVENTS as usize],
         counters.values[observer_common::counter::RING_FULL as usize]
             + counters.values[observer_common::counter::MAP_FULL as usize],
-        if pending > 0 { format!(", {pending} bytes could not be written") } else { String::new() }
+        if pending > 0 {
+            format!(", {pending} bytes could not be written")
+        } else {
+            String::new()
+        }
     );
     Ok(())
 }
@@ -282,7 +308,10 @@ fn replay(args: &ReplayArgs) -> Result<()> {
         }
     }
     if input.truncated {
-        eprintln!("observer: warning: {} ends inside a frame; replayed what was complete", args.file.display());
+        eprintln!(
+            "observer: warning: {} ends inside a frame; replayed what was complete",
+            args.file.display()
+        );
     }
     let _ = pipeline.finish(last_ts);
     Ok(())

@@ -16,12 +16,20 @@ struct Row {
 }
 
 fn row(item: impl Into<String>, ok: bool, detail: impl Into<String>, fix: Option<&str>) -> Row {
-    Row { item: item.into(), ok, detail: detail.into(), fix: fix.map(str::to_owned) }
+    Row {
+        item: item.into(),
+        ok,
+        detail: detail.into(),
+        fix: fix.map(str::to_owned),
+    }
 }
 
 fn effective_caps() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))?
+        .trim();
     u64::from_str_radix(hex, 16).ok()
 }
 
@@ -35,33 +43,48 @@ fn cgroup2_mount() -> Option<String> {
 }
 
 fn rows() -> Vec<Row> {
-    let mut rows = Vec::new();
-    // SAFETY: no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
     const CAP_SYS_ADMIN: u64 = 1 << 21;
     const CAP_PERFMON: u64 = 1 << 38;
     const CAP_BPF: u64 = 1 << 39;
+    let mut rows = Vec::new();
+    // SAFETY: no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
     let caps = effective_caps().unwrap_or(0);
     let bpf_caps = caps & CAP_SYS_ADMIN != 0 || (caps & CAP_BPF != 0 && caps & CAP_PERFMON != 0);
     rows.push(row(
         "privileges",
         root && bpf_caps,
-        format!("euid {}, CapEff {caps:#x}", if root { "0" } else { "not 0" }),
+        format!(
+            "euid {}, CapEff {caps:#x}",
+            if root { "0" } else { "not 0" }
+        ),
         (!root || !bpf_caps).then_some("run as root (sudo observer …)"),
     ));
     rows.push(row("kernel", true, kernel::release(), None));
-    let tracefs = if root { tracefs::ensure_mounted().ok() } else { tracefs::root() };
+    let tracefs = if root {
+        tracefs::ensure_mounted().ok()
+    } else {
+        tracefs::root()
+    };
     rows.push(row(
         "tracefs",
         tracefs.is_some(),
-        tracefs.as_ref().map_or("not mounted".into(), |p| p.display().to_string()),
-        tracefs.is_none().then_some("mount -t tracefs nodev /sys/kernel/tracing"),
+        tracefs
+            .as_ref()
+            .map_or("not mounted".into(), |p| p.display().to_string()),
+        tracefs
+            .is_none()
+            .then_some("mount -t tracefs nodev /sys/kernel/tracing"),
     ));
     let btf = Path::new("/sys/kernel/btf/vmlinux");
     rows.push(row(
         "BTF",
         btf.exists(),
-        if btf.exists() { btf.display().to_string() } else { "missing".into() },
+        if btf.exists() {
+            btf.display().to_string()
+        } else {
+            "missing".into()
+        },
         (!btf.exists()).then_some("use a kernel built with CONFIG_DEBUG_INFO_BTF=y"),
     ));
     let cgroup = cgroup2_mount();
@@ -80,7 +103,8 @@ fn rows() -> Vec<Row> {
                         format!("tracepoint {category}:{name}"),
                         path.exists(),
                         hook.role,
-                        (!path.exists()).then_some("this kernel lacks the tracepoint; please report it"),
+                        (!path.exists())
+                            .then_some("this kernel lacks the tracepoint; please report it"),
                     ));
                 }
             }
@@ -92,19 +116,40 @@ fn rows() -> Vec<Row> {
             true,
             format!(
                 "RST reasons: {}; tcp_send_reset endpoints: {}",
-                if choices.rst_reason { "yes" } else { "no (kernel < 6.10)" },
-                if choices.rst_sockaddr { "sockaddr" } else { "fields" }
+                if choices.rst_reason {
+                    "yes"
+                } else {
+                    "no (kernel < 6.10)"
+                },
+                if choices.rst_sockaddr {
+                    "sockaddr"
+                } else {
+                    "fields"
+                }
             ),
             None,
         )),
-        Err(e) => rows.push(row("kernel layout (BTF + tracefs)", false, e.to_string(), None)),
+        Err(e) => rows.push(row(
+            "kernel layout (BTF + tracefs)",
+            false,
+            e.to_string(),
+            None,
+        )),
     }
-    let config = ProbeConfig { max_connections: 1024, ring_bytes: 1 << 20, transitions: false };
+    let config = ProbeConfig {
+        max_connections: 1024,
+        ring_bytes: 1 << 20,
+        transitions: false,
+    };
     match Probe::load(config) {
         Ok((probe, _ring)) => rows.push(row(
             "load and attach",
             true,
-            format!("{} hooks: {}", probe.attached.len(), probe.attached.join(", ")),
+            format!(
+                "{} hooks: {}",
+                probe.attached.len(),
+                probe.attached.join(", ")
+            ),
             None,
         )),
         Err(e) => rows.push(row("load and attach", false, e.to_string(), None)),
@@ -112,12 +157,18 @@ fn rows() -> Vec<Row> {
     rows
 }
 
+#[must_use]
 pub fn run() -> ExitCode {
     let rows = rows();
     let width = rows.iter().map(|r| r.item.len()).max().unwrap_or(0);
     println!("{:width$}  STATUS  DETAIL", "CHECK");
     for r in &rows {
-        println!("{:width$}  {:6}  {}", r.item, if r.ok { "ok" } else { "FAIL" }, r.detail);
+        println!(
+            "{:width$}  {:6}  {}",
+            r.item,
+            if r.ok { "ok" } else { "FAIL" },
+            r.detail
+        );
     }
     let failed: Vec<&Row> = rows.iter().filter(|r| !r.ok).collect();
     if failed.is_empty() {

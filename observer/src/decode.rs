@@ -52,7 +52,11 @@ pub enum DecodeError {
     #[error("unknown event kind {0}")]
     UnknownKind(u16),
     #[error("event kind {kind} declares {declared} bytes, its layout has {expected}")]
-    BadLength { kind: u16, declared: u16, expected: usize },
+    BadLength {
+        kind: u16,
+        declared: u16,
+        expected: usize,
+    },
 }
 
 /// Copies a `T` out of `bytes`.
@@ -61,7 +65,10 @@ pub enum DecodeError {
 /// valid value, so any bytes of the right length decode.
 fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
     if bytes.len() < size_of::<T>() {
-        return Err(DecodeError::Truncated { got: bytes.len(), need: size_of::<T>() });
+        return Err(DecodeError::Truncated {
+            got: bytes.len(),
+            need: size_of::<T>(),
+        });
     }
     // SAFETY: length checked above; T is plain integers (see above); unaligned read.
     Ok(unsafe { bytes.as_ptr().cast::<T>().read_unaligned() })
@@ -91,7 +98,10 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         kind::SYNACK_RETRANSMIT => exact(&header, bytes).map(Event::SynackRetransmit),
         KIND_COUNTERS => {
             let frame: CountersFrame = exact(&header, bytes)?;
-            Ok(Event::Counters(Counters { ts_ns: header.ts_ns, values: frame.values }))
+            Ok(Event::Counters(Counters {
+                ts_ns: header.ts_ns,
+                values: frame.values,
+            }))
         }
         other => Err(DecodeError::UnknownKind(other)),
     }
@@ -119,16 +129,19 @@ pub fn encode_into(event: &Event, out: &mut Vec<u8>) {
         Event::Transition(e) => bytes(e, out),
         Event::Reset(e) => bytes(e, out),
         Event::SynackRetransmit(e) => bytes(e, out),
-        Event::Counters(c) => bytes(&CountersFrame {
-            header: EventHeader {
-                kind: KIND_COUNTERS,
-                len: u16::try_from(size_of::<CountersFrame>()).unwrap_or(u16::MAX),
-                _pad: 0,
-                ts_ns: c.ts_ns,
-                pid_tgid: 0,
+        Event::Counters(c) => bytes(
+            &CountersFrame {
+                header: EventHeader {
+                    kind: KIND_COUNTERS,
+                    len: u16::try_from(size_of::<CountersFrame>()).unwrap_or(u16::MAX),
+                    _pad: 0,
+                    ts_ns: c.ts_ns,
+                    pid_tgid: 0,
+                },
+                values: c.values,
             },
-            values: c.values,
-        }, out),
+            out,
+        ),
     }
 }
 
@@ -154,7 +167,12 @@ mod tests {
                 pid_tgid: 7 << 32 | 8,
             },
             sk: 0xffff_8881_0000_1000,
-            tuple: Endpoints { local_port: 80, remote_port: 5555, family: 2, ..Endpoints::default() },
+            tuple: Endpoints {
+                local_port: 80,
+                remote_port: 5555,
+                family: 2,
+                ..Endpoints::default()
+            },
             reason: 11,
             state: 7,
             flags: 3,
@@ -165,13 +183,26 @@ mod tests {
     #[test]
     fn round_trips_every_kind() {
         let closed = ConnClosed {
-            header: EventHeader { kind: kind::CONN_CLOSED, len: 272, _pad: 0, ts_ns: 9, pid_tgid: 1 },
+            header: EventHeader {
+                kind: kind::CONN_CLOSED,
+                len: 272,
+                _pad: 0,
+                ts_ns: 9,
+                pid_tgid: 1,
+            },
             sk: 1,
             state: ConnState::zeroed(),
             close: observer_common::CloseInfo::default(),
         };
-        let counters = Counters { ts_ns: 5, values: [1, 2, 3, 4, 5, 6, 7, 8] };
-        for event in [Event::Reset(reset()), Event::Closed(closed), Event::Counters(counters)] {
+        let counters = Counters {
+            ts_ns: 5,
+            values: [1, 2, 3, 4, 5, 6, 7, 8],
+        };
+        for event in [
+            Event::Reset(reset()),
+            Event::Closed(closed),
+            Event::Counters(counters),
+        ] {
             assert_eq!(decode(&encode(&event)), Ok(event));
         }
     }
@@ -186,9 +217,18 @@ mod tests {
     #[test]
     fn truncated_input_is_an_error() {
         let bytes = encode(&Event::Reset(reset()));
-        assert_eq!(decode(&bytes[..10]), Err(DecodeError::Truncated { got: 10, need: 24 }));
-        assert_eq!(decode(&bytes[..79]), Err(DecodeError::Truncated { got: 79, need: 80 }));
-        assert_eq!(decode(&[]), Err(DecodeError::Truncated { got: 0, need: 24 }));
+        assert_eq!(
+            decode(&bytes[..10]),
+            Err(DecodeError::Truncated { got: 10, need: 24 })
+        );
+        assert_eq!(
+            decode(&bytes[..79]),
+            Err(DecodeError::Truncated { got: 79, need: 80 })
+        );
+        assert_eq!(
+            decode(&[]),
+            Err(DecodeError::Truncated { got: 0, need: 24 })
+        );
     }
 
     #[test]
@@ -200,7 +240,11 @@ mod tests {
         bytes[2] = 200;
         assert_eq!(
             decode(&bytes),
-            Err(DecodeError::BadLength { kind: kind::RESET, declared: 200, expected: 80 })
+            Err(DecodeError::BadLength {
+                kind: kind::RESET,
+                declared: 200,
+                expected: 80
+            })
         );
     }
 }

@@ -61,7 +61,10 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         program: "sys_exit_accept",
-        kind: HookKind::Tracepoint(&[("syscalls", "sys_exit_accept4"), ("syscalls", "sys_exit_accept")]),
+        kind: HookKind::Tracepoint(&[
+            ("syscalls", "sys_exit_accept4"),
+            ("syscalls", "sys_exit_accept"),
+        ]),
         role: "the owner process of server sockets",
     },
 ];
@@ -124,7 +127,8 @@ pub struct Probe {
 pub fn resolve_layout() -> Result<(Layout, Choices), ProbeError> {
     let root = tracefs::ensure_mounted()?;
     let btf_path = Path::new("/sys/kernel/btf/vmlinux");
-    let data = std::fs::read(btf_path).map_err(|e| ProbeError::NoBtf(format!("{}: {e}", btf_path.display())))?;
+    let data = std::fs::read(btf_path)
+        .map_err(|e| ProbeError::NoBtf(format!("{}: {e}", btf_path.display())))?;
     let btf = Btf::parse(&data).map_err(|e| ProbeError::NoBtf(e.to_string()))?;
     Ok(layout::resolve(&btf, &root)?)
 }
@@ -153,11 +157,24 @@ impl Probe {
             .map_err(ProbeError::Load)?;
         let attached = attach_all(&mut ebpf)?;
         let ring = take_map(&mut ebpf, "EVENTS")?;
-        let ring = RingBuf::try_from(ring).map_err(|source| ProbeError::Map { name: "EVENTS", source })?;
+        let ring = RingBuf::try_from(ring).map_err(|source| ProbeError::Map {
+            name: "EVENTS",
+            source,
+        })?;
         let counters = take_map(&mut ebpf, "COUNTERS")?;
-        let counters = PerCpuArray::try_from(counters)
-            .map_err(|source| ProbeError::Map { name: "COUNTERS", source })?;
-        Ok((Self { _ebpf: ebpf, counters, choices, attached }, ring))
+        let counters = PerCpuArray::try_from(counters).map_err(|source| ProbeError::Map {
+            name: "COUNTERS",
+            source,
+        })?;
+        Ok((
+            Self {
+                _ebpf: ebpf,
+                counters,
+                choices,
+                attached,
+            },
+            ring,
+        ))
     }
 
     /// The kernel's counters, summed over CPUs (indexes in `observer_common::counter`).
@@ -182,25 +199,34 @@ fn attach_all(ebpf: &mut Ebpf) -> Result<Vec<String>, ProbeError> {
     let mut attached = Vec::new();
     for hook in HOOKS {
         let fail = |action: String| {
-            move |source| ProbeError::Program { program: hook.program, action, source }
+            move |source| ProbeError::Program {
+                program: hook.program,
+                action,
+                source,
+            }
         };
-        let program = ebpf.program_mut(hook.program).ok_or_else(|| ProbeError::Program {
-            program: hook.program,
-            action: "lookup".into(),
-            source: aya::programs::ProgramError::UnexpectedProgramType,
-        })?;
+        let program = ebpf
+            .program_mut(hook.program)
+            .ok_or_else(|| ProbeError::Program {
+                program: hook.program,
+                action: "lookup".into(),
+                source: aya::programs::ProgramError::UnexpectedProgramType,
+            })?;
         match hook.kind {
             HookKind::BtfTracepoint(name) => {
                 let p: &mut BtfTracePoint = program.try_into().map_err(fail("type".into()))?;
-                p.load(name, &kernel_btf).map_err(fail(format!("loading tp_btf/{name}")))?;
-                p.attach().map_err(fail(format!("attaching tp_btf/{name}")))?;
+                p.load(name, &kernel_btf)
+                    .map_err(fail(format!("loading tp_btf/{name}")))?;
+                p.attach()
+                    .map_err(fail(format!("attaching tp_btf/{name}")))?;
                 attached.push(format!("tp_btf:{name}"));
             }
             HookKind::Tracepoint(points) => {
                 let p: &mut TracePoint = program.try_into().map_err(fail("type".into()))?;
                 p.load().map_err(fail("loading".into()))?;
                 for (category, name) in points {
-                    p.attach(category, name).map_err(fail(format!("attaching {category}:{name}")))?;
+                    p.attach(category, name)
+                        .map_err(fail(format!("attaching {category}:{name}")))?;
                     attached.push(format!("{category}:{name}"));
                 }
             }

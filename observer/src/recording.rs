@@ -11,6 +11,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use std::fmt::Write as _;
+
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -34,14 +36,21 @@ impl Header {
     pub fn boot_id_bytes(&self) -> [u8; 16] {
         let mut id = [0u8; 16];
         for (byte, i) in id.iter_mut().zip((0..self.boot_id.len()).step_by(2)) {
-            *byte = self.boot_id.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()).unwrap_or(0);
+            *byte = self
+                .boot_id
+                .get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .unwrap_or(0);
         }
         id
     }
 
     #[must_use]
     pub fn hex(id: &[u8; 16]) -> String {
-        id.iter().map(|b| format!("{b:02x}")).collect()
+        id.iter().fold(String::with_capacity(32), |mut hex, b| {
+            let _ = write!(hex, "{b:02x}");
+            hex
+        })
     }
 }
 
@@ -52,11 +61,22 @@ pub enum RecordingError {
     #[error("{0} is not an observer recording (bad magic)")]
     NotRecording(PathBuf),
     #[error("{path}: recording made by ABI version {found}, this observer reads {expected}")]
-    Abi { path: PathBuf, found: u32, expected: u32 },
+    Abi {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
     #[error("{path}: bad header: {err}")]
-    Header { path: PathBuf, err: serde_json::Error },
+    Header {
+        path: PathBuf,
+        err: serde_json::Error,
+    },
     #[error("{path}: frame {frame}: {err}")]
-    Decode { path: PathBuf, frame: u64, err: DecodeError },
+    Decode {
+        path: PathBuf,
+        frame: u64,
+        err: DecodeError,
+    },
 }
 
 pub struct Recorder {
@@ -71,14 +91,25 @@ impl Recorder {
     /// # Errors
     /// When the file cannot be created or written.
     pub fn create(path: &Path, header: &Header) -> Result<Self, RecordingError> {
-        let io = |err| RecordingError::Io { path: path.to_owned(), err };
+        let io = |err| RecordingError::Io {
+            path: path.to_owned(),
+            err,
+        };
         let file = File::create(path).map_err(io)?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
-        let json = serde_json::to_vec(header).map_err(|err| RecordingError::Header { path: path.to_owned(), err })?;
+        let json = serde_json::to_vec(header).map_err(|err| RecordingError::Header {
+            path: path.to_owned(),
+            err,
+        })?;
         out.write_all(MAGIC).map_err(io)?;
-        out.write_all(&u32::try_from(json.len()).unwrap_or(u32::MAX).to_le_bytes()).map_err(io)?;
+        out.write_all(&u32::try_from(json.len()).unwrap_or(u32::MAX).to_le_bytes())
+            .map_err(io)?;
         out.write_all(&json).map_err(io)?;
-        Ok(Self { out, path: path.to_owned(), failed: false })
+        Ok(Self {
+            out,
+            path: path.to_owned(),
+            failed: false,
+        })
     }
 
     /// Appends one frame. After a write error the recording stops, with one warning; capture
@@ -88,7 +119,11 @@ impl Recorder {
             return;
         }
         let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_le_bytes();
-        if let Err(e) = self.out.write_all(&len).and_then(|()| self.out.write_all(bytes)) {
+        if let Err(e) = self
+            .out
+            .write_all(&len)
+            .and_then(|()| self.out.write_all(bytes))
+        {
             eprintln!(
                 "observer: warning: recording to {} stopped: {e}; the live output continues",
                 self.path.display()
@@ -104,8 +139,13 @@ impl Recorder {
     }
 
     pub fn flush(&mut self) {
-        if !self.failed && let Err(e) = self.out.flush() {
-            eprintln!("observer: warning: recording to {} stopped: {e}", self.path.display());
+        if !self.failed
+            && let Err(e) = self.out.flush()
+        {
+            eprintln!(
+                "observer: warning: recording to {} stopped: {e}",
+                self.path.display()
+            );
             self.failed = true;
         }
     }
@@ -126,10 +166,15 @@ impl Replay {
     /// # Errors
     /// When the file cannot be read, is not a recording, or is from another ABI version.
     pub fn open(path: &Path) -> Result<(Header, Self), RecordingError> {
-        let io = |err| RecordingError::Io { path: path.to_owned(), err };
+        let io = |err| RecordingError::Io {
+            path: path.to_owned(),
+            err,
+        };
         let mut input = BufReader::with_capacity(1 << 20, File::open(path).map_err(io)?);
         let mut magic = [0u8; 8];
-        input.read_exact(&mut magic).map_err(|_| RecordingError::NotRecording(path.to_owned()))?;
+        input
+            .read_exact(&mut magic)
+            .map_err(|_| RecordingError::NotRecording(path.to_owned()))?;
         if &magic != MAGIC {
             return Err(RecordingError::NotRecording(path.to_owned()));
         }
@@ -137,8 +182,11 @@ impl Replay {
         input.read_exact(&mut len).map_err(io)?;
         let mut json = vec![0u8; u32::from_le_bytes(len) as usize];
         input.read_exact(&mut json).map_err(io)?;
-        let header: Header = serde_json::from_slice(&json)
-            .map_err(|err| RecordingError::Header { path: path.to_owned(), err })?;
+        let header: Header =
+            serde_json::from_slice(&json).map_err(|err| RecordingError::Header {
+                path: path.to_owned(),
+                err,
+            })?;
         if header.abi_version != observer_common::ABI_VERSION {
             return Err(RecordingError::Abi {
                 path: path.to_owned(),
@@ -146,7 +194,16 @@ impl Replay {
                 expected: observer_common::ABI_VERSION,
             });
         }
-        Ok((header, Self { input, path: path.to_owned(), frame: 0, buf: Vec::new(), truncated: false }))
+        Ok((
+            header,
+            Self {
+                input,
+                path: path.to_owned(),
+                frame: 0,
+                buf: Vec::new(),
+                truncated: false,
+            },
+        ))
     }
 
     /// The next event; `None` at the end.
@@ -162,7 +219,12 @@ impl Replay {
                 self.truncated = true;
                 return Ok(None);
             }
-            Err(err) => return Err(RecordingError::Io { path: self.path.clone(), err }),
+            Err(err) => {
+                return Err(RecordingError::Io {
+                    path: self.path.clone(),
+                    err,
+                });
+            }
         }
         self.buf.resize(u32::from_le_bytes(len) as usize, 0);
         match read_full(&mut self.input, &mut self.buf) {
@@ -171,12 +233,21 @@ impl Replay {
                 self.truncated = true;
                 return Ok(None);
             }
-            Err(err) => return Err(RecordingError::Io { path: self.path.clone(), err }),
+            Err(err) => {
+                return Err(RecordingError::Io {
+                    path: self.path.clone(),
+                    err,
+                });
+            }
         }
         self.frame += 1;
         decode::decode(&self.buf)
             .map(Some)
-            .map_err(|err| RecordingError::Decode { path: self.path.clone(), frame: self.frame, err })
+            .map_err(|err| RecordingError::Decode {
+                path: self.path.clone(),
+                frame: self.frame,
+                err,
+            })
     }
 }
 
@@ -216,8 +287,14 @@ mod tests {
         let path = dir.with_extension("rec");
         let mut rec = Recorder::create(&path, &header()).expect("create");
         let mut scratch = Vec::new();
-        let events: Vec<Event> =
-            (0..3).map(|i| Event::Counters(Counters { ts_ns: i, values: [i; 8] })).collect();
+        let events: Vec<Event> = (0..3)
+            .map(|i| {
+                Event::Counters(Counters {
+                    ts_ns: i,
+                    values: [i; 8],
+                })
+            })
+            .collect();
         for e in &events {
             rec.event(e, &mut scratch);
         }
@@ -241,7 +318,11 @@ mod tests {
         let path = std::env::temp_dir().join(format!("obsrec-bad-{}", std::process::id()));
         std::fs::write(&path, b"not a recording").expect("write");
         let err = Replay::open(&path).err().expect("rejected");
-        assert!(err.to_string().ends_with("is not an observer recording (bad magic)"), "{err}");
+        assert!(
+            err.to_string()
+                .ends_with("is not an observer recording (bad magic)"),
+            "{err}"
+        );
         std::fs::remove_file(&path).expect("cleanup");
     }
 }

@@ -6,6 +6,11 @@
 //! marker `OBSERVER-SKIPPED` (xtask fails CI on it); with `OBSERVER_REQUIRE_PRIVILEGED=1` they
 //! fail instead.
 
+#![expect(
+    clippy::missing_panics_doc,
+    reason = "in a test harness a panic is a test failure"
+)]
+
 pub mod observer;
 pub mod peer;
 
@@ -32,13 +37,21 @@ pub fn privileged(test: &str) -> bool {
         std::env::var("OBSERVER_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
         "{test} needs root (OBSERVER_REQUIRE_PRIVILEGED=1)"
     );
-    let _ = std::io::stderr().write_all(format!("OBSERVER-SKIPPED: {test} needs root\n").as_bytes());
+    let _ =
+        std::io::stderr().write_all(format!("OBSERVER-SKIPPED: {test} needs root\n").as_bytes());
     false
 }
 
-/// Runs a command and panics with its output if it fails.
+/// Runs a command and panics with its output if it fails; returns its stdout.
+#[expect(
+    clippy::must_use_candidate,
+    reason = "most callers only need the command to succeed"
+)]
 pub fn sh(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
     assert!(
         out.status.success(),
         "{program} {args:?} failed: {}{}",
@@ -57,7 +70,11 @@ impl NetNs {
     #[must_use]
     pub fn new(tag: &str) -> Self {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let name = format!("obs-{tag}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "obs-{tag}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
         sh("ip", &["netns", "add", &name]);
         sh("ip", &["-n", &name, "link", "set", "lo", "up"]);
         Self { name }
@@ -77,28 +94,52 @@ impl NetNs {
     /// as `fin-wait-2`; time-wait mini-sockets report their substate).
     pub fn wait_tcp_state(&self, port: u16, state: &str) {
         let filter = format!("( sport = :{port} )");
-        wait_for(Duration::from_secs(10), &format!("port {port} in {state}"), || {
-            let out = sh("ip", &["netns", "exec", &self.name, "ss", "-Htan", "state", state, &filter]);
-            (!out.trim().is_empty()).then_some(())
-        });
+        wait_for(
+            Duration::from_secs(10),
+            &format!("port {port} in {state}"),
+            || {
+                let out = sh(
+                    "ip",
+                    &[
+                        "netns", "exec", &self.name, "ss", "-Htan", "state", state, &filter,
+                    ],
+                );
+                (!out.trim().is_empty()).then_some(())
+            },
+        );
     }
 
     /// Sets a sysctl inside the namespace.
     pub fn sysctl(&self, key: &str, value: &str) {
-        sh("ip", &["netns", "exec", &self.name, "sysctl", "-q", "-w", &format!("{key}={value}")]);
+        sh(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.name,
+                "sysctl",
+                "-q",
+                "-w",
+                &format!("{key}={value}"),
+            ],
+        );
     }
 }
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
 /// Wall-clock microseconds since the epoch, to check record timestamps against.
 #[must_use]
 pub fn now_us() -> i64 {
-    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
@@ -106,7 +147,9 @@ pub fn now_us() -> i64 {
 #[must_use]
 pub fn parse_ts(ts: &str) -> i64 {
     let num = |range: std::ops::Range<usize>| -> i64 {
-        ts.get(range).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad timestamp {ts}"))
+        ts.get(range)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad timestamp {ts}"))
     };
     assert!(ts.len() == 27 && ts.ends_with('Z'), "bad timestamp {ts}");
     let (y, m, d) = (num(0..4), num(5..7), num(8..10));
@@ -118,7 +161,8 @@ pub fn parse_ts(ts: &str) -> i64 {
     let doy = (153 * mp + 2) / 5 + d - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
-    ((days * 86_400 + num(11..13) * 3600 + num(14..16) * 60 + num(17..19)) * 1_000_000) + num(20..26)
+    ((days * 86_400 + num(11..13) * 3600 + num(14..16) * 60 + num(17..19)) * 1_000_000)
+        + num(20..26)
 }
 
 /// A JSON field by dotted path, e.g. `conn.uid`.
@@ -145,7 +189,10 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
         if let Some(v) = f() {
             return v;
         }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -43,7 +43,11 @@ pub fn parse_lines(text: &str) -> Vec<Value> {
 /// Records of one `event.dataset`.
 #[must_use]
 pub fn of_dataset(lines: &[Value], dataset: &str) -> Vec<Value> {
-    lines.iter().filter(|v| field(v, "event.dataset") == dataset).cloned().collect()
+    lines
+        .iter()
+        .filter(|v| field(v, "event.dataset") == dataset)
+        .cloned()
+        .collect()
 }
 
 pub struct Observer {
@@ -67,17 +71,36 @@ impl Stopped {
 
     /// Asserts a clean exit and a loss summary with every count at zero.
     pub fn assert_clean(&self) {
-        assert!(self.status.success(), "observer exited with {}: {}", self.status, self.stderr);
-        assert!(!self.stderr.contains("panicked"), "observer panicked: {}", self.stderr);
+        assert!(
+            self.status.success(),
+            "observer exited with {}: {}",
+            self.status,
+            self.stderr
+        );
+        assert!(
+            !self.stderr.contains("panicked"),
+            "observer panicked: {}",
+            self.stderr
+        );
         let summary = self.dataset("observer.loss");
         let summary = summary
             .iter()
             .find(|l| field(l, "event.action") == "summary")
             .unwrap_or_else(|| panic!("no loss summary in the output; stderr: {}", self.stderr));
-        for key in ["ring_full", "map_full", "transitions_truncated", "read_failed", "decode_errors"] {
+        for key in [
+            "ring_full",
+            "map_full",
+            "transitions_truncated",
+            "read_failed",
+            "decode_errors",
+        ] {
             assert_eq!(summary["loss"]["total"][key], 0, "loss {key} in {summary}");
         }
-        assert_eq!(self.dataset("observer.loss").len(), 1, "only the summary: no loss happened");
+        assert_eq!(
+            self.dataset("observer.loss").len(),
+            1,
+            "only the summary: no loss happened"
+        );
     }
 }
 
@@ -95,7 +118,10 @@ impl Observer {
     /// they name an output.
     #[must_use]
     pub fn start_with(args: &[&str]) -> Self {
-        let given = args.iter().position(|&a| a == "--output").and_then(|i| args.get(i + 1));
+        let given = args
+            .iter()
+            .position(|&a| a == "--output")
+            .and_then(|i| args.get(i + 1));
         let output = given.map_or_else(|| scratch("ndjson"), PathBuf::from);
         let stderr = scratch("stderr");
         let mut command = Command::new(bin());
@@ -109,13 +135,27 @@ impl Observer {
             .stderr(fs::File::create(&stderr).expect("stderr file"))
             .spawn()
             .expect("spawn observer");
-        let mut obs = Self { child: Some(child), output, stderr };
-        wait_for(Duration::from_secs(30), "observer to start capturing", || {
-            if let Some(status) = obs.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("observer exited early with {status}: {}", fs::read_to_string(&obs.stderr).unwrap_or_default());
-            }
-            obs.lines().iter().any(|l| field(l, "event.action") == "started").then_some(())
-        });
+        let mut obs = Self {
+            child: Some(child),
+            output,
+            stderr,
+        };
+        wait_for(
+            Duration::from_secs(30),
+            "observer to start capturing",
+            || {
+                if let Some(status) = obs.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                    panic!(
+                        "observer exited early with {status}: {}",
+                        fs::read_to_string(&obs.stderr).unwrap_or_default()
+                    );
+                }
+                obs.lines()
+                    .iter()
+                    .any(|l| field(l, "event.action") == "started")
+                    .then_some(())
+            },
+        );
         obs
     }
 
@@ -141,10 +181,14 @@ impl Observer {
     /// Waits until `n` records of `dataset` were written; returns them.
     #[must_use]
     pub fn wait_records(&self, dataset: &str, n: usize) -> Vec<Value> {
-        wait_for(Duration::from_secs(20), &format!("{n} {dataset} records"), || {
-            let found = of_dataset(&self.lines(), dataset);
-            (found.len() >= n).then_some(found)
-        })
+        wait_for(
+            Duration::from_secs(20),
+            &format!("{n} {dataset} records"),
+            || {
+                let found = of_dataset(&self.lines(), dataset);
+                (found.len() >= n).then_some(found)
+            },
+        )
     }
 
     /// Sends `signal` and waits for the exit.
@@ -153,7 +197,9 @@ impl Observer {
         let mut child = self.child.take().expect("running");
         // SAFETY: signalling our own child.
         unsafe { libc::kill(libc::pid_t::try_from(child.id()).expect("pid"), signal) };
-        let status = wait_for(Duration::from_secs(20), "observer to exit", || child.try_wait().ok().flatten());
+        let status = wait_for(Duration::from_secs(20), "observer to exit", || {
+            child.try_wait().ok().flatten()
+        });
         Stopped {
             status,
             lines: self.lines(),

@@ -1,4 +1,4 @@
-//! A scripted TCP endpoint (tests/peers/tcp_peer.py) in its own process inside a namespace.
+//! A scripted TCP endpoint (`tests/peers/tcp_peer.py`) in its own process inside a namespace.
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -35,7 +35,13 @@ impl Peer {
             .expect("spawn python peer");
         let stdin = child.stdin.take().expect("stdin");
         let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut peer = Self { child, stdin, stdout, pid: 0, comm: comm.to_owned() };
+        let mut peer = Self {
+            child,
+            stdin,
+            stdout,
+            pid: 0,
+            comm: comm.to_owned(),
+        };
         let hello = peer.read_reply("start");
         peer.pid = u32::try_from(hello["pid"].as_u64().expect("pid")).expect("pid fits");
         peer.ok(&format!("name {comm}"));
@@ -44,14 +50,22 @@ impl Peer {
 
     fn read_reply(&mut self, cmd: &str) -> Value {
         let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap_or_else(|e| panic!("{}: reading reply to {cmd}: {e}", self.comm));
-        assert!(!line.is_empty(), "{}: exited before replying to {cmd}", self.comm);
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{}: bad reply {line:?}: {e}", self.comm))
+        self.stdout
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("{}: reading reply to {cmd}: {e}", self.comm));
+        assert!(
+            !line.is_empty(),
+            "{}: exited before replying to {cmd}",
+            self.comm
+        );
+        serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("{}: bad reply {line:?}: {e}", self.comm))
     }
 
     /// Sends one command and returns its reply, whatever it says.
     pub fn cmd(&mut self, cmd: &str) -> Value {
-        writeln!(self.stdin, "{cmd}").unwrap_or_else(|e| panic!("{}: sending {cmd}: {e}", self.comm));
+        writeln!(self.stdin, "{cmd}")
+            .unwrap_or_else(|e| panic!("{}: sending {cmd}: {e}", self.comm));
         self.read_reply(cmd)
     }
 
@@ -65,7 +79,12 @@ impl Peer {
     /// A port number from a reply field.
     pub fn port(&mut self, cmd: &str, key: &str) -> u16 {
         let reply = self.ok(cmd);
-        u16::try_from(reply[key].as_u64().unwrap_or_else(|| panic!("no {key} in {reply}"))).expect("port")
+        u16::try_from(
+            reply[key]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no {key} in {reply}")),
+        )
+        .expect("port")
     }
 }
 

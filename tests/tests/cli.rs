@@ -5,11 +5,17 @@ use std::process::{Command, Output};
 use observer_tests::{observer::bin, privileged};
 
 fn observer(args: &[&str]) -> Output {
-    Command::new(bin()).args(args).output().expect("run observer")
+    Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run observer")
 }
 
 fn text(out: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -32,11 +38,20 @@ fn check_reports_every_hook_on_this_kernel() {
         "kernel layout (BTF + tracefs)",
         "load and attach",
     ] {
-        let row = stdout.lines().find(|l| l.starts_with(line)).unwrap_or_else(|| panic!("no {line} row: {stdout}"));
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with(line))
+            .unwrap_or_else(|| panic!("no {line} row: {stdout}"));
         assert!(row.contains(" ok "), "{row}");
     }
-    assert!(stdout.contains("7 hooks: tp_btf:inet_sock_set_state"), "{stdout}");
-    assert!(stdout.ends_with("observer can run on this host.\n"), "{stdout}");
+    assert!(
+        stdout.contains("7 hooks: tp_btf:inet_sock_set_state"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.ends_with("observer can run on this host.\n"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -45,12 +60,36 @@ fn bad_input_gets_a_clear_error() {
         return;
     }
     let cases: [(&[&str], i32, &str); 6] = [
-        (&["run", "--output", "/nonexistent/dir/out.ndjson"], 1, "cannot open /nonexistent/dir/out.ndjson for appending"),
-        (&["run", "--netns", "/etc/hostname"], 1, "/etc/hostname is not a namespace file"),
-        (&["run", "--netns", "/run/netns/no-such-namespace"], 1, "cannot open network namespace /run/netns/no-such-namespace"),
-        (&["replay", "/etc/hostname"], 1, "/etc/hostname is not an observer recording (bad magic)"),
-        (&["run", "--ring-mib", "3"], 2, "must be a power of two between 1 and 1024"),
-        (&["run", "--port", "http"], 2, "invalid value 'http' for '--port <PORT>'"),
+        (
+            &["run", "--output", "/nonexistent/dir/out.ndjson"],
+            1,
+            "cannot open /nonexistent/dir/out.ndjson for appending",
+        ),
+        (
+            &["run", "--netns", "/etc/hostname"],
+            1,
+            "/etc/hostname is not a namespace file",
+        ),
+        (
+            &["run", "--netns", "/run/netns/no-such-namespace"],
+            1,
+            "cannot open network namespace /run/netns/no-such-namespace",
+        ),
+        (
+            &["replay", "/etc/hostname"],
+            1,
+            "/etc/hostname is not an observer recording (bad magic)",
+        ),
+        (
+            &["run", "--ring-mib", "3"],
+            2,
+            "must be a power of two between 1 and 1024",
+        ),
+        (
+            &["run", "--port", "http"],
+            2,
+            "invalid value 'http' for '--port <PORT>'",
+        ),
     ];
     for (args, code, message) in cases {
         let out = observer(args);
@@ -68,7 +107,13 @@ fn without_root_it_says_what_to_do() {
     }
     let as_nobody = |args: &[&str]| {
         Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+                "--bounding-set=-all",
+            ])
             .arg(bin())
             .args(args)
             .output()
@@ -77,20 +122,32 @@ fn without_root_it_says_what_to_do() {
     let out = as_nobody(&["run", "--output", "/dev/null"]);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("observer must run as root to load eBPF programs: run it with sudo"), "{stderr}");
+    assert!(
+        stderr.contains("observer must run as root to load eBPF programs: run it with sudo"),
+        "{stderr}"
+    );
     let out = as_nobody(&["check"]);
     let (stdout, _) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("privileges: run as root (sudo observer …)"), "{stdout}");
+    assert!(
+        stdout.contains("privileges: run as root (sudo observer …)"),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn version_and_help() {
     let out = observer(&["--version"]);
     assert!(out.status.success());
-    assert_eq!(text(&out).0, format!("observer {}\n", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        text(&out).0,
+        format!("observer {}\n", env!("CARGO_PKG_VERSION"))
+    );
     let (help, _) = text(&observer(&["--help"]));
     for sub in ["run", "check", "replay"] {
-        assert!(help.lines().any(|l| l.trim_start().starts_with(sub)), "{sub} in {help}");
+        assert!(
+            help.lines().any(|l| l.trim_start().starts_with(sub)),
+            "{sub} in {help}"
+        );
     }
 }

@@ -26,38 +26,86 @@ fn check(record: &Value, want: &Expect, window: (i64, i64)) {
     assert_eq!(field(record, "conn.role"), want.role, "{ctx}");
     assert_eq!(states(record), want.states, "{ctx}");
     assert_eq!(field(record, "process.pid"), want.peer.pid, "{ctx}");
-    assert_eq!(field(record, "process.name"), want.peer.comm.as_str(), "{ctx}");
+    assert_eq!(
+        field(record, "process.name"),
+        want.peer.comm.as_str(),
+        "{ctx}"
+    );
     assert_eq!(field(record, "source.ip"), want.source.0, "{ctx}");
     assert_eq!(field(record, "source.port"), want.source.1, "{ctx}");
     assert_eq!(field(record, "destination.ip"), want.destination.0, "{ctx}");
-    assert_eq!(field(record, "destination.port"), want.destination.1, "{ctx}");
+    assert_eq!(
+        field(record, "destination.port"),
+        want.destination.1,
+        "{ctx}"
+    );
     assert_eq!(field(record, "source.bytes"), want.source_bytes, "{ctx}");
-    assert_eq!(field(record, "destination.bytes"), want.destination_bytes, "{ctx}");
+    assert_eq!(
+        field(record, "destination.bytes"),
+        want.destination_bytes,
+        "{ctx}"
+    );
     assert_eq!(field(record, "conn.resets_sent"), want.resets_sent, "{ctx}");
-    assert_eq!(field(record, "conn.resets_received"), want.resets_received, "{ctx}");
+    assert_eq!(
+        field(record, "conn.resets_received"),
+        want.resets_received,
+        "{ctx}"
+    );
     assert_eq!(field(record, "tcp.retransmits"), want.retransmits, "{ctx}");
     assert_eq!(field(record, "conn.error").as_str(), want.error, "{ctx}");
     assert_eq!(field(record, "network.transport"), "tcp", "{ctx}");
-    assert_eq!(field(record, "event.dataset"), "observer.connection", "{ctx}");
-    let want_type = if want.source.0.contains(':') { "ipv6" } else { "ipv4" };
+    assert_eq!(
+        field(record, "event.dataset"),
+        "observer.connection",
+        "{ctx}"
+    );
+    let want_type = if want.source.0.contains(':') {
+        "ipv6"
+    } else {
+        "ipv4"
+    };
     assert_eq!(field(record, "network.type"), want_type, "{ctx}");
     assert_eq!(field(record, "conn.pre_existing"), false, "{ctx}");
     // Every transition happened inside the test, in order.
     let mut last = window.0;
-    for t in record["conn"]["transitions"].as_array().expect("transitions") {
+    for t in record["conn"]["transitions"]
+        .as_array()
+        .expect("transitions")
+    {
         let ts = parse_ts(t["ts"].as_str().expect("ts"));
-        assert!(ts >= last && ts <= window.1, "transition {t} outside [{last}, {}]: {ctx}", window.1);
+        assert!(
+            ts >= last && ts <= window.1,
+            "transition {t} outside [{last}, {}]: {ctx}",
+            window.1
+        );
         last = ts;
     }
-    assert_eq!(parse_ts(field(record, "@timestamp").as_str().expect("@timestamp")), last, "{ctx}");
+    assert_eq!(
+        parse_ts(field(record, "@timestamp").as_str().expect("@timestamp")),
+        last,
+        "{ctx}"
+    );
 }
 
 /// The two records of one connection, client first.
 fn pair(records: &[Value]) -> (&Value, &Value) {
-    assert_eq!(records.len(), 2, "exactly two connection records: {records:#?}");
-    let client = records.iter().find(|r| field(r, "conn.role") == "client").expect("client record");
-    let server = records.iter().find(|r| field(r, "conn.role") == "server").expect("server record");
-    assert_eq!(field(client, "network.community_id"), field(server, "network.community_id"));
+    assert_eq!(
+        records.len(),
+        2,
+        "exactly two connection records: {records:#?}"
+    );
+    let client = records
+        .iter()
+        .find(|r| field(r, "conn.role") == "client")
+        .expect("client record");
+    let server = records
+        .iter()
+        .find(|r| field(r, "conn.role") == "server")
+        .expect("server record");
+    assert_eq!(
+        field(client, "network.community_id"),
+        field(server, "network.community_id")
+    );
     assert_ne!(field(client, "conn.uid"), field(server, "conn.uid"));
     (client, server)
 }
@@ -98,7 +146,13 @@ fn a_client_closes_first() {
     let (c, s) = pair(&records);
     let base = Expect {
         role: "client",
-        states: &["SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT"],
+        states: &[
+            "SYN_SENT",
+            "ESTABLISHED",
+            "FIN_WAIT1",
+            "FIN_WAIT2",
+            "TIME_WAIT",
+        ],
         peer: &client,
         source: ("127.0.0.1", cport),
         destination: ("127.0.0.1", port),
@@ -160,7 +214,13 @@ fn b_server_closes_first() {
         s,
         &Expect {
             role: "server",
-            states: &["SYN_RECV", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT"],
+            states: &[
+                "SYN_RECV",
+                "ESTABLISHED",
+                "FIN_WAIT1",
+                "FIN_WAIT2",
+                "TIME_WAIT",
+            ],
             peer: &server,
             ..base
         },
@@ -195,7 +255,13 @@ fn c_simultaneous_close_reaches_closing() {
     let (c, s) = pair(&records);
     let base = Expect {
         role: "client",
-        states: &["SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "CLOSING", "TIME_WAIT"],
+        states: &[
+            "SYN_SENT",
+            "ESTABLISHED",
+            "FIN_WAIT1",
+            "CLOSING",
+            "TIME_WAIT",
+        ],
         peer: &client,
         source: ("127.0.0.1", cport),
         destination: ("127.0.0.1", port),
@@ -213,7 +279,13 @@ fn c_simultaneous_close_reaches_closing() {
         s,
         &Expect {
             role: "server",
-            states: &["SYN_RECV", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT"],
+            states: &[
+                "SYN_RECV",
+                "ESTABLISHED",
+                "FIN_WAIT1",
+                "FIN_WAIT2",
+                "TIME_WAIT",
+            ],
             peer: &server,
             retransmits: 0,
             ..base
@@ -237,7 +309,11 @@ fn d_connect_to_a_closed_port_is_refused() {
     let records = obs.wait_records("observer.connection", 1);
     let end = now_us();
     obs.stop().assert_clean();
-    assert_eq!(records.len(), 1, "only the client socket exists: {records:#?}");
+    assert_eq!(
+        records.len(),
+        1,
+        "only the client socket exists: {records:#?}"
+    );
     let c = &records[0];
     // The client's port is not known to the test (connect failed); take it from the record.
     let cport = u16::try_from(field(c, "source.port").as_u64().expect("port")).expect("u16");
@@ -326,7 +402,13 @@ fn f_ipv6_client_close() {
     let (c, s) = pair(&records);
     let base = Expect {
         role: "client",
-        states: &["SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT"],
+        states: &[
+            "SYN_SENT",
+            "ESTABLISHED",
+            "FIN_WAIT1",
+            "FIN_WAIT2",
+            "TIME_WAIT",
+        ],
         peer: &client,
         source: ("::1", cport),
         destination: ("::1", port),

@@ -48,7 +48,7 @@ struct Type {
     name_off: u32,
     kind: u32,
     /// `size` for INT/STRUCT/UNION/ENUM/FLOAT, `type` for the modifiers, PTR, TYPEDEF…
-    size_or_type: u32,
+    size_or_ref: u32,
     members: Vec<RawMember>,
     /// For ARRAY: (element type, element count).
     array: Option<(u32, u32)>,
@@ -124,7 +124,7 @@ impl Btf {
         let mut types = vec![Type {
             name_off: 0,
             kind: 0,
-            size_or_type: 0,
+            size_or_ref: 0,
             members: Vec::new(),
             array: None,
             values: Vec::new(),
@@ -135,7 +135,12 @@ impl Btf {
             types.push(ty);
             at += len;
         }
-        let mut btf = Self { types, strings, structs: HashMap::new(), enums: HashMap::new() };
+        let mut btf = Self {
+            types,
+            strings,
+            structs: HashMap::new(),
+            enums: HashMap::new(),
+        };
         for (id, ty) in btf.types.iter().enumerate().skip(1) {
             if ty.name_off == 0 {
                 continue;
@@ -171,7 +176,7 @@ impl Btf {
             let ty = self.ty(id)?;
             match ty.kind {
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
-                    id = ty.size_or_type;
+                    id = ty.size_or_ref;
                 }
                 _ => return Some(ty),
             }
@@ -184,7 +189,7 @@ impl Btf {
         let ty = self.resolve(id)?;
         match ty.kind {
             KIND_INT | KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64 | KIND_FLOAT => {
-                Some(ty.size_or_type)
+                Some(ty.size_or_ref)
             }
             KIND_PTR => Some(8),
             KIND_ARRAY => {
@@ -205,8 +210,15 @@ impl Btf {
     /// # Errors
     /// When the enum or the value does not exist, or the value is not a bit number.
     pub fn enum_value(&self, name: &str, value: &str) -> Result<u32, BtfError> {
-        let missing = || BtfError::NoEnumValue { name: name.to_owned(), value: value.to_owned() };
-        let ty = self.enums.get(name).and_then(|&id| self.ty(id)).ok_or_else(missing)?;
+        let missing = || BtfError::NoEnumValue {
+            name: name.to_owned(),
+            value: value.to_owned(),
+        };
+        let ty = self
+            .enums
+            .get(name)
+            .and_then(|&id| self.ty(id))
+            .ok_or_else(missing)?;
         ty.values
             .iter()
             .find(|&&(off, _)| self.str_at(off) == value)
@@ -220,8 +232,14 @@ impl Btf {
     /// # Errors
     /// When the struct or a member does not exist.
     pub fn member(&self, strukt: &str, path: &str) -> Result<Member, BtfError> {
-        let no_member = || BtfError::NoMember { strukt: strukt.to_owned(), member: path.to_owned() };
-        let mut id = *self.structs.get(strukt).ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
+        let no_member = || BtfError::NoMember {
+            strukt: strukt.to_owned(),
+            member: path.to_owned(),
+        };
+        let mut id = *self
+            .structs
+            .get(strukt)
+            .ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
         let mut base_bits = 0u32;
         let mut found = None;
         for step in path.split('.') {
@@ -236,7 +254,11 @@ impl Btf {
         } else {
             self.size_of(member.type_id).ok_or_else(no_member)? * 8
         };
-        Ok(Member { offset: base_bits / 8, bit_shift: base_bits % 8, bits })
+        Ok(Member {
+            offset: base_bits / 8,
+            bit_shift: base_bits % 8,
+            bits,
+        })
     }
 
     /// Searches struct/union `id` for `name`, through anonymous members. Returns the bit offset
@@ -255,7 +277,8 @@ impl Btf {
             }
         }
         ty.members.iter().filter(|m| m.name_off == 0).find_map(|m| {
-            self.find(m.type_id, name, depth + 1).map(|(bits, inner)| (m.bit_offset + bits, inner))
+            self.find(m.type_id, name, depth + 1)
+                .map(|(bits, inner)| (m.bit_offset + bits, inner))
         })
     }
 }
@@ -264,13 +287,19 @@ impl Btf {
 fn parse_type(sec: &[u8], at: usize) -> Result<(Type, usize), BtfError> {
     let name_off = u32_at(sec, at)?;
     let info = u32_at(sec, at + 4)?;
-    let size_or_type = u32_at(sec, at + 8)?;
+    let size_or_ref = u32_at(sec, at + 8)?;
     let vlen = (info & 0xffff) as usize;
     let kind = (info >> 24) & 0x1f;
     let kind_flag = info >> 31 == 1;
     let body = at + 12;
-    let mut ty =
-        Type { name_off, kind, size_or_type, members: Vec::new(), array: None, values: Vec::new() };
+    let mut ty = Type {
+        name_off,
+        kind,
+        size_or_ref,
+        members: Vec::new(),
+        array: None,
+        values: Vec::new(),
+    };
     let extra = match kind {
         KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
         KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
@@ -283,8 +312,11 @@ fn parse_type(sec: &[u8], at: usize) -> Result<(Type, usize), BtfError> {
             for i in 0..vlen {
                 let m = body + i * 12;
                 let offset = u32_at(sec, m + 8)?;
-                let (bit_offset, bitfield_size) =
-                    if kind_flag { (offset & 0x00ff_ffff, offset >> 24) } else { (offset, 0) };
+                let (bit_offset, bitfield_size) = if kind_flag {
+                    (offset & 0x00ff_ffff, offset >> 24)
+                } else {
+                    (offset, 0)
+                };
                 ty.members.push(RawMember {
                     name_off: u32_at(sec, m)?,
                     type_id: u32_at(sec, m + 4)?,
@@ -299,7 +331,8 @@ fn parse_type(sec: &[u8], at: usize) -> Result<(Type, usize), BtfError> {
                 let v = body + i * 8;
                 // Signedness is in kind_flag; bit numbers are small and positive either way.
                 let raw = u32_at(sec, v + 4)?;
-                ty.values.push((u32_at(sec, v)?, i64::from(raw.cast_signed())));
+                ty.values
+                    .push((u32_at(sec, v)?, i64::from(raw.cast_signed())));
             }
             vlen * 8
         }
@@ -320,8 +353,13 @@ mod tests {
         let mut strings = b"\0int\0inner\0a\0b\0c\0outer\0x\0named\0".to_vec();
         let s = |name: &str, strings: &[u8]| -> u32 {
             let needle = [name.as_bytes(), b"\0"].concat();
-            u32::try_from(strings.windows(needle.len()).position(|w| w == needle.as_slice()).expect("string"))
-                .expect("fits")
+            u32::try_from(
+                strings
+                    .windows(needle.len())
+                    .position(|w| w == needle.as_slice())
+                    .expect("string"),
+            )
+            .expect("fits")
         };
         let mut types = Vec::new();
         let mut push = |words: &[u32]| {
@@ -334,8 +372,8 @@ mod tests {
         // 2: struct inner, kind_flag (bitfields), 3 members, size 8.
         push(&[s("inner", &strings), (1 << 31) | (KIND_STRUCT << 24) | 3, 8]);
         push(&[s("a", &strings), 1, 0]);
-        push(&[s("b", &strings), 1, (3 << 24) | 32]);
-        push(&[s("c", &strings), 1, (5 << 24) | 35]);
+        push(&[s("b", &strings), 1, (3 << 24) | 0x20]);
+        push(&[s("c", &strings), 1, (5 << 24) | 0x23]);
         // 3: anonymous union { struct inner; } size 8.
         push(&[0, (KIND_UNION << 24) | 1, 8]);
         push(&[0, 2, 0]);
@@ -360,10 +398,38 @@ mod tests {
     #[test]
     fn finds_members_through_anonymous_unions_and_paths() {
         let btf = Btf::parse(&sample()).expect("parses");
-        assert_eq!(btf.member("outer", "x").expect("x"), Member { offset: 0, bit_shift: 0, bits: 32 });
-        assert_eq!(btf.member("outer", "a").expect("a"), Member { offset: 8, bit_shift: 0, bits: 32 });
-        assert_eq!(btf.member("outer", "c").expect("c"), Member { offset: 12, bit_shift: 3, bits: 5 });
-        assert_eq!(btf.member("outer", "named.b").expect("b"), Member { offset: 20, bit_shift: 0, bits: 3 });
+        assert_eq!(
+            btf.member("outer", "x").expect("x"),
+            Member {
+                offset: 0,
+                bit_shift: 0,
+                bits: 32
+            }
+        );
+        assert_eq!(
+            btf.member("outer", "a").expect("a"),
+            Member {
+                offset: 8,
+                bit_shift: 0,
+                bits: 32
+            }
+        );
+        assert_eq!(
+            btf.member("outer", "c").expect("c"),
+            Member {
+                offset: 12,
+                bit_shift: 3,
+                bits: 5
+            }
+        );
+        assert_eq!(
+            btf.member("outer", "named.b").expect("b"),
+            Member {
+                offset: 20,
+                bit_shift: 0,
+                bits: 3
+            }
+        );
         assert_eq!(btf.member("inner", "c").expect("c").bytes(), 1);
     }
 
@@ -371,7 +437,10 @@ mod tests {
     fn missing_names_are_errors_that_name_them() {
         let btf = Btf::parse(&sample()).expect("parses");
         let err = btf.member("outer", "nope").expect_err("missing");
-        assert_eq!(err.to_string(), "struct outer has no member nope in the kernel's BTF");
+        assert_eq!(
+            err.to_string(),
+            "struct outer has no member nope in the kernel's BTF"
+        );
         let err = btf.member("sock", "x").expect_err("missing");
         assert_eq!(err.to_string(), "struct sock is not in the kernel's BTF");
     }
@@ -392,12 +461,31 @@ mod tests {
         };
         let btf = Btf::parse(&data).expect("vmlinux BTF parses");
         // sock_common starts with the address pair on every kernel.
-        assert_eq!(btf.member("sock", "__sk_common.skc_daddr").expect("daddr").offset, 0);
-        assert_eq!(btf.member("sock", "__sk_common.skc_rcv_saddr").expect("saddr").offset, 4);
+        assert_eq!(
+            btf.member("sock", "__sk_common.skc_daddr")
+                .expect("daddr")
+                .offset,
+            0
+        );
+        assert_eq!(
+            btf.member("sock", "__sk_common.skc_rcv_saddr")
+                .expect("saddr")
+                .offset,
+            4
+        );
         assert_eq!(btf.member("tcp_sock", "srtt_us").expect("srtt").bits, 32);
-        assert_eq!(btf.member("tcp_sock", "bytes_received").expect("bytes").bits, 64);
+        assert_eq!(
+            btf.member("tcp_sock", "bytes_received")
+                .expect("bytes")
+                .bits,
+            64
+        );
         assert_eq!(btf.member("net", "ns.inum").expect("inum").bits, 32);
-        assert_eq!(btf.enum_value("sock_flags", "SOCK_DONE").expect("SOCK_DONE"), 1);
+        assert_eq!(
+            btf.enum_value("sock_flags", "SOCK_DONE")
+                .expect("SOCK_DONE"),
+            1
+        );
         assert!(btf.enum_value("sock_flags", "SOCK_NOPE").is_err());
     }
 }

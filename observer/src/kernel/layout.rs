@@ -18,8 +18,15 @@ pub enum LayoutError {
     Btf(#[from] BtfError),
     #[error(transparent)]
     Tracefs(#[from] TracefsError),
-    #[error("{strukt}.{member} is {found} bits, observer expects {expected} (please report this kernel)")]
-    Size { strukt: &'static str, member: &'static str, found: u32, expected: u32 },
+    #[error(
+        "{strukt}.{member} is {found} bits, observer expects {expected} (please report this kernel)"
+    )]
+    Size {
+        strukt: &'static str,
+        member: &'static str,
+        found: u32,
+        expected: u32,
+    },
     #[error("{0}")]
     Unsupported(String),
 }
@@ -42,7 +49,12 @@ impl Resolver<'_> {
     fn at(&self, strukt: &'static str, path: &'static str, bits: u32) -> Result<u32, LayoutError> {
         let m = self.btf.member(strukt, path)?;
         if m.bits != bits || m.bit_shift != 0 {
-            return Err(LayoutError::Size { strukt, member: path, found: m.bits, expected: bits });
+            return Err(LayoutError::Size {
+                strukt,
+                member: path,
+                found: m.bits,
+                expected: bits,
+            });
         }
         Ok(m.offset)
     }
@@ -143,8 +155,10 @@ fn tracepoints(l: &mut Layout, root: &Path) -> Result<Choices, LayoutError> {
         l.tp_send_reset_saddr = ABSENT;
         l.tp_send_reset_daddr = ABSENT;
     }
-    let choices =
-        Choices { rst_reason: l.tp_send_reset_reason != ABSENT, rst_sockaddr: sockaddr };
+    let choices = Choices {
+        rst_reason: l.tp_send_reset_reason != ABSENT,
+        rst_sockaddr: sockaddr,
+    };
 
     let f = Format::read(root, "tcp", "tcp_receive_reset")?;
     l.tp_receive_reset_skaddr = f.offset("skaddr", 8)?;

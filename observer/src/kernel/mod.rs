@@ -21,7 +21,10 @@ pub fn boot_id() -> [u8; 16] {
 }
 
 fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid clock id and out-pointer.
     unsafe { libc::clock_gettime(clock, &raw mut ts) };
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
@@ -42,7 +45,7 @@ pub fn boot_to_unix_offset_ns() -> i64 {
             let before = clock_ns(libc::CLOCK_BOOTTIME);
             let wall = clock_ns(libc::CLOCK_REALTIME);
             let after = clock_ns(libc::CLOCK_BOOTTIME);
-            (after - before, wall - (before + after) / 2)
+            (after - before, wall - i128::midpoint(before, after))
         })
         .min_by_key(|&(gap, _)| gap)
         .and_then(|(_, offset)| i64::try_from(offset).ok())
@@ -74,8 +77,7 @@ pub fn netns_inode(path: &Path) -> anyhow::Result<u32> {
 #[must_use]
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".to_owned())
+        .map_or_else(|_| "unknown".to_owned(), |s| s.trim().to_owned())
 }
 
 /// The kernel release, e.g. `6.18.44`.

@@ -18,11 +18,20 @@ pub enum TracefsError {
     #[error("cannot read {path}: {err}")]
     Read { path: PathBuf, err: std::io::Error },
     #[error("tracepoint {tracepoint}: field `{field}` is missing from {path}")]
-    MissingField { tracepoint: String, field: String, path: PathBuf },
+    MissingField {
+        tracepoint: String,
+        field: String,
+        path: PathBuf,
+    },
     #[error(
         "tracepoint {tracepoint}: field `{field}` is {found} bytes, observer expects {expected} (kernel layout changed; please report)"
     )]
-    FieldSize { tracepoint: String, field: String, found: u32, expected: u32 },
+    FieldSize {
+        tracepoint: String,
+        field: String,
+        found: u32,
+        expected: u32,
+    },
 }
 
 const ROOTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
@@ -30,7 +39,10 @@ const ROOTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 /// The mounted tracefs root, if any.
 #[must_use]
 pub fn root() -> Option<PathBuf> {
-    ROOTS.iter().map(PathBuf::from).find(|root| root.join("events").is_dir())
+    ROOTS
+        .iter()
+        .map(PathBuf::from)
+        .find(|root| root.join("events").is_dir())
 }
 
 /// Mounts tracefs at `/sys/kernel/tracing` when it is not mounted yet.
@@ -44,7 +56,13 @@ pub fn ensure_mounted() -> Result<PathBuf, TracefsError> {
     let target = c"/sys/kernel/tracing";
     // SAFETY: valid NUL-terminated strings; a null data pointer is allowed.
     let rc = unsafe {
-        libc::mount(c"nodev".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            c"nodev".as_ptr(),
+            target.as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         return Err(TracefsError::NotMounted);
@@ -79,8 +97,10 @@ impl Format {
         if !path.exists() {
             return Err(TracefsError::NoTracepoint(tracepoint, path));
         }
-        let text = std::fs::read_to_string(&path)
-            .map_err(|err| TracefsError::Read { path: path.clone(), err })?;
+        let text = std::fs::read_to_string(&path).map_err(|err| TracefsError::Read {
+            path: path.clone(),
+            err,
+        })?;
         Ok(Self::parse(tracepoint, path, &text))
     }
 
@@ -88,7 +108,11 @@ impl Format {
     #[must_use]
     pub fn parse(tracepoint: String, path: PathBuf, text: &str) -> Self {
         let fields = text.lines().filter_map(parse_field_line).collect();
-        Self { tracepoint, path, fields }
+        Self {
+            tracepoint,
+            path,
+            fields,
+        }
     }
 
     /// The offset of `field`, checking its size.
@@ -96,11 +120,14 @@ impl Format {
     /// # Errors
     /// When the field is missing or has another size.
     pub fn offset(&self, field: &str, size: u32) -> Result<u32, TracefsError> {
-        let found = self.fields.get(field).ok_or_else(|| TracefsError::MissingField {
-            tracepoint: self.tracepoint.clone(),
-            field: field.to_owned(),
-            path: self.path.clone(),
-        })?;
+        let found = self
+            .fields
+            .get(field)
+            .ok_or_else(|| TracefsError::MissingField {
+                tracepoint: self.tracepoint.clone(),
+                field: field.to_owned(),
+                path: self.path.clone(),
+            })?;
         if found.size != size {
             return Err(TracefsError::FieldSize {
                 tracepoint: self.tracepoint.clone(),
@@ -117,7 +144,11 @@ impl Format {
     /// # Errors
     /// When the field exists with another size.
     pub fn optional(&self, field: &str, size: u32) -> Result<Option<u32>, TracefsError> {
-        if self.fields.contains_key(field) { self.offset(field, size).map(Some) } else { Ok(None) }
+        if self.fields.contains_key(field) {
+            self.offset(field, size).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 }
 
@@ -137,9 +168,18 @@ fn parse_field_line(line: &str) -> Option<(String, Field)> {
         }
     }
     let decl = decl?;
-    let (c_type, name) = decl.rsplit_once([' ', '*']).map_or(("", decl), |(t, n)| (t, n));
+    let (c_type, name) = decl
+        .rsplit_once([' ', '*'])
+        .map_or(("", decl), |(t, n)| (t, n));
     let name = name.split('[').next()?.trim().to_owned();
-    Some((name, Field { offset: offset?, size: size?, c_type: c_type.trim().to_owned() }))
+    Some((
+        name,
+        Field {
+            offset: offset?,
+            size: size?,
+            c_type: c_type.trim().to_owned(),
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -163,7 +203,11 @@ print fmt: \"skbaddr=%p skaddr=%p src=%pISpc\", REC->skbaddr
 ";
 
     fn format() -> Format {
-        Format::parse("tcp:tcp_send_reset".into(), "/x/format".into(), SEND_RESET_6_18)
+        Format::parse(
+            "tcp:tcp_send_reset".into(),
+            "/x/format".into(),
+            SEND_RESET_6_18,
+        )
     }
 
     #[test]
@@ -181,9 +225,15 @@ print fmt: \"skbaddr=%p skaddr=%p src=%pISpc\", REC->skbaddr
     fn missing_and_resized_fields_are_named() {
         let f = format();
         let err = f.offset("sport", 2).expect_err("absent on 6.18");
-        assert_eq!(err.to_string(), "tracepoint tcp:tcp_send_reset: field `sport` is missing from /x/format");
+        assert_eq!(
+            err.to_string(),
+            "tracepoint tcp:tcp_send_reset: field `sport` is missing from /x/format"
+        );
         let err = f.offset("state", 8).expect_err("wrong size");
-        assert!(err.to_string().contains("field `state` is 4 bytes, observer expects 8"));
+        assert!(
+            err.to_string()
+                .contains("field `state` is 4 bytes, observer expects 8")
+        );
         assert_eq!(f.optional("sport", 2).expect("absent is fine"), None);
     }
 }

@@ -72,11 +72,36 @@ mod tests {
     #[test]
     fn published_vectors() {
         let cases = [
-            (0, ("128.232.110.120", 34855), ("66.35.250.204", 80), "1:LQU9qZlK+B5F3KDmev6m5PMibrg="),
-            (0, ("66.35.250.204", 80), ("128.232.110.120", 34855), "1:LQU9qZlK+B5F3KDmev6m5PMibrg="),
-            (1, ("128.232.110.120", 34855), ("66.35.250.204", 80), "1:3V71V58M3Ksw/yuFALMcW0LAHvc="),
-            (0, ("10.0.0.1", 10), ("10.0.0.2", 11569), "1:SXBGMX1lBOwhhoDrZynfROxnhnM="),
-            (1, ("10.0.0.1", 10), ("10.0.0.2", 11569), "1:HmBRGR+fUyXF4t8WEtal7Y0gEAo="),
+            (
+                0,
+                ("128.232.110.120", 34855),
+                ("66.35.250.204", 80),
+                "1:LQU9qZlK+B5F3KDmev6m5PMibrg=",
+            ),
+            (
+                0,
+                ("66.35.250.204", 80),
+                ("128.232.110.120", 34855),
+                "1:LQU9qZlK+B5F3KDmev6m5PMibrg=",
+            ),
+            (
+                1,
+                ("128.232.110.120", 34855),
+                ("66.35.250.204", 80),
+                "1:3V71V58M3Ksw/yuFALMcW0LAHvc=",
+            ),
+            (
+                0,
+                ("10.0.0.1", 10),
+                ("10.0.0.2", 11569),
+                "1:SXBGMX1lBOwhhoDrZynfROxnhnM=",
+            ),
+            (
+                1,
+                ("10.0.0.1", 10),
+                ("10.0.0.2", 11569),
+                "1:HmBRGR+fUyXF4t8WEtal7Y0gEAo=",
+            ),
             (
                 0,
                 ("2607:f8b0:400c:c03::1a", 25),
@@ -91,7 +116,11 @@ mod tests {
             ),
         ];
         for (seed, a, b, want) in cases {
-            assert_eq!(tcp(seed, (ip(a.0), a.1), (ip(b.0), b.1)).as_str(), want, "{a:?} {b:?} seed {seed}");
+            assert_eq!(
+                tcp(seed, (ip(a.0), a.1), (ip(b.0), b.1)).as_str(),
+                want,
+                "{a:?} {b:?} seed {seed}"
+            );
         }
     }
 }

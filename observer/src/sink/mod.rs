@@ -68,12 +68,22 @@ impl Sink {
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|err| SinkError::Open { path: path.to_owned(), err })?;
+            .map_err(|err| SinkError::Open {
+                path: path.to_owned(),
+                err,
+            })?;
         Ok(Self::new(Target::File(file), path.display().to_string()))
     }
 
     fn new(target: Target, name: String) -> Self {
-        Self { target, name, backlog: Vec::new(), warned: None, dropped_bytes: 0, dropped_lines: 0 }
+        Self {
+            target,
+            name,
+            backlog: Vec::new(),
+            warned: None,
+            dropped_bytes: 0,
+            dropped_lines: 0,
+        }
     }
 
     /// Writes complete lines. Never blocks on a failing disk: unwritten bytes are kept.
@@ -84,7 +94,7 @@ impl Sink {
         if !self.backlog.is_empty() {
             if self.backlog.len() + lines.len() > BACKLOG_LIMIT {
                 self.dropped_bytes += lines.len() as u64;
-                self.dropped_lines += lines.iter().filter(|&&b| b == b'\n').count() as u64;
+                self.dropped_lines += lines.split(|&b| b == b'\n').count() as u64 - 1;
             } else {
                 self.backlog.extend_from_slice(lines);
             }
@@ -110,7 +120,10 @@ impl Sink {
         self.backlog = backlog;
         self.backlog.drain(..written);
         if self.backlog.is_empty() && self.warned.take().is_some() {
-            eprintln!("observer: writing to {} works again; nothing was lost", self.name);
+            eprintln!(
+                "observer: writing to {} works again; nothing was lost",
+                self.name
+            );
         }
         Ok(())
     }

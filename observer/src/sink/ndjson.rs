@@ -55,7 +55,12 @@ struct EndFields {
 
 impl From<&End> for EndFields {
     fn from(e: &End) -> Self {
-        Self { ip: e.ip, port: e.port, bytes: Some(e.bytes), packets: Some(e.packets) }
+        Self {
+            ip: e.ip,
+            port: e.port,
+            bytes: Some(e.bytes),
+            packets: Some(e.packets),
+        }
     }
 }
 
@@ -138,7 +143,10 @@ struct Conn<'a> {
     netns: u32,
 }
 
-#[expect(clippy::trivially_copy_pass_by_ref, reason = "serde's skip_serializing_if signature")]
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if signature"
+)]
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }
@@ -165,6 +173,10 @@ struct User {
     id: u32,
 }
 
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's serialize_with signature"
+)]
 fn as_string<S: Serializer>(n: &u32, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(n)
 }
@@ -285,7 +297,9 @@ struct AgentConfig {
 }
 
 fn wall(boot_ns: u64, offset: i64) -> i64 {
-    i64::try_from(boot_ns).unwrap_or(i64::MAX).saturating_add(offset)
+    i64::try_from(boot_ns)
+        .unwrap_or(i64::MAX)
+        .saturating_add(offset)
 }
 
 /// Name of an errno value the kernel leaves in `sk_err`.
@@ -307,7 +321,10 @@ fn errno_name(err: i32) -> Option<&'static str> {
 impl Encoder {
     #[must_use]
     pub fn new(host: String, boot_to_unix_ns: i64) -> Self {
-        Self { host, boot_to_unix_ns }
+        Self {
+            host,
+            boot_to_unix_ns,
+        }
     }
 
     fn ts(&self, boot_ns: u64) -> Rfc3339 {
@@ -336,7 +353,12 @@ impl Encoder {
         let line = AgentLine {
             timestamp: self.ts(a.ts_ns),
             schema_version: SCHEMA_VERSION,
-            event: AgentEvent { kind: "event", dataset: "observer.agent", action: a.action, reason: a.reason },
+            event: AgentEvent {
+                kind: "event",
+                dataset: "observer.agent",
+                action: a.action,
+                reason: a.reason,
+            },
             host: Host { name: &self.host },
             observer: AgentObserver {
                 version: a.version,
@@ -396,7 +418,10 @@ impl Encoder {
             },
             source: (&c.source).into(),
             destination: (&c.destination).into(),
-            network: Network { community_id: Some(community.as_str()), ..Network::tcp(c.ipv6) },
+            network: Network {
+                community_id: Some(community.as_str()),
+                ..Network::tcp(c.ipv6)
+            },
             tcp: Tcp {
                 retransmits: c.retransmits.total(),
                 retransmits_syn: c.retransmits.syn,
@@ -404,16 +429,27 @@ impl Encoder {
                 retransmits_data: c.retransmits.data,
                 srtt_us: c.srtt_us,
             },
-            process: c.process.as_ref().map(|p| ProcessFields { pid: p.pid, name: p.name() }),
+            process: c.process.as_ref().map(|p| ProcessFields {
+                pid: p.pid,
+                name: p.name(),
+            }),
             user: c.process.as_ref().map(|p| User { id: p.uid }),
         };
         serde_json::to_writer(buf, &line)
     }
 
     fn state(&self, s: &StateRecord, buf: &mut Vec<u8>) -> serde_json::Result<()> {
-        let end = |(ip, port): (IpAddr, u16)| EndFields { ip, port, bytes: None, packets: None };
-        let (source, destination) =
-            if s.role == Role::Server { (s.remote, s.local) } else { (s.local, s.remote) };
+        let end = |(ip, port): (IpAddr, u16)| EndFields {
+            ip,
+            port,
+            bytes: None,
+            packets: None,
+        };
+        let (source, destination) = if s.role == Role::Server {
+            (s.remote, s.local)
+        } else {
+            (s.local, s.remote)
+        };
         let line = StateLine {
             timestamp: self.ts(s.ts_ns),
             schema_version: SCHEMA_VERSION,
@@ -459,7 +495,11 @@ impl Encoder {
                 duration: None,
             },
             host: Host { name: &self.host },
-            loss: LossFields { delta: &l.delta, total: &l.total, events_delivered: l.events },
+            loss: LossFields {
+                delta: &l.delta,
+                total: &l.total,
+                events_delivered: l.events,
+            },
         };
         serde_json::to_writer(buf, &line)
     }

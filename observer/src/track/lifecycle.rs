@@ -1,10 +1,10 @@
 //! A socket's lifecycle from its kernel transitions: the ordered states with their times, the
 //! time spent in each, and the one place where the kernel's view needs interpreting.
 //!
-//! That place is TIME_WAIT. The kernel never reports a transition into it: when an actively
-//! closing socket is done (FIN_WAIT2 or CLOSING), `tcp_time_wait()` hands the connection to a
-//! time-wait mini-socket (`inet_timewait_sock`, whose state is TCP_TIME_WAIT) and the full socket
-//! goes to CLOSE. That CLOSE is therefore reported as TIME_WAIT. Any other CLOSE from those
+//! That place is `TIME_WAIT`. The kernel never reports a transition into it: when an actively
+//! closing socket is done (`FIN_WAIT2` or CLOSING), `tcp_time_wait()` hands the connection to a
+//! time-wait mini-socket (`inet_timewait_sock`, whose state is `TCP_TIME_WAIT`) and the full socket
+//! goes to CLOSE. That CLOSE is therefore reported as `TIME_WAIT`. Any other CLOSE from those
 //! states comes with an error or a RST (timeouts abort, resets are counted), and stays CLOSE.
 //! See docs/lifecycle.md.
 
@@ -31,7 +31,7 @@ pub struct Lifecycle {
 }
 
 /// Resets the kernel did not charge to the socket before it closed: `tcp_disconnect()` and
-/// close() with unread data send their RST after the socket reached CLOSE.
+/// `close()` with unread data send their RST after the socket reached CLOSE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LateResets {
     pub sent: u16,
@@ -43,23 +43,28 @@ impl Lifecycle {
         let len = usize::from(st.n_transitions).min(MAX_TRANSITIONS);
         let mut steps = [Step::default(); MAX_TRANSITIONS];
         for (i, step) in steps.iter_mut().enumerate().take(len) {
-            *step = Step { state: st.states[i], ts_ns: st.ts[i] };
+            *step = Step {
+                state: st.states[i],
+                ts_ns: st.ts[i],
+            };
         }
         let mut lc = Self {
             steps,
             len,
             first_state: st.first_state,
-            truncated: u32::from(st.n_transitions).saturating_sub(MAX_TRANSITIONS as u32),
+            truncated: u32::from(st.n_transitions)
+                .saturating_sub(u32::try_from(MAX_TRANSITIONS).unwrap_or(u32::MAX)),
             time_wait: false,
             fin_received: close.peer_fin != 0,
         };
-        let aborted = close.sk_err != 0
-            || st.resets_sent != 0
-            || st.resets_received != 0
-            || late.sent != 0;
+        let aborted =
+            close.sk_err != 0 || st.resets_sent != 0 || st.resets_received != 0 || late.sent != 0;
         if len >= 2
             && steps[len - 1].state == tcp_state::CLOSE
-            && matches!(steps[len - 2].state, tcp_state::FIN_WAIT2 | tcp_state::CLOSING)
+            && matches!(
+                steps[len - 2].state,
+                tcp_state::FIN_WAIT2 | tcp_state::CLOSING
+            )
             && !aborted
         {
             lc.steps[len - 1].state = tcp_state::TIME_WAIT;
@@ -161,7 +166,13 @@ mod tests {
             sk_err: 0,
             resets: (0, 0, 0),
             peer_fin: 1,
-            want: &["SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT"],
+            want: &[
+                "SYN_SENT",
+                "ESTABLISHED",
+                "FIN_WAIT1",
+                "FIN_WAIT2",
+                "TIME_WAIT",
+            ],
             time_wait: true,
         },
         Case {
@@ -181,7 +192,13 @@ mod tests {
             sk_err: 0,
             resets: (0, 0, 0),
             peer_fin: 1,
-            want: &["SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "CLOSING", "TIME_WAIT"],
+            want: &[
+                "SYN_SENT",
+                "ESTABLISHED",
+                "FIN_WAIT1",
+                "CLOSING",
+                "TIME_WAIT",
+            ],
             time_wait: true,
         },
         Case {
@@ -242,8 +259,18 @@ mod tests {
             let mut st = state(case.first, case.path);
             st.resets_sent = case.resets.0;
             st.resets_received = case.resets.1;
-            let close = CloseInfo { sk_err: case.sk_err, peer_fin: case.peer_fin, ..CloseInfo::default() };
-            let lc = Lifecycle::derive(&st, &close, LateResets { sent: case.resets.2 });
+            let close = CloseInfo {
+                sk_err: case.sk_err,
+                peer_fin: case.peer_fin,
+                ..CloseInfo::default()
+            };
+            let lc = Lifecycle::derive(
+                &st,
+                &close,
+                LateResets {
+                    sent: case.resets.2,
+                },
+            );
             assert_eq!(names(&lc), case.want, "{}", case.name);
             assert_eq!(lc.time_wait, case.time_wait, "{}", case.name);
             assert_eq!(lc.fin_received, case.peer_fin == 1, "{}", case.name);
@@ -270,7 +297,14 @@ mod tests {
         let mut st = state(CLOSE, &[SYN_SENT; MAX_TRANSITIONS]);
         st.n_transitions = 11;
         st.states[MAX_TRANSITIONS - 1] = CLOSE;
-        let lc = Lifecycle::derive(&st, &CloseInfo { sk_err: 110, ..CloseInfo::default() }, LateResets::default());
+        let lc = Lifecycle::derive(
+            &st,
+            &CloseInfo {
+                sk_err: 110,
+                ..CloseInfo::default()
+            },
+            LateResets::default(),
+        );
         assert_eq!(lc.steps().len(), MAX_TRANSITIONS);
         assert_eq!(lc.truncated, 3);
         assert_eq!(lc.final_state(), CLOSE);

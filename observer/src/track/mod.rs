@@ -1,8 +1,8 @@
 //! The tracker: decoded kernel events in, connection records out. Pure: it takes time as an
-//! argument (`now_ns`, CLOCK_BOOTTIME), so a recorded stream replays to the same records.
+//! argument (`now_ns`, `CLOCK_BOOTTIME`), so a recorded stream replays to the same records.
 //!
 //! A closed socket's record is held for [`GRACE_NS`] before it is emitted, because a few facts
-//! arrive just after the kernel's CLOSE: the RST of `tcp_disconnect()` (SO_LINGER 0, close with
+//! arrive just after the kernel's CLOSE: the RST of `tcp_disconnect()` (`SO_LINGER` 0, close with
 //! unread data) is sent after the state change.
 
 pub mod lifecycle;
@@ -10,7 +10,9 @@ pub mod record;
 
 use std::collections::{HashMap, VecDeque};
 
-use observer_common::{ConnClosed, Endpoints, Reset, SynackRetransmit, Transition, conn_flag, reset_flag};
+use observer_common::{
+    ConnClosed, Endpoints, Reset, SynackRetransmit, Transition, conn_flag, reset_flag,
+};
 
 use self::{
     lifecycle::{LateResets, Lifecycle},
@@ -27,7 +29,7 @@ pub const GRACE_NS: u64 = 250_000_000;
 /// Extra wait before a record is emitted, for events stamped before `now` but not yet
 /// committed to the ring, or reserved out of timestamp order on another CPU.
 pub const SKEW_NS: u64 = 20_000_000;
-/// How long an unclaimed SYN-ACK retransmit waits for its child socket (SYN_RECV gives up
+/// How long an unclaimed SYN-ACK retransmit waits for its child socket (`SYN_RECV` gives up
 /// after ~63 s with default settings).
 const SYNACK_TTL_NS: u64 = 120_000_000_000;
 
@@ -45,7 +47,9 @@ pub struct Filter {
 impl Filter {
     fn admits(&self, netns: u32, t: &Endpoints) -> bool {
         self.netns.is_none_or(|ns| ns == netns)
-            && self.port.is_none_or(|p| t.local_port == p || t.remote_port == p)
+            && self
+                .port
+                .is_none_or(|p| t.local_port == p || t.remote_port == p)
     }
 }
 
@@ -125,7 +129,8 @@ impl Tracker {
             self.emit(sk, end, out);
         }
         if self.synacks.len() > 1024 {
-            self.synacks.retain(|_, &mut (_, last)| last.saturating_add(SYNACK_TTL_NS) > now_ns);
+            self.synacks
+                .retain(|_, &mut (_, last)| last.saturating_add(SYNACK_TTL_NS) > now_ns);
         }
     }
 
@@ -154,7 +159,11 @@ impl Tracker {
             return;
         }
         let end = closed.header.ts_ns;
-        let pending = Pending { closed: *closed, late: LateResets::default(), late_reason: None };
+        let pending = Pending {
+            closed: *closed,
+            late: LateResets::default(),
+            late_reason: None,
+        };
         if self.pending.insert((closed.sk, end), pending).is_some() {
             // The same address closing twice in one nanosecond: keep the newer, as the kernel did.
             return;
@@ -225,7 +234,9 @@ impl Tracker {
     }
 
     fn emit(&mut self, sk: u64, end: u64, out: &mut Vec<Output>) {
-        let Some(p) = self.pending.remove(&(sk, end)) else { return };
+        let Some(p) = self.pending.remove(&(sk, end)) else {
+            return;
+        };
         if self.latest.get(&sk) == Some(&end) {
             self.latest.remove(&sk);
         }
@@ -235,7 +246,9 @@ impl Tracker {
         }
         let role = role_of(st.flags);
         let synack = if role == Role::Server {
-            self.synacks.remove(&syn_key(&st.tuple)).map_or(0, |(n, _)| n)
+            self.synacks
+                .remove(&syn_key(&st.tuple))
+                .map_or(0, |(n, _)| n)
         } else {
             0
         };
@@ -250,10 +263,23 @@ impl Tracker {
         let (local, remote) = ends_of(&st.tuple);
         let lifecycle = Lifecycle::derive(st, close, p.late);
         let (sent, received) = payload_bytes(c, &lifecycle);
-        let local_end = End { ip: local.0, port: local.1, bytes: sent, packets: close.segs_out };
-        let remote_end = End { ip: remote.0, port: remote.1, bytes: received, packets: close.segs_in };
-        let (source, destination) =
-            if role == Role::Server { (remote_end, local_end) } else { (local_end, remote_end) };
+        let local_end = End {
+            ip: local.0,
+            port: local.1,
+            bytes: sent,
+            packets: close.segs_out,
+        };
+        let remote_end = End {
+            ip: remote.0,
+            port: remote.1,
+            bytes: received,
+            packets: close.segs_in,
+        };
+        let (source, destination) = if role == Role::Server {
+            (remote_end, local_end)
+        } else {
+            (local_end, remote_end)
+        };
         let start_ns = if st.flags & conn_flag::PRE_EXISTING != 0 {
             st.birth_ns
         } else {
@@ -271,7 +297,11 @@ impl Tracker {
             start_ns,
             end_ns: c.header.ts_ns,
             lifecycle,
-            retransmits: Retransmits { syn: st.retrans_syn, synack, data: st.retrans_data },
+            retransmits: Retransmits {
+                syn: st.retrans_syn,
+                synack,
+                data: st.retrans_data,
+            },
             srtt_us: close.srtt_us_x8 >> 3,
             resets_sent: u32::from(st.resets_sent) + u32::from(p.late.sent),
             resets_received: u32::from(st.resets_received),
@@ -294,7 +324,6 @@ impl Tracker {
         let a = mix(mix(boot_lo ^ sk) ^ birth_ns);
         let b = mix(mix(boot_hi ^ birth_ns.rotate_left(32)) ^ sk);
         let mut n = (u128::from(a) << 64) | u128::from(b);
-        const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
         let mut out = [b'C'; 18];
         for byte in &mut out[1..] {
             *byte = ALPHABET[(n % 62) as usize];
@@ -308,7 +337,10 @@ impl Tracker {
 /// The kernel's `bytes_received` counts sequence space (RFC 4898), so a received FIN adds one.
 fn payload_bytes(c: &ConnClosed, lc: &Lifecycle) -> (u64, u64) {
     let sent = c.close.bytes_sent.saturating_sub(c.close.bytes_retrans);
-    let received = c.close.bytes_received.saturating_sub(u64::from(lc.fin_received));
+    let received = c
+        .close
+        .bytes_received
+        .saturating_sub(u64::from(lc.fin_received));
     (sent, received)
 }
 
@@ -322,7 +354,9 @@ fn role_of(flags: u16) -> Role {
     }
 }
 
-/// SplitMix64's finaliser.
+const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// `SplitMix64`'s finaliser.
 fn mix(mut x: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

@@ -11,7 +11,7 @@ use crate::decode::Counters;
 /// Which end of the connection this socket is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// Called connect(): the originator.
+    /// Called `connect()`: the originator.
     Client,
     /// Accepted from a listener: the responder.
     Server,
@@ -191,6 +191,10 @@ impl Losses {
 
 /// What the tracker emits.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "outputs live in a reused Vec; boxing would allocate once per record"
+)]
 pub enum Output {
     Connection(ConnRecord),
     State(StateRecord),
@@ -212,5 +216,8 @@ pub fn ip_of(family: u16, addr: &[u8; 16]) -> IpAddr {
 /// Local and remote (ip, port) of a socket.
 #[must_use]
 pub fn ends_of(t: &Endpoints) -> ((IpAddr, u16), (IpAddr, u16)) {
-    ((ip_of(t.family, &t.local_addr), t.local_port), (ip_of(t.family, &t.remote_addr), t.remote_port))
+    (
+        (ip_of(t.family, &t.local_addr), t.local_port),
+        (ip_of(t.family, &t.remote_addr), t.remote_port),
+    )
 }

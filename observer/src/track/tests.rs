@@ -3,7 +3,9 @@
 use observer_common::{
     AF_INET, CloseInfo, ConnClosed, ConnState, Endpoints, EventHeader, Owner, Reset,
     SynackRetransmit, Transition, conn_flag, counter, kind, reset_flag,
-    tcp_state::{CLOSE, CLOSE_WAIT, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, LAST_ACK, LISTEN, SYN_RECV, SYN_SENT},
+    tcp_state::{
+        CLOSE, CLOSE_WAIT, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, LAST_ACK, LISTEN, SYN_RECV, SYN_SENT,
+    },
 };
 
 use super::{
@@ -15,11 +17,22 @@ use crate::decode::{Counters, Event};
 const MS: u64 = 1_000_000;
 
 fn header(kind: u16, ts_ns: u64) -> EventHeader {
-    EventHeader { kind, len: 0, _pad: 0, ts_ns, pid_tgid: 0 }
+    EventHeader {
+        kind,
+        len: 0,
+        _pad: 0,
+        ts_ns,
+        pid_tgid: 0,
+    }
 }
 
 fn tuple(local_port: u16, remote_port: u16) -> Endpoints {
-    let mut t = Endpoints { local_port, remote_port, family: AF_INET, ..Endpoints::default() };
+    let mut t = Endpoints {
+        local_port,
+        remote_port,
+        family: AF_INET,
+        ..Endpoints::default()
+    };
     t.local_addr[..4].copy_from_slice(&[10, 0, 0, 1]);
     t.remote_addr[..4].copy_from_slice(&[10, 0, 0, 2]);
     t
@@ -33,7 +46,11 @@ fn closed(sk: u64, flags: u16, first: u8, path: &[u8], born: u64, t: Endpoints) 
     st.flags = flags | conn_flag::TUPLE_VALID | conn_flag::OWNER_VALID;
     st.tuple = t;
     st.netns = 4_026_531_840;
-    st.owner = Owner { tgid: 42, uid: 1000, comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0" };
+    st.owner = Owner {
+        tgid: 42,
+        uid: 1000,
+        comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+    };
     for (i, &s) in path.iter().enumerate() {
         st.states[i] = s;
         st.ts[i] = born + MS * i as u64;
@@ -44,16 +61,37 @@ fn closed(sk: u64, flags: u16, first: u8, path: &[u8], born: u64, t: Endpoints) 
         header: header(kind::CONN_CLOSED, end),
         sk,
         state: st,
-        close: CloseInfo { bytes_sent: 100, bytes_received: 201, segs_in: 5, segs_out: 6, peer_fin: 1, ..CloseInfo::default() },
+        close: CloseInfo {
+            bytes_sent: 100,
+            bytes_received: 201,
+            segs_in: 5,
+            segs_out: 6,
+            peer_fin: 1,
+            ..CloseInfo::default()
+        },
     }
 }
 
 fn client(sk: u64, born: u64) -> ConnClosed {
-    closed(sk, conn_flag::ROLE_CLIENT, CLOSE, &[SYN_SENT, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE], born, tuple(40000, 80))
+    closed(
+        sk,
+        conn_flag::ROLE_CLIENT,
+        CLOSE,
+        &[SYN_SENT, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE],
+        born,
+        tuple(40000, 80),
+    )
 }
 
 fn server(sk: u64, born: u64) -> ConnClosed {
-    closed(sk, conn_flag::ROLE_SERVER, LISTEN, &[SYN_RECV, ESTABLISHED, CLOSE_WAIT, LAST_ACK, CLOSE], born, tuple(80, 40000))
+    closed(
+        sk,
+        conn_flag::ROLE_SERVER,
+        LISTEN,
+        &[SYN_RECV, ESTABLISHED, CLOSE_WAIT, LAST_ACK, CLOSE],
+        born,
+        tuple(80, 40000),
+    )
 }
 
 fn run(filter: Filter, events: &[Event]) -> (Tracker, Vec<Output>) {
@@ -67,7 +105,15 @@ fn run(filter: Filter, events: &[Event]) -> (Tracker, Vec<Output>) {
 }
 
 fn conns(out: &[Output]) -> Vec<&ConnRecord> {
-    out.iter().filter_map(|o| if let Output::Connection(c) = o { Some(c) } else { None }).collect()
+    out.iter()
+        .filter_map(|o| {
+            if let Output::Connection(c) = o {
+                Some(c)
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 fn finish(mut tracker: Tracker, mut out: Vec<Output>, at: u64) -> Vec<Output> {
@@ -77,7 +123,13 @@ fn finish(mut tracker: Tracker, mut out: Vec<Output>, at: u64) -> Vec<Output> {
 
 #[test]
 fn client_and_server_are_oriented_from_the_originator() {
-    let (t, out) = run(Filter::default(), &[Event::Closed(client(1, 10 * MS)), Event::Closed(server(2, 10 * MS))]);
+    let (t, out) = run(
+        Filter::default(),
+        &[
+            Event::Closed(client(1, 10 * MS)),
+            Event::Closed(server(2, 10 * MS)),
+        ],
+    );
     assert!(conns(&out).is_empty(), "held for the grace period");
     let out = finish(t, out, 20 * MS);
     let c = conns(&out);
@@ -120,12 +172,27 @@ fn records_wait_out_the_grace_period_then_flush_in_close_order() {
 }
 
 fn reset(sk: u64, ts: u64, flags: u8, reason: u32) -> Event {
-    Event::Reset(Reset { header: header(kind::RESET, ts), sk, tuple: tuple(40000, 80), reason, state: CLOSE, flags, _pad: 0 })
+    Event::Reset(Reset {
+        header: header(kind::RESET, ts),
+        sk,
+        tuple: tuple(40000, 80),
+        reason,
+        state: CLOSE,
+        flags,
+        _pad: 0,
+    })
 }
 
 #[test]
 fn a_reset_sent_after_close_joins_its_record() {
-    let abort = closed(9, conn_flag::ROLE_CLIENT, CLOSE, &[SYN_SENT, ESTABLISHED, CLOSE], 0, tuple(40000, 80));
+    let abort = closed(
+        9,
+        conn_flag::ROLE_CLIENT,
+        CLOSE,
+        &[SYN_SENT, ESTABLISHED, CLOSE],
+        0,
+        tuple(40000, 80),
+    );
     let end = abort.header.ts_ns;
     let cases = [
         ("joined within the grace period", end + 1_000, 1, Some(12)),
@@ -146,13 +213,22 @@ fn a_reset_sent_after_close_joins_its_record() {
         assert_eq!(unattributed, u64::from(1 - joined), "{name}");
     }
     // A received-RST event never joins (received resets are counted in the kernel).
-    let (t, _) = run(Filter::default(), &[Event::Closed(abort), reset(9, end + 1, 0, 0)]);
+    let (t, _) = run(
+        Filter::default(),
+        &[Event::Closed(abort), reset(9, end + 1, 0, 0)],
+    );
     assert_eq!(t.unattributed_resets, 1);
 }
 
 #[test]
 fn a_late_reset_undoes_the_time_wait_reading() {
-    let (t, out) = run(Filter::default(), &[Event::Closed(client(3, 0)), reset(3, 4 * MS + 10, reset_flag::SENT, 0)]);
+    let (t, out) = run(
+        Filter::default(),
+        &[
+            Event::Closed(client(3, 0)),
+            reset(3, 4 * MS + 10, reset_flag::SENT, 0),
+        ],
+    );
     let out = finish(t, out, 5 * MS);
     let c = conns(&out);
     assert!(!c[0].lifecycle.time_wait);
@@ -162,7 +238,12 @@ fn a_late_reset_undoes_the_time_wait_reading() {
 #[test]
 fn synack_retransmits_join_the_child_by_endpoints() {
     let synack = |ts, t| {
-        Event::SynackRetransmit(SynackRetransmit { header: header(kind::SYNACK_RETRANSMIT, ts), listener_sk: 5, req: 6, tuple: t })
+        Event::SynackRetransmit(SynackRetransmit {
+            header: header(kind::SYNACK_RETRANSMIT, ts),
+            listener_sk: 5,
+            req: 6,
+            tuple: t,
+        })
     };
     let events = [
         synack(MS, tuple(80, 40000)),
@@ -179,14 +260,53 @@ fn synack_retransmits_join_the_child_by_endpoints() {
 
 #[test]
 fn filters_and_listeners() {
-    let listener = closed(4, conn_flag::ROLE_LISTENER, CLOSE, &[LISTEN, CLOSE], 0, tuple(80, 0));
-    let events = [Event::Closed(client(1, 0)), Event::Closed(listener), Event::Closed(server(2, 0))];
+    let listener = closed(
+        4,
+        conn_flag::ROLE_LISTENER,
+        CLOSE,
+        &[LISTEN, CLOSE],
+        0,
+        tuple(80, 0),
+    );
+    let events = [
+        Event::Closed(client(1, 0)),
+        Event::Closed(listener),
+        Event::Closed(server(2, 0)),
+    ];
     let cases: [(&str, Filter, usize); 5] = [
         ("no filter; listeners give no record", Filter::default(), 2),
-        ("port on either end", Filter { port: Some(40000), ..Filter::default() }, 2),
-        ("another port", Filter { port: Some(443), ..Filter::default() }, 0),
-        ("this netns", Filter { netns: Some(4_026_531_840), ..Filter::default() }, 2),
-        ("another netns", Filter { netns: Some(1), ..Filter::default() }, 0),
+        (
+            "port on either end",
+            Filter {
+                port: Some(40000),
+                ..Filter::default()
+            },
+            2,
+        ),
+        (
+            "another port",
+            Filter {
+                port: Some(443),
+                ..Filter::default()
+            },
+            0,
+        ),
+        (
+            "this netns",
+            Filter {
+                netns: Some(4_026_531_840),
+                ..Filter::default()
+            },
+            2,
+        ),
+        (
+            "another netns",
+            Filter {
+                netns: Some(1),
+                ..Filter::default()
+            },
+            0,
+        ),
     ];
     for (name, filter, want) in cases {
         let (t, out) = run(filter, &events);
@@ -196,9 +316,26 @@ fn filters_and_listeners() {
 
 #[test]
 fn a_reused_socket_gives_two_records_with_two_uids() {
-    let first = closed(8, conn_flag::ROLE_CLIENT, CLOSE, &[SYN_SENT, CLOSE], 0, tuple(40000, 81));
-    let second = closed(8, conn_flag::ROLE_CLIENT, CLOSE, &[SYN_SENT, CLOSE], 2 * MS, tuple(40000, 82));
-    let (t, out) = run(Filter::default(), &[Event::Closed(first), Event::Closed(second)]);
+    let first = closed(
+        8,
+        conn_flag::ROLE_CLIENT,
+        CLOSE,
+        &[SYN_SENT, CLOSE],
+        0,
+        tuple(40000, 81),
+    );
+    let second = closed(
+        8,
+        conn_flag::ROLE_CLIENT,
+        CLOSE,
+        &[SYN_SENT, CLOSE],
+        2 * MS,
+        tuple(40000, 82),
+    );
+    let (t, out) = run(
+        Filter::default(),
+        &[Event::Closed(first), Event::Closed(second)],
+    );
     let out = finish(t, out, 10 * MS);
     let c = conns(&out);
     assert_eq!(c.len(), 2);
@@ -208,13 +345,23 @@ fn a_reused_socket_gives_two_records_with_two_uids() {
 
 #[test]
 fn pre_existing_sockets_have_no_role() {
-    let old = closed(7, conn_flag::PRE_EXISTING, ESTABLISHED, &[FIN_WAIT1, FIN_WAIT2, CLOSE], 5 * MS, tuple(22, 50000));
+    let old = closed(
+        7,
+        conn_flag::PRE_EXISTING,
+        ESTABLISHED,
+        &[FIN_WAIT1, FIN_WAIT2, CLOSE],
+        5 * MS,
+        tuple(22, 50000),
+    );
     let (t, out) = run(Filter::default(), &[Event::Closed(old)]);
     let out = finish(t, out, 10 * MS);
     let c = conns(&out);
     assert_eq!(c[0].role, Role::Unknown);
     assert!(c[0].pre_existing);
-    assert_eq!(c[0].source.port, 22, "local end first when the originator is unknown");
+    assert_eq!(
+        c[0].source.port, 22,
+        "local end first when the originator is unknown"
+    );
     assert_eq!(c[0].lifecycle.first_state, ESTABLISHED);
     assert_eq!(c[0].start_ns, 5 * MS);
 }
@@ -234,16 +381,37 @@ fn transition(sk: u64, ts: u64, old: u8, new: u8) -> Event {
 
 #[test]
 fn state_records_only_when_asked_and_with_the_connection_uid() {
-    let events = [transition(1, 0, CLOSE, SYN_SENT), transition(1, MS, SYN_SENT, ESTABLISHED)];
+    let events = [
+        transition(1, 0, CLOSE, SYN_SENT),
+        transition(1, MS, SYN_SENT, ESTABLISHED),
+    ];
     let (_, quiet) = run(Filter::default(), &events);
     assert!(quiet.is_empty());
     let mut with = events.to_vec();
     with.push(Event::Closed(client(1, 0)));
-    let (t, out) = run(Filter { transitions: true, ..Filter::default() }, &with);
+    let (t, out) = run(
+        Filter {
+            transitions: true,
+            ..Filter::default()
+        },
+        &with,
+    );
     let out = finish(t, out, 10 * MS);
-    let states: Vec<_> = out.iter().filter_map(|o| if let Output::State(s) = o { Some(s) } else { None }).collect();
+    let states: Vec<_> = out
+        .iter()
+        .filter_map(|o| {
+            if let Output::State(s) = o {
+                Some(s)
+            } else {
+                None
+            }
+        })
+        .collect();
     assert_eq!(states.len(), 2);
-    assert_eq!((states[1].old_state, states[1].new_state), (SYN_SENT, ESTABLISHED));
+    assert_eq!(
+        (states[1].old_state, states[1].new_state),
+        (SYN_SENT, ESTABLISHED)
+    );
     assert_eq!(states[0].uid, conns(&out)[0].uid);
 }
 
@@ -255,12 +423,42 @@ fn loss_records_report_deltas_and_a_summary() {
         values[counter::EVENTS as usize] = events;
         Event::Counters(Counters { ts_ns: ts, values })
     };
-    let (mut t, mut out) = run(Filter::default(), &[snap(MS, 0, 10), snap(2 * MS, 3, 20), snap(3 * MS, 3, 30)]);
+    let (mut t, mut out) = run(
+        Filter::default(),
+        &[snap(MS, 0, 10), snap(2 * MS, 3, 20), snap(3 * MS, 3, 30)],
+    );
     t.note_decode_error();
     t.finish(4 * MS, &mut out);
-    let losses: Vec<_> = out.iter().filter_map(|o| if let Output::Loss(l) = o { Some(l) } else { None }).collect();
-    assert_eq!(losses.len(), 2, "one for the drop, then the summary: {losses:#?}");
-    assert_eq!((losses[0].delta.ring_full, losses[0].total.ring_full, losses[0].summary), (3, 3, false));
-    assert_eq!((losses[1].delta.ring_full, losses[1].delta.decode_errors, losses[1].summary), (0, 1, true));
+    let losses: Vec<_> = out
+        .iter()
+        .filter_map(|o| {
+            if let Output::Loss(l) = o {
+                Some(l)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(
+        losses.len(),
+        2,
+        "one for the drop, then the summary: {losses:#?}"
+    );
+    assert_eq!(
+        (
+            losses[0].delta.ring_full,
+            losses[0].total.ring_full,
+            losses[0].summary
+        ),
+        (3, 3, false)
+    );
+    assert_eq!(
+        (
+            losses[1].delta.ring_full,
+            losses[1].delta.decode_errors,
+            losses[1].summary
+        ),
+        (0, 1, true)
+    );
     assert_eq!((losses[1].total.ring_full, losses[1].events), (3, 30));
 }
