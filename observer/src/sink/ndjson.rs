@@ -102,19 +102,23 @@ impl Serialize for Transitions<'_> {
     }
 }
 
-/// `conn.state_durations_ms`: milliseconds (µs precision) spent in each state left.
+/// `conn.state_durations_ms`: milliseconds (µs precision) spent in each state left, in the
+/// order the states were entered.
 struct Durations<'a>(&'a Lifecycle);
 
 impl Serialize for Durations<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let d = self.0.durations_ns();
         let mut map = s.serialize_map(Some(d.iter().flatten().count()))?;
-        for (state, ns) in d.iter().enumerate() {
-            if let Some(ns) = ns {
+        let mut done = [false; 13];
+        for step in self.0.steps() {
+            let i = usize::from(step.state).min(12);
+            if let (Some(ns), false) = (d[i], done[i]) {
+                done[i] = true;
                 // Whole microseconds, as milliseconds: exact in an f64 for 285 years.
                 #[expect(clippy::cast_precision_loss, reason = "exact below 2^53 µs")]
                 let ms = (ns / 1_000) as f64 / 1_000.0;
-                map.serialize_entry(state_name(u8::try_from(state).unwrap_or(0)), &ms)?;
+                map.serialize_entry(state_name(step.state), &ms)?;
             }
         }
         map.end()
