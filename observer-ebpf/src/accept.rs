@@ -21,7 +21,7 @@ use observer_common::conn_flag;
 
 use crate::{
     kernel, lifecycle,
-    runtime::{CONNS, layout, read},
+    runtime::{layout, read},
 };
 
 pub fn on_accept_exit(ctx: &TracePointContext) {
@@ -32,12 +32,8 @@ pub fn on_accept_exit(ctx: &TracePointContext) {
     let Some(sk) = socket_of_fd(fd) else { return };
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    let entry = match CONNS.get_ptr_mut(sk) {
-        Some(entry) => entry,
-        None => match kernel::track_existing(sk, now) {
-            Some(entry) => entry,
-            None => return,
-        },
+    let Some(entry) = kernel::tracked(sk, now) else {
+        return;
     };
     // SAFETY: a value pointer returned by the map.
     let st = unsafe { &mut *entry };

@@ -83,6 +83,11 @@ pub fn close_info(sk: u64) -> CloseInfo {
     }
 }
 
+/// The socket's entry, creating one for a socket first met mid-life.
+pub fn tracked(sk: u64, now: u64) -> Option<*mut ConnState> {
+    CONNS.get_ptr_mut(sk).or_else(|| track_existing(sk, now))
+}
+
 /// Starts tracking a TCP socket first met mid-life (it predates the observer, or its birth
 /// was missed): a hook other than a birth transition touched a socket not in `CONNS`.
 /// Returns `None` for non-TCP sockets and when the map is full (counted).

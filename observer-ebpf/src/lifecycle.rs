@@ -43,10 +43,7 @@ pub fn on_set_state(ctx: &BtfTracePointContext) {
     let entry = if is_birth(old, new) {
         begin(sk, old, new, now)
     } else {
-        match CONNS.get_ptr_mut(sk) {
-            Some(entry) => Some(entry),
-            None => kernel::track_existing(sk, now),
-        }
+        kernel::tracked(sk, now)
     };
     let Some(entry) = entry else { return };
     // SAFETY: a value pointer returned by the map; only this socket's hooks write it, under the

@@ -43,12 +43,8 @@ pub fn on_retransmit(ctx: &TracePointContext) {
     if err_off != ABSENT && field::<i32>(ctx, err_off).unwrap_or(0) != 0 {
         return;
     }
-    let entry = match CONNS.get_ptr_mut(sk) {
-        Some(entry) => entry,
-        None => match kernel::track_existing(sk, now()) {
-            Some(entry) => entry,
-            None => return,
-        },
+    let Some(entry) = kernel::tracked(sk, now()) else {
+        return;
     };
     // SAFETY: a value pointer returned by the map.
     let st = unsafe { &mut *entry };
@@ -63,12 +59,8 @@ pub fn on_receive_reset(ctx: &TracePointContext) {
     let Some(sk) = field::<u64>(ctx, layout!(tp_receive_reset_skaddr)) else {
         return;
     };
-    let entry = match CONNS.get_ptr_mut(sk) {
-        Some(entry) => entry,
-        None => match kernel::track_existing(sk, now()) {
-            Some(entry) => entry,
-            None => return,
-        },
+    let Some(entry) = kernel::tracked(sk, now()) else {
+        return;
     };
     // SAFETY: a value pointer returned by the map.
     let st = unsafe { &mut *entry };

@@ -95,20 +95,7 @@ fn rows() -> Vec<Row> {
         None,
     ));
     if let Some(root) = &tracefs {
-        for hook in HOOKS {
-            if let HookKind::Tracepoint(points) = hook.kind {
-                for (category, name) in points {
-                    let path = root.join("events").join(category).join(name);
-                    rows.push(row(
-                        format!("tracepoint {category}:{name}"),
-                        path.exists(),
-                        hook.role,
-                        (!path.exists())
-                            .then_some("this kernel lacks the tracepoint; please report it"),
-                    ));
-                }
-            }
-        }
+        rows.extend(tracepoint_rows(root));
     }
     match probe::resolve_layout() {
         Ok((_, choices)) => rows.push(row(
@@ -153,6 +140,27 @@ fn rows() -> Vec<Row> {
             None,
         )),
         Err(e) => rows.push(row("load and attach", false, e.to_string(), None)),
+    }
+    rows
+}
+
+#[must_use]
+/// One row per classic tracepoint a hook attaches to.
+fn tracepoint_rows(root: &Path) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for hook in HOOKS {
+        if let HookKind::Tracepoint(points) = hook.kind {
+            for (category, name) in points {
+                let path = root.join("events").join(category).join(name);
+                rows.push(row(
+                    format!("tracepoint {category}:{name}"),
+                    path.exists(),
+                    hook.role,
+                    (!path.exists())
+                        .then_some("this kernel lacks the tracepoint; please report it"),
+                ));
+            }
+        }
     }
     rows
 }

@@ -212,33 +212,17 @@ impl Replay {
     /// A frame that does not decode (the rest of the file is not trusted after it).
     pub fn next_event(&mut self) -> Result<Option<Event>, RecordingError> {
         let mut len = [0u8; 4];
-        match read_full(&mut self.input, &mut len) {
-            Ok(0) => return Ok(None),
-            Ok(4) => {}
-            Ok(_) => {
-                self.truncated = true;
-                return Ok(None);
-            }
-            Err(err) => {
-                return Err(RecordingError::Io {
-                    path: self.path.clone(),
-                    err,
-                });
-            }
+        match self.fill(&mut len)? {
+            Fill::Empty | Fill::Torn => return Ok(None),
+            Fill::Full => {}
         }
-        self.buf.resize(u32::from_le_bytes(len) as usize, 0);
-        match read_full(&mut self.input, &mut self.buf) {
-            Ok(n) if n == self.buf.len() => {}
-            Ok(_) => {
-                self.truncated = true;
-                return Ok(None);
-            }
-            Err(err) => {
-                return Err(RecordingError::Io {
-                    path: self.path.clone(),
-                    err,
-                });
-            }
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.resize(u32::from_le_bytes(len) as usize, 0);
+        let filled = self.fill(&mut buf);
+        self.buf = buf;
+        if !matches!(filled?, Fill::Full) {
+            self.truncated = true;
+            return Ok(None);
         }
         self.frame += 1;
         decode::decode(&self.buf)
@@ -248,6 +232,30 @@ impl Replay {
                 frame: self.frame,
                 err,
             })
+    }
+}
+
+enum Fill {
+    Empty,
+    Torn,
+    Full,
+}
+
+impl Replay {
+    /// Fills `buf` from the input; a partial fill marks the recording as torn.
+    fn fill(&mut self, buf: &mut [u8]) -> Result<Fill, RecordingError> {
+        let n = read_full(&mut self.input, buf).map_err(|err| RecordingError::Io {
+            path: self.path.clone(),
+            err,
+        })?;
+        Ok(if n == buf.len() {
+            Fill::Full
+        } else if n == 0 {
+            Fill::Empty
+        } else {
+            self.truncated = true;
+            Fill::Torn
+        })
     }
 }
 

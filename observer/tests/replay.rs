@@ -54,6 +54,7 @@ fn states(r: &Value) -> Vec<&str> {
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one table of expected records")]
 fn the_recorded_stream_rebuilds_every_lifecycle() {
     let text = replay(
         "mixed.rec",

@@ -43,6 +43,28 @@ struct EventFields {
     duration: Option<u64>,
 }
 
+impl EventFields {
+    /// An event with no outcome or timing.
+    fn plain(
+        kind: &'static str,
+        types: &'static [&'static str],
+        dataset: &'static str,
+        action: &'static str,
+    ) -> Self {
+        Self {
+            kind,
+            category: ["network"],
+            types,
+            dataset,
+            action,
+            outcome: None,
+            start: None,
+            end: None,
+            duration: None,
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct EndFields {
     ip: IpAddr,
@@ -457,17 +479,12 @@ impl Encoder {
         let line = StateLine {
             timestamp: self.ts(s.ts_ns),
             schema_version: SCHEMA_VERSION,
-            event: EventFields {
-                kind: "event",
-                category: ["network"],
-                types: &["connection", "change"],
-                dataset: "observer.state",
-                action: "state_change",
-                outcome: None,
-                start: None,
-                end: None,
-                duration: None,
-            },
+            event: EventFields::plain(
+                "event",
+                &["connection", "change"],
+                "observer.state",
+                "state_change",
+            ),
             host: Host { name: &self.host },
             conn: StateConn {
                 uid: s.uid.as_str(),
@@ -487,17 +504,12 @@ impl Encoder {
         let line = LossLine {
             timestamp: self.ts(l.ts_ns),
             schema_version: SCHEMA_VERSION,
-            event: EventFields {
-                kind: "metric",
-                category: ["network"],
-                types: &["info"],
-                dataset: "observer.loss",
-                action: if l.summary { "summary" } else { "loss" },
-                outcome: None,
-                start: None,
-                end: None,
-                duration: None,
-            },
+            event: EventFields::plain(
+                "metric",
+                &["info"],
+                "observer.loss",
+                if l.summary { "summary" } else { "loss" },
+            ),
             host: Host { name: &self.host },
             loss: LossFields {
                 delta: &l.delta,
