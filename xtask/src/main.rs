@@ -1,5 +1,6 @@
 //! Developer and CI tasks for observer: `cargo xtask <command>`.
 
+mod bench;
 mod bootstrap;
 mod cmd;
 mod packages;
@@ -42,6 +43,11 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Benchmarks against the real kernel (bootstrap with test packages and build first)
+    Bench {
+        #[command(subcommand)]
+        bench: Bench,
+    },
     /// Bootstrap, unit tests, build, then the privileged integration tests
     Test {
         /// Run on this host's kernel only (the QEMU kernel matrix is added by a later change)
@@ -50,6 +56,19 @@ enum Task {
         /// Extra libtest arguments for the integration tests (after `--`)
         #[arg(last = true)]
         args: Vec<OsString>,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Loopback connection churn on one core: no tracer, observer, tcplife (see BENCHMARKS.md)
+    Churn {
+        /// Seconds of churn per mode and round
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Rounds; each runs every mode once, in a rotating order
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
     },
 }
 
@@ -87,6 +106,9 @@ fn run(task: Task) -> Result<()> {
             let err = observer.exec();
             Err(err).with_context(|| format!("could not execute {}", bin.display()))
         }
+        Task::Bench {
+            bench: Bench::Churn { seconds, rounds },
+        } => bench::churn(seconds, rounds),
         // Only the host kernel exists so far, so --host-only changes nothing yet.
         Task::Test { host_only: _, args } => test::run(&args),
     }
