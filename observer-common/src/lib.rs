@@ -170,8 +170,7 @@ pub struct CloseInfo {
     pub sk_err: i32,
     /// 1 when `SOCK_DONE` is set in `sock.sk_flags`: `tcp_fin()` ran, the peer's FIN arrived.
     /// (`sk_shutdown` cannot tell: `close()` sets both bits on an orphaned socket.)
-    pub peer_fin: u8,
-    pub _pad: [u8; 3],
+    pub peer_fin: u32,
 }
 
 /// [`kind::CONN_CLOSED`].
@@ -267,6 +266,12 @@ pub mod reset_layout {
     pub const SOCKADDR: u32 = 2;
 }
 
+/// Offset of `ret` in `syscalls:sys_exit_*` records: after the 8 bytes of common fields and the
+/// 4-byte `__syscall_nr` padded to 8. The accept hook reads it with a constant offset, the only
+/// kind of context access that is a plain load rather than a probe read; userspace checks it
+/// against tracefs at load time.
+pub const SYS_EXIT_RET_OFFSET: u32 = 16;
+
 /// A field of a tracepoint record: its offset, or `u32::MAX` when absent.
 pub const ABSENT: u32 = u32::MAX;
 
@@ -341,7 +346,6 @@ pub struct Layout {
     pub tp_send_reset_saddr6: u32,
     pub tp_send_reset_daddr6: u32,
     pub tp_receive_reset_skaddr: u32,
-    pub tp_accept_ret: u32,
     pub skc_state: u32,
 }
 
@@ -384,7 +388,7 @@ const _: () = {
     assert!(size_of::<Transition>() == 88);
     assert!(size_of::<Reset>() == 80);
     assert!(size_of::<SynackRetransmit>() == 80);
-    assert!(size_of::<Layout>() == 56 * 4);
+    assert!(size_of::<Layout>() == 55 * 4);
     assert!(size_of::<Settings>() == 8);
 };
 

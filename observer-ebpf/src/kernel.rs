@@ -1,114 +1,199 @@
-//! Reads of kernel socket structures at offsets resolved from BTF at load time.
+//! Reads of kernel structures at offsets resolved from BTF at load time.
 //!
 //! Rust eBPF has no CO-RE relocations, so userspace looks every field up in
 //! `/sys/kernel/btf/vmlinux` (`observer::kernel::layout`) and passes the byte offsets in the
-//! `LAYOUT` global; here each field is one `bpf_probe_read_kernel` (~15 ns). Fields are read
-//! once per socket (endpoints, netns) or once at CLOSE (counters), never per packet.
+//! `LAYOUT` global. That global lives in `.rodata`, which the loader freezes, so the verifier
+//! knows each offset as a constant. Two ways to read follow from it:
 //!
-//! `struct sock_common` starts `struct sock`, `inet_timewait_sock` and `request_sock` alike, so
-//! the `skc_*` reads are valid on any of them; `inet_sport` and the `tcp_sock` counters are only
-//! read on full TCP sockets.
+//! - [`Direct`]: from a BTF pointer (a tp_btf argument, `bpf_skc_to_tcp_sock`,
+//!   `bpf_get_current_task_btf`), a plain load the verifier checks against kernel BTF. About a
+//!   nanosecond: this is the hot path of every transition.
+//! - [`Probe`]: from a bare address (classic tracepoints), `bpf_probe_read_kernel`, tens of
+//!   nanoseconds. Only rare events (retransmits, resets, accept) take it.
+//!
+//! The readers below are written once over [`Kmem`] and serve both.
 
+use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_skc_to_tcp_sock};
 use observer_common::{AF_INET6, CloseInfo, ConnState, Endpoints, conn_flag, counter};
 
-use crate::runtime::{CONNS, count, layout, read};
+use crate::runtime::{CONNS, SCRATCH, count, layout};
 
 pub const IPPROTO_TCP: u16 = 6;
 
-pub fn protocol(sk: u64) -> Option<u16> {
-    read::<u16>(sk, layout!(sk_protocol))
+/// Kernel memory reachable from a base: a BTF pointer or a bare address.
+pub trait Kmem: Copy {
+    /// Reads a `T` (1, 2, 4 or 8 bytes) at `base + offset`.
+    fn read<T: Copy>(self, offset: u32) -> Option<T>;
+    /// Follows the pointer field at `offset`.
+    fn deref(self, offset: u32) -> Option<Self>;
 }
 
-pub fn state(sk: u64) -> Option<u8> {
-    read::<u8>(sk, layout!(skc_state))
+/// A BTF-typed kernel pointer: loads are checked by the verifier against kernel BTF.
+#[derive(Clone, Copy)]
+pub struct Direct(*const u8);
+
+impl Direct {
+    /// Wraps a BTF pointer returned by a helper; `None` when null.
+    pub fn new(ptr: *const u8) -> Option<Self> {
+        (!ptr.is_null()).then_some(Self(ptr))
+    }
+}
+
+impl Kmem for Direct {
+    #[inline(always)]
+    fn read<T: Copy>(self, offset: u32) -> Option<T> {
+        // SAFETY: the verifier checks the access against BTF (offsets are frozen constants),
+        // and faults in such loads are caught by the kernel's exception table. Volatile keeps
+        // the compiler from merging adjacent fields into one wider load, which BTF forbids.
+        Some(unsafe { core::ptr::read_volatile(self.0.add(offset as usize).cast::<T>()) })
+    }
+
+    #[inline(always)]
+    fn deref(self, offset: u32) -> Option<Self> {
+        let ptr = self.read::<*const u8>(offset)?;
+        (!ptr.is_null()).then_some(Self(ptr))
+    }
+}
+
+/// A bare kernel address: every read is a `bpf_probe_read_kernel`.
+#[derive(Clone, Copy)]
+pub struct Probe(pub u64);
+
+impl Kmem for Probe {
+    #[inline(always)]
+    fn read<T: Copy>(self, offset: u32) -> Option<T> {
+        // SAFETY: bpf_probe_read_kernel tolerates any address and reports faults as errors.
+        match unsafe { bpf_probe_read_kernel((self.0 + u64::from(offset)) as *const T) } {
+            Ok(value) => Some(value),
+            Err(_) => {
+                count(counter::READ_FAILED);
+                None
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn deref(self, offset: u32) -> Option<Self> {
+        let addr = self.read::<u64>(offset)?;
+        (addr != 0).then_some(Self(addr))
+    }
+}
+
+/// The `struct tcp_sock` behind a tp_btf socket argument, or `None` when it is not a full TCP
+/// socket (SCTP, MPTCP's master socket and others share the tracepoint).
+#[inline(always)]
+pub fn tcp_sock(sk: *mut core::ffi::c_void) -> Option<Direct> {
+    // SAFETY: `sk` is the tracepoint's BTF socket pointer, as the helper requires.
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk) };
+    (!tp.is_null()).then_some(Direct(tp.cast()))
+}
+
+/// A bare socket address that is a TCP socket: checks `sk_protocol`.
+pub fn tcp_probe(sk: u64) -> Option<Probe> {
+    let sk = Probe(sk);
+    (sk.read::<u16>(layout!(sk_protocol))? == IPPROTO_TCP).then_some(sk)
+}
+
+pub fn state(sk: impl Kmem) -> Option<u8> {
+    sk.read::<u8>(layout!(skc_state))
 }
 
 /// Inode number of the socket's network namespace: `sk->__sk_common.skc_net.net->ns.inum`.
-pub fn netns(sk: u64) -> u32 {
-    read::<u64>(sk, layout!(skc_net))
-        .and_then(|net| read::<u32>(net, layout!(net_ns_inum)))
+pub fn netns(sk: impl Kmem) -> u32 {
+    sk.deref(layout!(skc_net))
+        .and_then(|net| net.read::<u32>(layout!(net_ns_inum)))
         .unwrap_or(0)
 }
 
-/// Local and remote address and port. `inet_sport` rather than `skc_num`: the kernel zeroes
-/// `inet_num` when it releases the port at CLOSE, before the tracepoint fires.
-pub fn endpoints(sk: u64) -> Option<Endpoints> {
-    let family = read::<u16>(sk, layout!(skc_family))?;
-    let mut ends = Endpoints {
-        family,
-        local_port: u16::from_be(read::<u16>(sk, layout!(inet_sport))?),
-        remote_port: u16::from_be(read::<u16>(sk, layout!(skc_dport))?),
-        ..Endpoints::default()
-    };
+/// Local and remote address and port, written in place. `inet_sport` rather than `skc_num`:
+/// the kernel zeroes `inet_num` when it releases the port at CLOSE, before the tracepoint fires.
+pub fn endpoints(sk: impl Kmem, ends: &mut Endpoints) -> Option<()> {
+    let family = sk.read::<u16>(layout!(skc_family))?;
+    ends.family = family;
+    ends.local_port = u16::from_be(sk.read::<u16>(layout!(inet_sport))?);
+    ends.remote_port = u16::from_be(sk.read::<u16>(layout!(skc_dport))?);
     if family == AF_INET6 {
-        ends.local_addr = read::<[u8; 16]>(sk, layout!(skc_v6_rcv_saddr))?;
-        ends.remote_addr = read::<[u8; 16]>(sk, layout!(skc_v6_daddr))?;
+        v6(sk, layout!(skc_v6_rcv_saddr), &mut ends.local_addr)?;
+        v6(sk, layout!(skc_v6_daddr), &mut ends.remote_addr)?;
     } else {
-        let local = read::<[u8; 4]>(sk, layout!(skc_rcv_saddr))?;
-        let remote = read::<[u8; 4]>(sk, layout!(skc_daddr))?;
-        ends.local_addr[..4].copy_from_slice(&local);
-        ends.remote_addr[..4].copy_from_slice(&remote);
+        ends.local_addr[..4].copy_from_slice(&sk.read::<[u8; 4]>(layout!(skc_rcv_saddr))?);
+        ends.remote_addr[..4].copy_from_slice(&sk.read::<[u8; 4]>(layout!(skc_daddr))?);
     }
-    Some(ends)
+    Some(())
 }
 
-/// Fills the endpoints and netns once, when they are known.
-pub fn fill_identity(sk: u64, st: &mut ConnState) {
-    if st.flags & conn_flag::TUPLE_VALID != 0 {
-        return;
-    }
-    if let Some(ends) = endpoints(sk) {
-        st.tuple = ends;
+/// An IPv6 address, as two 8-byte loads.
+fn v6(sk: impl Kmem, offset: u32, out: &mut [u8; 16]) -> Option<()> {
+    out[..8].copy_from_slice(&sk.read::<[u8; 8]>(offset)?);
+    out[8..].copy_from_slice(&sk.read::<[u8; 8]>(offset + 8)?);
+    Some(())
+}
+
+/// Fills the endpoints once, when they are known.
+pub fn fill_identity(sk: impl Kmem, st: &mut ConnState) {
+    if st.flags & conn_flag::TUPLE_VALID == 0 && endpoints(sk, &mut st.tuple).is_some() {
         st.flags |= conn_flag::TUPLE_VALID;
     }
 }
 
 /// Counters from `tcp_sock` and `sock`, read when the socket reaches CLOSE.
-pub fn close_info(sk: u64) -> CloseInfo {
-    let flags = read::<u64>(sk, layout!(sk_flags)).unwrap_or(0);
+pub fn close_info(tp: impl Kmem) -> CloseInfo {
+    let flags = tp.read::<u64>(layout!(sk_flags)).unwrap_or(0);
     let done_bit = layout!(sock_done_bit) & 63;
     CloseInfo {
-        bytes_received: read::<u64>(sk, layout!(tcp_bytes_received)).unwrap_or(0),
-        bytes_sent: read::<u64>(sk, layout!(tcp_bytes_sent)).unwrap_or(0),
-        bytes_retrans: read::<u64>(sk, layout!(tcp_bytes_retrans)).unwrap_or(0),
-        segs_in: read::<u32>(sk, layout!(tcp_segs_in)).unwrap_or(0),
-        segs_out: read::<u32>(sk, layout!(tcp_segs_out)).unwrap_or(0),
-        data_segs_in: read::<u32>(sk, layout!(tcp_data_segs_in)).unwrap_or(0),
-        data_segs_out: read::<u32>(sk, layout!(tcp_data_segs_out)).unwrap_or(0),
-        srtt_us_x8: read::<u32>(sk, layout!(tcp_srtt_us)).unwrap_or(0),
-        total_retrans: read::<u32>(sk, layout!(tcp_total_retrans)).unwrap_or(0),
-        sk_err: read::<i32>(sk, layout!(sk_err)).unwrap_or(0),
-        peer_fin: ((flags >> done_bit) & 1) as u8,
-        _pad: [0; 3],
+        bytes_received: tp.read::<u64>(layout!(tcp_bytes_received)).unwrap_or(0),
+        bytes_sent: tp.read::<u64>(layout!(tcp_bytes_sent)).unwrap_or(0),
+        bytes_retrans: tp.read::<u64>(layout!(tcp_bytes_retrans)).unwrap_or(0),
+        segs_in: tp.read::<u32>(layout!(tcp_segs_in)).unwrap_or(0),
+        segs_out: tp.read::<u32>(layout!(tcp_segs_out)).unwrap_or(0),
+        data_segs_in: tp.read::<u32>(layout!(tcp_data_segs_in)).unwrap_or(0),
+        data_segs_out: tp.read::<u32>(layout!(tcp_data_segs_out)).unwrap_or(0),
+        srtt_us_x8: tp.read::<u32>(layout!(tcp_srtt_us)).unwrap_or(0),
+        total_retrans: tp.read::<u32>(layout!(tcp_total_retrans)).unwrap_or(0),
+        sk_err: tp.read::<i32>(layout!(sk_err)).unwrap_or(0),
+        peer_fin: ((flags >> done_bit) & 1) as u32,
     }
 }
 
-/// The socket's entry, creating one for a socket first met mid-life.
-pub fn tracked(sk: u64, now: u64) -> Option<*mut ConnState> {
-    CONNS.get_ptr_mut(sk).or_else(|| track_existing(sk, now))
-}
-
-/// Starts tracking a TCP socket first met mid-life (it predates the observer, or its birth
-/// was missed): a hook other than a birth transition touched a socket not in `CONNS`.
-/// Returns `None` for non-TCP sockets and when the map is full (counted).
-pub fn track_existing(sk: u64, now: u64) -> Option<*mut ConnState> {
-    if protocol(sk)? != IPPROTO_TCP {
-        return None;
+/// The socket's entry; a TCP socket first met mid-life (it predates the observer, or its
+/// birth was missed) starts being tracked. `None` for non-TCP sockets and when the map is
+/// full (counted). Not inlined: see `lifecycle::begin`.
+#[inline(never)]
+pub fn tracked(sk: u64, sock: impl Kmem, now: u64) -> Option<*mut ConnState> {
+    if let Some(entry) = CONNS.get_ptr_mut(sk) {
+        return Some(entry);
     }
-    let mut st = ConnState::zeroed();
+    let st = scratch()?;
     st.birth_ns = now;
-    st.first_state = state(sk)?;
+    st.first_state = state(sock)?;
     st.flags = conn_flag::PRE_EXISTING;
-    st.netns = netns(sk);
-    fill_identity(sk, &mut st);
-    insert(sk, &st)
+    st.netns = netns(sock);
+    fill_identity(sock, st);
+    insert(sk, st)?;
+    CONNS.get_ptr_mut(sk)
 }
 
-/// Inserts a fresh entry and returns a pointer to it in the map.
-pub fn insert(sk: u64, st: &ConnState) -> Option<*mut ConnState> {
+/// A zeroed per-CPU `ConnState` to build a new entry in: 184 bytes do not fit the 512-byte
+/// BPF stack next to everything else.
+pub fn scratch() -> Option<&'static mut ConnState> {
+    let slot = SCRATCH.get_ptr_mut(0)?;
+    // Word by word: a plain `*st = ConnState::zeroed()` becomes a byte-at-a-time memset loop
+    // in BPF (~900 instructions); volatile stores stay 23 stores.
+    let words = slot.cast::<u64>();
+    for i in 0..size_of::<ConnState>() / 8 {
+        // SAFETY: a per-CPU slot of exactly this size, used by one program at a time on this
+        // CPU; ConnState is 8-byte aligned and all integers, so zero words are a valid value.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
+    // SAFETY: as above; the slot now holds a zeroed ConnState.
+    Some(unsafe { &mut *slot })
+}
+
+/// Inserts a fresh entry; counts a full map.
+pub fn insert(sk: u64, st: &ConnState) -> Option<()> {
     if CONNS.insert(sk, st, 0).is_err() {
         count(counter::MAP_FULL);
         return None;
     }
-    CONNS.get_ptr_mut(sk)
+    Some(())
 }

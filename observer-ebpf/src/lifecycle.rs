@@ -3,12 +3,13 @@
 //! - **Hook:** `tp_btf/inet_sock_set_state` (args: sk, oldstate, newstate). It fires for every
 //!   TCP state change, IPv4 and IPv6, on both ends, in whatever context changed the state.
 //! - **Why tp_btf:** it is called directly with the tracepoint's arguments (no perf record is
-//!   built, unlike the classic `sock:inet_sock_set_state`), and its `sk` is a BTF pointer, so
-//!   `bpf_get_socket_cookie(sk)` gives the socket's `SO_COOKIE`.
+//!   built, unlike the classic `sock:inet_sock_set_state`), and its `sk` is a BTF pointer:
+//!   `bpf_skc_to_tcp_sock(sk)` both filters TCP and lets every field be a plain verified load
+//!   (`kernel::Direct`), and `bpf_get_socket_cookie(sk)` gives the socket's `SO_COOKIE`.
 //! - **Cost:** one hash lookup and two stores per transition; at a socket's birth also the
-//!   owner (comm, pid, uid), endpoints and netns; at CLOSE the `tcp_sock` counters and one
-//!   264-byte ring-buffer event. Nothing goes to userspace per transition unless
-//!   `--transitions` asked for it.
+//!   owner (comm, pid, uid), endpoints and netns, and one insert; at CLOSE the `tcp_sock`
+//!   counters, one 272-byte ring-buffer event and one delete. Nothing goes to userspace per
+//!   transition unless `--transitions` asked for it. See BENCHMARKS.md for measured figures.
 //! - **Owner:** CLOSE→SYN_SENT runs inside connect() and CLOSE→LISTEN inside listen(), so the
 //!   current task owns those sockets. A server child is born in softirq context (often the
 //!   client's task), so its owner comes from accept() instead (`accept.rs`).
@@ -17,17 +18,18 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_ktime_get_boot_ns, generated::bpf_get_socket_cookie,
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
+        generated::{bpf_get_current_comm, bpf_get_socket_cookie},
     },
     programs::BtfTracePointContext,
 };
 use observer_common::{
-    ConnClosed, ConnState, MAX_TRANSITIONS, Owner, Transition, conn_flag, counter, kind, tcp_state,
+    COMM_LEN, ConnClosed, ConnState, Endpoints, MAX_TRANSITIONS, Owner, Transition, conn_flag,
+    counter, kind, tcp_state,
 };
 
 use crate::{
-    kernel::{self, IPPROTO_TCP},
+    kernel::{self, Direct},
     runtime::{CONNS, EVENTS, count, emit_transitions, header, wakeup_flags},
 };
 
@@ -35,31 +37,35 @@ pub fn on_set_state(ctx: &BtfTracePointContext) {
     let sk_ptr: *mut core::ffi::c_void = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
+    // Only TCP: SCTP and MPTCP's master socket share this tracepoint.
+    let Some(tp) = kernel::tcp_sock(sk_ptr) else {
+        return;
+    };
     let sk = sk_ptr as u64;
     // Kernel states fit in a byte (tcp_states.h).
     let (old, new) = (old as u8, new as u8);
+    // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_boot_ns() };
 
-    let entry = if is_birth(old, new) {
-        begin(sk, old, new, now)
-    } else {
-        kernel::tracked(sk, now)
+    if is_birth(old, new) {
+        begin(sk, tp, old, new, now);
+        return;
+    }
+    let Some(entry) = kernel::tracked(sk, tp, now) else {
+        return;
     };
-    let Some(entry) = entry else { return };
     // SAFETY: a value pointer returned by the map; only this socket's hooks write it, under the
     // socket's lock or in its softirq.
     let st = unsafe { &mut *entry };
     push_transition(st, new, now);
-    if new != tcp_state::SYN_SENT {
-        kernel::fill_identity(sk, st);
-    }
+    kernel::fill_identity(tp, st);
     if emit_transitions() {
-        emit_transition(sk, st, old, new, now);
+        emit_transition(sk, tp, st, old, new, now);
     }
     if new == tcp_state::CLOSE {
         // SAFETY: sk_ptr is the tracepoint's BTF socket pointer, as the helper requires.
         st.cookie = unsafe { bpf_get_socket_cookie(sk_ptr) };
-        emit_closed(sk, st, now);
+        emit_closed(sk, tp, st, now);
         let _ = CONNS.remove(sk);
     }
 }
@@ -69,14 +75,27 @@ fn is_birth(old: u8, new: u8) -> bool {
     old == tcp_state::CLOSE || (old == tcp_state::LISTEN && new == tcp_state::SYN_RECV)
 }
 
-fn begin(sk: u64, old: u8, new: u8, now: u64) -> Option<*mut ConnState> {
-    if kernel::protocol(sk)? != IPPROTO_TCP {
-        return None;
+/// Starts tracking a socket just born: its state is built on the stack, first transition
+/// included, and inserted once. A birth is never a CLOSE. Not inlined, so that its stack frame
+/// and the one of `kernel::tracked` are siblings within the 512-byte BPF stack.
+#[inline(never)]
+fn begin(sk: u64, tp: Direct, old: u8, new: u8, now: u64) {
+    let Some(st) = kernel::scratch() else {
+        return;
+    };
+    born(st, tp, old, new, now);
+    if emit_transitions() {
+        emit_transition(sk, tp, st, old, new, now);
     }
-    let mut st = ConnState::zeroed();
+    let _ = kernel::insert(sk, st);
+}
+
+/// Fills a zeroed state for a socket just born, its first transition included.
+#[inline(always)]
+fn born(st: &mut ConnState, tp: Direct, old: u8, new: u8, now: u64) {
     st.birth_ns = now;
     st.first_state = old;
-    st.netns = kernel::netns(sk);
+    st.netns = kernel::netns(tp);
     st.flags = match new {
         tcp_state::SYN_SENT => conn_flag::ROLE_CLIENT,
         tcp_state::LISTEN => conn_flag::ROLE_LISTENER,
@@ -85,19 +104,24 @@ fn begin(sk: u64, old: u8, new: u8, now: u64) -> Option<*mut ConnState> {
     };
     if new == tcp_state::SYN_SENT || new == tcp_state::LISTEN {
         // Inside connect() or listen(): the current task owns the socket.
-        st.owner = current_owner();
+        set_current_owner(&mut st.owner);
         st.flags |= conn_flag::OWNER_VALID;
     }
-    kernel::insert(sk, &st)
+    push_transition(st, new, now);
+    // A client's port is not bound yet in SYN_SENT; its endpoints are read at the next change.
+    if new != tcp_state::SYN_SENT {
+        kernel::fill_identity(tp, st);
+    }
 }
 
-pub fn current_owner() -> Owner {
-    Owner {
-        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        // The low half is the uid.
-        uid: bpf_get_current_uid_gid() as u32,
-        comm: bpf_get_current_comm().unwrap_or_default(),
-    }
+/// Records the current task as the owner. The comm goes straight into place: aya's
+/// `bpf_get_current_comm()` would zero a stack buffer byte by byte first.
+pub fn set_current_owner(owner: &mut Owner) {
+    owner.tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // The low half is the uid.
+    owner.uid = bpf_get_current_uid_gid() as u32;
+    // SAFETY: the destination is COMM_LEN bytes of a map value.
+    unsafe { bpf_get_current_comm(owner.comm.as_mut_ptr().cast(), COMM_LEN as u32) };
 }
 
 fn push_transition(st: &mut ConnState, new: u8, now: u64) {
@@ -113,7 +137,7 @@ fn push_transition(st: &mut ConnState, new: u8, now: u64) {
     st.n_transitions = st.n_transitions.saturating_add(1);
 }
 
-fn emit_closed(sk: u64, st: &ConnState, now: u64) {
+fn emit_closed(sk: u64, tp: Direct, st: &ConnState, now: u64) {
     let Some(mut entry) = EVENTS.reserve::<ConnClosed>(0) else {
         count(counter::RING_FULL);
         return;
@@ -124,13 +148,15 @@ fn emit_closed(sk: u64, st: &ConnState, now: u64) {
         (*event).header = header(kind::CONN_CLOSED, size_of::<ConnClosed>(), now);
         (*event).sk = sk;
         (*event).state = *st;
-        (*event).close = kernel::close_info(sk);
+        (*event).close = kernel::close_info(tp);
     }
     count(counter::EVENTS);
     entry.submit(wakeup_flags());
 }
 
-fn emit_transition(sk: u64, st: &ConnState, old: u8, new: u8, now: u64) {
+// Inlined: BPF calls take at most five arguments.
+#[inline(always)]
+fn emit_transition(sk: u64, tp: Direct, st: &ConnState, old: u8, new: u8, now: u64) {
     let Some(mut entry) = EVENTS.reserve::<Transition>(0) else {
         count(counter::RING_FULL);
         return;
@@ -141,7 +167,8 @@ fn emit_transition(sk: u64, st: &ConnState, old: u8, new: u8, now: u64) {
         (*event).header = header(kind::TRANSITION, size_of::<Transition>(), now);
         (*event).sk = sk;
         (*event).birth_ns = st.birth_ns;
-        (*event).tuple = kernel::endpoints(sk).unwrap_or_default();
+        (*event).tuple = Endpoints::default();
+        let _ = kernel::endpoints(tp, &mut (*event).tuple);
         (*event).netns = st.netns;
         (*event).old_state = old;
         (*event).new_state = new;

@@ -9,7 +9,6 @@
 
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use aya_ebpf::{
-    helpers::bpf_probe_read_kernel,
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
 };
@@ -22,6 +21,10 @@ pub static CONNS: HashMap<u64, ConnState> = HashMap::with_max_entries(65_536, 0)
 /// Default size; userspace sets the real one with `EbpfLoader::map_max_entries`.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+/// One `ConnState` per CPU to build new entries in (`kernel::scratch`).
+#[map]
+pub static SCRATCH: PerCpuArray<ConnState> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -67,19 +70,6 @@ pub fn count(index: u32) {
     if let Some(slot) = COUNTERS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot; programs do not preempt each other on one CPU for these hooks.
         unsafe { *slot += 1 };
-    }
-}
-
-/// Reads a `T` at `base + offset` in kernel memory; counts failures.
-#[inline(always)]
-pub fn read<T>(base: u64, offset: u32) -> Option<T> {
-    // SAFETY: bpf_probe_read_kernel tolerates any address and reports faults as errors.
-    match unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) } {
-        Ok(value) => Some(value),
-        Err(_) => {
-            count(counter::READ_FAILED);
-            None
-        }
     }
 }
 

@@ -19,12 +19,14 @@ use observer_common::{
 };
 
 use crate::{
-    kernel,
-    runtime::{CONNS, EVENTS, count, header, layout, read, wakeup_flags},
+    kernel::{self, Kmem as _, Probe},
+    runtime::{CONNS, EVENTS, count, header, layout, wakeup_flags},
 };
 
-fn field<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
-    read::<T>(ctx.as_ptr() as u64, offset)
+/// A field of the tracepoint record. The context pointer cannot be offset by a value the
+/// verifier only learns at load time, so these are probe reads; these events are rare.
+fn field<T: Copy>(ctx: &TracePointContext, offset: u32) -> Option<T> {
+    Probe(ctx.as_ptr() as u64).read::<T>(offset)
 }
 
 fn now() -> u64 {
@@ -43,7 +45,7 @@ pub fn on_retransmit(ctx: &TracePointContext) {
     if err_off != ABSENT && field::<i32>(ctx, err_off).unwrap_or(0) != 0 {
         return;
     }
-    let Some(entry) = kernel::tracked(sk, now()) else {
+    let Some(entry) = kernel::tracked(sk, Probe(sk), now()) else {
         return;
     };
     // SAFETY: a value pointer returned by the map.
@@ -59,7 +61,7 @@ pub fn on_receive_reset(ctx: &TracePointContext) {
     let Some(sk) = field::<u64>(ctx, layout!(tp_receive_reset_skaddr)) else {
         return;
     };
-    let Some(entry) = kernel::tracked(sk, now()) else {
+    let Some(entry) = kernel::tracked(sk, Probe(sk), now()) else {
         return;
     };
     // SAFETY: a value pointer returned by the map.

@@ -146,7 +146,7 @@ impl Probe {
         let (layout, choices) = resolve_layout()?;
         let settings = Settings {
             emit_transitions: u32::from(config.transitions),
-            wakeup_bytes: config.ring_bytes / 8,
+            wakeup_bytes: config.ring_bytes / 4,
         };
         let mut ebpf = EbpfLoader::new()
             .override_global("LAYOUT", &layout, true)

@@ -69,6 +69,9 @@ enum Bench {
         /// Rounds; each runs every mode once, in a rotating order
         #[arg(long, default_value_t = 3)]
         rounds: u32,
+        /// Skip tcplife (quicker A/B runs of observer against no tracer)
+        #[arg(long)]
+        no_tcplife: bool,
     },
 }
 
@@ -107,8 +110,13 @@ fn run(task: Task) -> Result<()> {
             Err(err).with_context(|| format!("could not execute {}", bin.display()))
         }
         Task::Bench {
-            bench: Bench::Churn { seconds, rounds },
-        } => bench::churn(seconds, rounds),
+            bench:
+                Bench::Churn {
+                    seconds,
+                    rounds,
+                    no_tcplife,
+                },
+        } => bench::churn(seconds, rounds, !no_tcplife),
         // Only the host kernel exists so far, so --host-only changes nothing yet.
         Task::Test { host_only: _, args } => test::run(&args),
     }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use observer_common::{ABSENT, Layout, reset_layout};
+use observer_common::{ABSENT, Layout, SYS_EXIT_RET_OFFSET, reset_layout};
 use thiserror::Error;
 
 use super::{
@@ -165,11 +165,12 @@ fn tracepoints(l: &mut Layout, root: &Path) -> Result<Choices, LayoutError> {
 
     let accept4 = Format::read(root, "syscalls", "sys_exit_accept4")?.offset("ret", 8)?;
     let accept = Format::read(root, "syscalls", "sys_exit_accept")?.offset("ret", 8)?;
-    if accept4 != accept {
-        return Err(LayoutError::Unsupported(format!(
-            "syscalls:sys_exit_accept4 has `ret` at {accept4} but sys_exit_accept at {accept}; one program serves both"
-        )));
+    for (name, offset) in [("sys_exit_accept4", accept4), ("sys_exit_accept", accept)] {
+        if offset != SYS_EXIT_RET_OFFSET {
+            return Err(LayoutError::Unsupported(format!(
+                "syscalls:{name} has `ret` at offset {offset}; this build reads it at {SYS_EXIT_RET_OFFSET} (please report this kernel)"
+            )));
+        }
     }
-    l.tp_accept_ret = accept4;
     Ok(choices)
 }

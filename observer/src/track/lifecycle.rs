@@ -153,7 +153,7 @@ mod tests {
         path: &'static [u8],
         sk_err: i32,
         resets: (u16, u16, u16),
-        peer_fin: u8,
+        peer_fin: u32,
         want: &'static [&'static str],
         time_wait: bool,
     }

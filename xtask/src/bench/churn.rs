@@ -13,10 +13,6 @@ use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd as _,
     path::Path,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     thread,
     time::{Duration, Instant},
 };
@@ -25,7 +21,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 
 use super::cpustat::{self, Busy};
 
-/// The CPU both generator threads are pinned to.
+/// The CPU the generator thread is pinned to.
 pub const CPU: usize = 0;
 
 /// Sysctls of the benchmark's private network namespace.
@@ -78,84 +74,54 @@ pub fn configure() -> Result<()> {
 }
 
 /// Runs the loop for `duration` in the current thread's network namespace: run it through
-/// [`in_netns`]. Both the client and the server thread are pinned to [`CPU`].
+/// [`in_netns`]. One thread, pinned to [`CPU`], plays both ends: on loopback every call
+/// completes at once (the handshake finishes inside `connect()`), so there are no context
+/// switches or wake-ups whose timing would add noise to the rate.
 pub fn run(duration: Duration) -> Result<Counted> {
     let listener =
         TcpListener::bind(("127.0.0.1", 0)).context("cannot listen on 127.0.0.1 (is lo up?)")?;
-    let addr = listener.local_addr()?;
-    let accepting = listener.try_clone()?;
     let before = cpustat::sample()?;
-    let stopping = Arc::new(AtomicBool::new(false));
-    let stop = Arc::clone(&stopping);
-    let server_thread = thread::Builder::new()
-        .name("churn-server".into())
-        .spawn(move || serve(&accepting, &stop))
-        .context("cannot spawn the churn server")?;
-    let client_thread = thread::Builder::new()
-        .name("churn-client".into())
-        .spawn(move || connect_loop(addr, duration))
-        .context("cannot spawn the churn client")?;
-    let counted = client_thread
+    let mut counted = thread::Builder::new()
+        .name("churn".into())
+        .spawn(move || {
+            pin()?;
+            churn(&listener, duration)
+        })
+        .context("cannot spawn the churn thread")?
         .join()
-        .map_err(|_| anyhow!("the churn client panicked"));
-    // Wake the server's accept(): on Linux, shutdown of a listening socket makes it fail.
-    stopping.store(true, Ordering::SeqCst);
-    // SAFETY: the fd belongs to `listener`, which is alive; shutdown does not touch memory.
-    unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
-    let served = server_thread
-        .join()
-        .map_err(|_| anyhow!("the churn server panicked"))?;
-    let mut counted = counted??;
-    served.context("the churn server failed")?;
+        .map_err(|_| anyhow!("the churn thread panicked"))??;
     counted.busy = cpustat::busy(&before, &cpustat::sample()?, CPU);
     Ok(counted)
 }
 
 /// Pins the calling thread to [`CPU`].
 fn pin() -> Result<()> {
+    pin_to(CPU).with_context(|| format!("cannot pin the churn threads to CPU {CPU}"))
+}
+
+/// Pins the calling thread (or, before exec, the process) to one CPU.
+pub fn pin_to(cpu: usize) -> io::Result<()> {
     // SAFETY: cpu_set_t is a plain bit array, for which all zeroes is the empty set.
     let mut set: libc::cpu_set_t = unsafe { mem::zeroed() };
-    // SAFETY: CPU is below CPU_SETSIZE; sched_setaffinity reads `set` for the call only.
+    // SAFETY: cpu is below CPU_SETSIZE; sched_setaffinity reads `set` for the call only.
     let rc = unsafe {
-        libc::CPU_SET(CPU, &mut set);
+        libc::CPU_SET(cpu, &mut set);
         libc::sched_setaffinity(0, mem::size_of::<libc::cpu_set_t>(), &raw const set)
     };
-    if rc != 0 {
-        let err = io::Error::last_os_error();
-        bail!("cannot pin the churn threads to CPU {CPU}: {err}");
-    }
-    Ok(())
-}
-
-fn serve(listener: &TcpListener, stopping: &AtomicBool) -> Result<()> {
-    pin()?;
-    let mut byte = [0u8; 1];
-    loop {
-        match listener.accept() {
-            Ok((mut stream, _)) => {
-                // A client that vanished is the client's error to report, not the server's.
-                if let Ok(1) = stream.read(&mut byte) {
-                    let _ = stream.write_all(&byte);
-                }
-                // Dropping the stream closes it: the server sends the first FIN.
-            }
-            Err(_) if stopping.load(Ordering::SeqCst) => return Ok(()),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
-                ) => {}
-            Err(e) => return Err(e).context("accept failed"),
-        }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
-fn connect_loop(addr: SocketAddr, duration: Duration) -> Result<Counted> {
-    pin()?;
+fn churn(listener: &TcpListener, duration: Duration) -> Result<Counted> {
+    let addr = listener.local_addr()?;
     let start = Instant::now();
     let mut conns = 0u64;
     while start.elapsed() < duration {
-        exchange(addr).with_context(|| format!("connection {} to {addr} failed", conns + 1))?;
+        exchange(listener, addr)
+            .with_context(|| format!("connection {} to {addr} failed", conns + 1))?;
         conns += 1;
     }
     Ok(Counted {
@@ -165,12 +131,18 @@ fn connect_loop(addr: SocketAddr, duration: Duration) -> Result<Counted> {
     })
 }
 
-fn exchange(addr: SocketAddr) -> Result<()> {
-    let mut stream = TcpStream::connect(addr).context("connect")?;
-    stream.write_all(b"x").context("write")?;
+/// One connection: connect, accept, a byte each way, the server closes, the client reads EOF
+/// and closes.
+fn exchange(listener: &TcpListener, addr: SocketAddr) -> Result<()> {
+    let mut client = TcpStream::connect(addr).context("connect")?;
+    let (mut server, _) = listener.accept().context("accept")?;
     let mut byte = [0u8; 1];
-    stream.read_exact(&mut byte).context("read the answer")?;
-    if stream.read(&mut byte).context("read EOF")? != 0 {
+    client.write_all(b"x").context("client write")?;
+    server.read_exact(&mut byte).context("server read")?;
+    server.write_all(&byte).context("server write")?;
+    client.read_exact(&mut byte).context("client read")?;
+    drop(server);
+    if client.read(&mut byte).context("read EOF")? != 0 {
         bail!("the server sent more than one byte");
     }
     Ok(())

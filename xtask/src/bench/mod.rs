@@ -74,7 +74,7 @@ impl Run {
     }
 }
 
-pub fn churn(seconds: u64, rounds: u32) -> Result<()> {
+pub fn churn(seconds: u64, rounds: u32, tcplife: bool) -> Result<()> {
     if seconds == 0 || rounds == 0 {
         bail!("--seconds and --rounds must be at least 1");
     }
@@ -102,6 +102,9 @@ pub fn churn(seconds: u64, rounds: u32) -> Result<()> {
     for round in 0..rounds {
         let mut runs = Vec::new();
         for mode in Mode::order(round) {
+            if mode == Mode::Tcplife && !tcplife {
+                continue;
+            }
             thread::sleep(SETTLE);
             eprintln!("[bench] round {}: {} ({seconds} s)", round + 1, mode.name());
             count += 1;

@@ -3,6 +3,7 @@
 
 use std::{
     fs::{self, File},
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -36,6 +37,9 @@ pub struct Stats {
     /// The tracer's user + system CPU time while the loop ran.
     pub cpu_secs: f64,
 }
+
+/// Where tracers' userspace runs: not the generator's CPU.
+const TRACER_CPU: usize = 1;
 
 /// A running tracer; dropping it kills the process if it is still running.
 pub struct Tracer {
@@ -88,6 +92,12 @@ impl Tracer {
         let file =
             File::create(&stderr).with_context(|| format!("cannot create {}", stderr.display()))?;
         command.stdin(Stdio::null()).stderr(file);
+        // The tracer's userspace runs on the other core, so the connection rate measures what
+        // its kernel programs cost the traced work; its own CPU time is reported separately.
+        // SAFETY: only an async-signal-safe syscall runs between fork and exec.
+        unsafe {
+            command.pre_exec(|| super::churn::pin_to(TRACER_CPU));
+        }
         cmd::echo(&command);
         let child = command
             .spawn()
