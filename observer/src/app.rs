@@ -157,6 +157,14 @@ impl Pipeline {
 }
 
 fn run(args: &RunArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let signals = {
+        let _context = runtime.enter();
+        Signals::new()?
+    };
     let filter = filter(&args.filters, false)?;
     let sink = open_sink(args.output.as_deref())?;
     let config = ProbeConfig {
@@ -164,7 +172,7 @@ fn run(args: &RunArgs) -> Result<()> {
         ring_bytes: args.ring_mib << 20,
         transitions: args.filters.transitions,
     };
-    let (probe, ring) = Probe::load(config)
+    let (mut probe, ring) = Probe::load(config)
         .context("cannot start capture (`observer check` shows what is missing)")?;
     let boot_id = kernel::boot_id();
     let header = Header {
@@ -188,15 +196,39 @@ fn run(args: &RunArgs) -> Result<()> {
         probe.attached.join(", ")
     );
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
-    runtime.block_on(live(&probe, ring, &mut pipeline, args, &header))
+    runtime.block_on(live(
+        signals,
+        &mut probe,
+        ring,
+        &mut pipeline,
+        args,
+        &header,
+    ))
+}
+
+/// The signals a live run answers. Registered before loading the probe, so that a signal sent
+/// while it loads is handled rather than fatal.
+struct Signals {
+    sigint: tokio::signal::unix::Signal,
+    sigterm: tokio::signal::unix::Signal,
+    sigusr1: tokio::signal::unix::Signal,
+    sigusr2: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self> {
+        Ok(Self {
+            sigint: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            sigterm: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            sigusr1: signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?,
+            sigusr2: signal(SignalKind::user_defined2()).context("cannot handle SIGUSR2")?,
+        })
+    }
 }
 
 async fn live(
-    probe: &Probe,
+    signals: Signals,
+    probe: &mut Probe,
     ring: aya::maps::RingBuf<aya::maps::MapData>,
     pipeline: &mut Pipeline,
     args: &RunArgs,
@@ -206,8 +238,12 @@ async fn live(
     // together with the AsyncFd.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("cannot poll the ring buffer: {e}"))?;
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let Signals {
+        mut sigint,
+        mut sigterm,
+        mut sigusr1,
+        mut sigusr2,
+    } = signals;
     let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
     let mut counter_tick = tokio::time::interval(COUNTERS_EVERY);
     let deadline = tokio::time::sleep(args.duration.map_or(Duration::MAX / 4, Duration::from_secs));
@@ -245,6 +281,8 @@ async fn live(
                 pipeline.event(&Event::Counters(counters));
                 pipeline.write()
             }
+            _ = sigusr1.recv() => toggle(probe, pipeline, &mut agent, false),
+            _ = sigusr2.recv() => toggle(probe, pipeline, &mut agent, true),
             _ = sigint.recv() => break "SIGINT",
             _ = sigterm.recv() => break "SIGTERM",
             () = &mut deadline => break "--duration elapsed",
@@ -283,6 +321,32 @@ async fn live(
         }
     );
     Ok(())
+}
+
+/// SIGUSR1 pauses capture (every hook detached: the kernel runs none of observer's code) and
+/// SIGUSR2 resumes it; each writes an `observer.agent` line once done.
+fn toggle(
+    probe: &mut Probe,
+    pipeline: &mut Pipeline,
+    agent: &mut AgentRecord,
+    resume: bool,
+) -> Result<(), SinkError> {
+    let done = if resume {
+        probe.resume()
+    } else {
+        probe.pause()
+    };
+    if let Err(err) = done {
+        eprintln!(
+            "observer: warning: {} failed: {err}",
+            if resume { "resume" } else { "pause" }
+        );
+        return Ok(());
+    }
+    agent.action = if resume { "resumed" } else { "paused" };
+    agent.ts_ns = kernel::boottime_ns();
+    agent.hooks.clone_from(&probe.attached);
+    pipeline.agent(agent)
 }
 
 /// Feeds every event waiting in the ring to the pipeline. No syscalls: the ring is mmapped.

@@ -6,10 +6,12 @@ use std::path::Path;
 
 use aya::{
     Btf as AyaBtf, Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, TracePoint},
+    maps::{HashMap as AyaHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{
+        BtfTracePoint, TracePoint, tp_btf::BtfTracePointLinkId, trace_point::TracePointLinkId,
+    },
 };
-use observer_common::{Layout, Settings, counter};
+use observer_common::{ConnState, Layout, Settings, counter};
 use thiserror::Error;
 
 use crate::kernel::{
@@ -113,11 +115,18 @@ pub struct ProbeConfig {
 
 pub struct Probe {
     /// Owns the programs and their links: dropping it detaches everything.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
+    links: Vec<Link>,
     counters: PerCpuArray<MapData, u64>,
     pub choices: Choices,
     /// "category:name" of every attached hook.
     pub attached: Vec<String>,
+}
+
+/// One attachment, to detach on pause.
+enum Link {
+    Btf(&'static str, BtfTracePointLinkId),
+    Tracepoint(&'static str, TracePointLinkId),
 }
 
 /// Offsets for this kernel, from BTF and tracefs.
@@ -155,7 +164,7 @@ impl Probe {
             .map_max_entries("EVENTS", config.ring_bytes)
             .load(OBJECT)
             .map_err(ProbeError::Load)?;
-        let attached = attach_all(&mut ebpf)?;
+        load_all(&mut ebpf)?;
         let ring = take_map(&mut ebpf, "EVENTS")?;
         let ring = RingBuf::try_from(ring).map_err(|source| ProbeError::Map {
             name: "EVENTS",
@@ -166,15 +175,83 @@ impl Probe {
             name: "COUNTERS",
             source,
         })?;
-        Ok((
-            Self {
-                _ebpf: ebpf,
-                counters,
-                choices,
-                attached,
-            },
-            ring,
-        ))
+        let mut probe = Self {
+            ebpf,
+            links: Vec::new(),
+            counters,
+            choices,
+            attached: Vec::new(),
+        };
+        probe.resume()?;
+        Ok((probe, ring))
+    }
+
+    /// Attaches every hook (after `load` or `pause`).
+    ///
+    /// # Errors
+    /// An attach failure.
+    pub fn resume(&mut self) -> Result<(), ProbeError> {
+        if !self.links.is_empty() {
+            return Ok(());
+        }
+        self.attached.clear();
+        for hook in HOOKS {
+            let fail = |action: String| {
+                move |source| ProbeError::Program {
+                    program: hook.program,
+                    action,
+                    source,
+                }
+            };
+            let program = program_mut(&mut self.ebpf, hook.program)?;
+            match hook.kind {
+                HookKind::BtfTracepoint(name) => {
+                    let p: &mut BtfTracePoint = program.try_into().map_err(fail("type".into()))?;
+                    let id = p
+                        .attach()
+                        .map_err(fail(format!("attaching tp_btf/{name}")))?;
+                    self.links.push(Link::Btf(hook.program, id));
+                    self.attached.push(format!("tp_btf:{name}"));
+                }
+                HookKind::Tracepoint(points) => {
+                    let p: &mut TracePoint = program.try_into().map_err(fail("type".into()))?;
+                    for (category, name) in points {
+                        let id = p
+                            .attach(category, name)
+                            .map_err(fail(format!("attaching {category}:{name}")))?;
+                        self.links.push(Link::Tracepoint(hook.program, id));
+                        self.attached.push(format!("{category}:{name}"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Detaches every hook, so that none runs (a paused observer costs the kernel nothing), and
+    /// forgets every tracked socket: after `resume` they are met again as pre-existing.
+    ///
+    /// # Errors
+    /// A detach failure.
+    pub fn pause(&mut self) -> Result<(), ProbeError> {
+        for link in std::mem::take(&mut self.links) {
+            detach(&mut self.ebpf, link)?;
+        }
+        self.attached.clear();
+        let conns = self
+            .ebpf
+            .map_mut("CONNS")
+            .ok_or(ProbeError::MissingMap("CONNS"))?;
+        let mut conns: AyaHashMap<_, u64, ConnState> =
+            AyaHashMap::try_from(conns).map_err(|source| ProbeError::Map {
+                name: "CONNS",
+                source,
+            })?;
+        let keys: Vec<u64> = conns.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            let _ = conns.remove(&key);
+        }
+        Ok(())
     }
 
     /// The kernel's counters, summed over CPUs (indexes in `observer_common::counter`).
@@ -194,9 +271,52 @@ fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, Probe
     ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
 }
 
-fn attach_all(ebpf: &mut Ebpf) -> Result<Vec<String>, ProbeError> {
+fn program_mut<'a>(
+    ebpf: &'a mut Ebpf,
+    program: &'static str,
+) -> Result<&'a mut aya::programs::Program, ProbeError> {
+    ebpf.program_mut(program).ok_or(ProbeError::Program {
+        program,
+        action: "lookup".into(),
+        source: aya::programs::ProgramError::UnexpectedProgramType,
+    })
+}
+
+fn detach(ebpf: &mut Ebpf, link: Link) -> Result<(), ProbeError> {
+    let (program, result) = match link {
+        Link::Btf(name, id) => {
+            let p: &mut BtfTracePoint =
+                program_mut(ebpf, name)?
+                    .try_into()
+                    .map_err(|source| ProbeError::Program {
+                        program: name,
+                        action: "type".into(),
+                        source,
+                    })?;
+            (name, p.detach(id))
+        }
+        Link::Tracepoint(name, id) => {
+            let p: &mut TracePoint =
+                program_mut(ebpf, name)?
+                    .try_into()
+                    .map_err(|source| ProbeError::Program {
+                        program: name,
+                        action: "type".into(),
+                        source,
+                    })?;
+            (name, p.detach(id))
+        }
+    };
+    result.map_err(|source| ProbeError::Program {
+        program,
+        action: "detaching".into(),
+        source,
+    })
+}
+
+/// Loads (verifies) every program once; `Probe::resume` attaches them.
+fn load_all(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
     let kernel_btf = AyaBtf::from_sys_fs().map_err(|e| ProbeError::NoBtf(e.to_string()))?;
-    let mut attached = Vec::new();
     for hook in HOOKS {
         let fail = |action: String| {
             move |source| ProbeError::Program {
@@ -205,32 +325,18 @@ fn attach_all(ebpf: &mut Ebpf) -> Result<Vec<String>, ProbeError> {
                 source,
             }
         };
-        let program = ebpf
-            .program_mut(hook.program)
-            .ok_or_else(|| ProbeError::Program {
-                program: hook.program,
-                action: "lookup".into(),
-                source: aya::programs::ProgramError::UnexpectedProgramType,
-            })?;
+        let program = program_mut(ebpf, hook.program)?;
         match hook.kind {
             HookKind::BtfTracepoint(name) => {
                 let p: &mut BtfTracePoint = program.try_into().map_err(fail("type".into()))?;
                 p.load(name, &kernel_btf)
                     .map_err(fail(format!("loading tp_btf/{name}")))?;
-                p.attach()
-                    .map_err(fail(format!("attaching tp_btf/{name}")))?;
-                attached.push(format!("tp_btf:{name}"));
             }
-            HookKind::Tracepoint(points) => {
+            HookKind::Tracepoint(_) => {
                 let p: &mut TracePoint = program.try_into().map_err(fail("type".into()))?;
                 p.load().map_err(fail("loading".into()))?;
-                for (category, name) in points {
-                    p.attach(category, name)
-                        .map_err(fail(format!("attaching {category}:{name}")))?;
-                    attached.push(format!("{category}:{name}"));
-                }
             }
         }
     }
-    Ok(attached)
+    Ok(())
 }

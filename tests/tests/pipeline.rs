@@ -320,3 +320,42 @@ fn a_full_disk_loses_nothing() {
     assert_eq!(summary.len(), 1);
     assert_eq!(summary[0]["loss"]["total"]["ring_full"], 0);
 }
+
+#[test]
+fn sigusr1_pauses_and_sigusr2_resumes_capture() {
+    if !privileged("sigusr1_pauses_and_sigusr2_resumes_capture") {
+        return;
+    }
+    let ns = NetNs::new("pause");
+    let obs = Observer::start(&ns, &[]);
+    let agent_actions = |obs: &Observer| -> Vec<String> {
+        of_dataset(&obs.lines(), "observer.agent")
+            .iter()
+            .map(|l| field(l, "event.action").as_str().unwrap_or("?").to_owned())
+            .collect()
+    };
+    let signal = |sig| {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(libc::pid_t::try_from(obs.pid()).expect("pid"), sig) };
+    };
+    signal(libc::SIGUSR1);
+    wait_for(Duration::from_secs(10), "the paused line", || {
+        (agent_actions(&obs) == ["started", "paused"]).then_some(())
+    });
+    let unseen = one_connection(&ns, 1);
+    signal(libc::SIGUSR2);
+    wait_for(Duration::from_secs(10), "the resumed line", || {
+        (agent_actions(&obs) == ["started", "paused", "resumed"]).then_some(())
+    });
+    let seen = one_connection(&ns, 2);
+    let records = obs.wait_records("observer.connection", 2);
+    let stopped = obs.stop();
+    stopped.assert_clean();
+    let all = stopped.dataset("observer.connection");
+    assert_eq!(all, records, "nothing from the paused window");
+    for r in &all {
+        assert_eq!(field(r, "destination.port"), seen);
+        assert_ne!(field(r, "destination.port"), unseen);
+        assert_eq!(field(r, "source.bytes"), 2);
+    }
+}
