@@ -6,6 +6,7 @@
 //! whole batches dropped, and they are counted.
 
 pub mod community_id;
+mod conn_line;
 pub mod ndjson;
 pub mod timefmt;
 

@@ -3,12 +3,12 @@
 
 use std::net::IpAddr;
 
-use serde::{Serialize, Serializer, ser::SerializeMap as _};
+use serde::Serialize;
 
-use super::{community_id, timefmt::Rfc3339};
+use super::{conn_line, timefmt::Rfc3339};
 use crate::track::{
-    lifecycle::{Lifecycle, state_name},
-    record::{ConnRecord, End, LossRecord, Losses, Output, Role, StateRecord},
+    lifecycle::state_name,
+    record::{ConnRecord, LossRecord, Losses, Output, Role, StateRecord},
 };
 
 /// Bumped when a field changes meaning or disappears; additions keep it.
@@ -75,17 +75,6 @@ struct EndFields {
     packets: Option<u32>,
 }
 
-impl From<&End> for EndFields {
-    fn from(e: &End) -> Self {
-        Self {
-            ip: e.ip,
-            port: e.port,
-            bytes: Some(e.bytes),
-            packets: Some(e.packets),
-        }
-    }
-}
-
 #[derive(Serialize)]
 struct Network<'a> {
     transport: &'static str,
@@ -105,124 +94,6 @@ impl Network<'_> {
             community_id: None,
         }
     }
-}
-
-/// `conn.transitions`: `[{"state": "SYN_SENT", "ts": "…"}, …]`.
-struct Transitions<'a>(&'a Lifecycle, i64);
-
-impl Serialize for Transitions<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct Step {
-            state: &'static str,
-            ts: Rfc3339,
-        }
-        s.collect_seq(self.0.steps().iter().map(|step| Step {
-            state: state_name(step.state),
-            ts: Rfc3339::from_unix_ns(wall(step.ts_ns, self.1)),
-        }))
-    }
-}
-
-/// `conn.state_durations_ms`: milliseconds (µs precision) spent in each state left, in the
-/// order the states were entered.
-struct Durations<'a>(&'a Lifecycle);
-
-impl Serialize for Durations<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let d = self.0.durations_ns();
-        let mut map = s.serialize_map(Some(d.iter().flatten().count()))?;
-        let mut done = [false; 13];
-        for step in self.0.steps() {
-            let i = usize::from(step.state).min(12);
-            if let (Some(ns), false) = (d[i], done[i]) {
-                done[i] = true;
-                // Whole microseconds, as milliseconds: exact in an f64 for 285 years.
-                #[expect(clippy::cast_precision_loss, reason = "exact below 2^53 µs")]
-                let ms = (ns / 1_000) as f64 / 1_000.0;
-                map.serialize_entry(state_name(step.state), &ms)?;
-            }
-        }
-        map.end()
-    }
-}
-
-#[derive(Serialize)]
-struct Conn<'a> {
-    uid: &'a str,
-    role: &'static str,
-    transitions: Transitions<'a>,
-    state_durations_ms: Durations<'a>,
-    final_state: &'static str,
-    time_wait: bool,
-    fin_received: bool,
-    resets_sent: u32,
-    resets_received: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rst_reason: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<&'static str>,
-    pre_existing: bool,
-    #[serde(skip_serializing_if = "is_zero")]
-    transitions_truncated: u32,
-    cookie: u64,
-    netns: u32,
-}
-
-#[expect(
-    clippy::trivially_copy_pass_by_ref,
-    reason = "serde's skip_serializing_if signature"
-)]
-fn is_zero(n: &u32) -> bool {
-    *n == 0
-}
-
-#[derive(Serialize)]
-struct Tcp {
-    retransmits: u32,
-    retransmits_syn: u32,
-    retransmits_synack: u32,
-    retransmits_data: u32,
-    srtt_us: u32,
-}
-
-#[derive(Serialize)]
-struct ProcessFields<'a> {
-    pid: u32,
-    name: &'a str,
-}
-
-#[derive(Serialize)]
-struct User {
-    /// ECS keeps ids as strings.
-    #[serde(serialize_with = "as_string")]
-    id: u32,
-}
-
-#[expect(
-    clippy::trivially_copy_pass_by_ref,
-    reason = "serde's serialize_with signature"
-)]
-fn as_string<S: Serializer>(n: &u32, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(n)
-}
-
-#[derive(Serialize)]
-struct ConnLine<'a> {
-    #[serde(rename = "@timestamp")]
-    timestamp: Rfc3339,
-    schema_version: &'static str,
-    event: EventFields,
-    host: Host<'a>,
-    conn: Conn<'a>,
-    source: EndFields,
-    destination: EndFields,
-    network: Network<'a>,
-    tcp: Tcp,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    process: Option<ProcessFields<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    user: Option<User>,
 }
 
 #[derive(Serialize)]
@@ -322,14 +193,14 @@ struct AgentConfig {
     ring_mib: u32,
 }
 
-fn wall(boot_ns: u64, offset: i64) -> i64 {
+pub(super) fn wall(boot_ns: u64, offset: i64) -> i64 {
     i64::try_from(boot_ns)
         .unwrap_or(i64::MAX)
         .saturating_add(offset)
 }
 
 /// Name of an errno value the kernel leaves in `sk_err`.
-fn errno_name(err: i32) -> Option<&'static str> {
+pub(super) fn errno_name(err: i32) -> Option<&'static str> {
     Some(match err {
         0 => return None,
         libc::ECONNREFUSED => "ECONNREFUSED",
@@ -404,64 +275,8 @@ impl Encoder {
     }
 
     fn connection(&self, c: &ConnRecord, buf: &mut Vec<u8>) -> serde_json::Result<()> {
-        let community = community_id::tcp(
-            0,
-            (c.source.ip, c.source.port),
-            (c.destination.ip, c.destination.port),
-        );
-        let established = c.lifecycle.reached(observer_common::tcp_state::ESTABLISHED);
-        let line = ConnLine {
-            timestamp: self.ts(c.end_ns),
-            schema_version: SCHEMA_VERSION,
-            event: EventFields {
-                kind: "event",
-                category: ["network"],
-                types: &["connection", "end"],
-                dataset: "observer.connection",
-                action: "closed",
-                outcome: Some(if established { "success" } else { "failure" }),
-                start: Some(self.ts(c.start_ns)),
-                end: Some(self.ts(c.end_ns)),
-                duration: Some(c.end_ns.saturating_sub(c.start_ns)),
-            },
-            host: Host { name: &self.host },
-            conn: Conn {
-                uid: c.uid.as_str(),
-                role: c.role.as_str(),
-                transitions: Transitions(&c.lifecycle, self.boot_to_unix_ns),
-                state_durations_ms: Durations(&c.lifecycle),
-                final_state: state_name(c.lifecycle.final_state()),
-                time_wait: c.lifecycle.time_wait,
-                fin_received: c.lifecycle.fin_received,
-                resets_sent: c.resets_sent,
-                resets_received: c.resets_received,
-                rst_reason: c.rst_reason,
-                error: errno_name(c.sk_err),
-                pre_existing: c.pre_existing,
-                transitions_truncated: c.lifecycle.truncated,
-                cookie: c.cookie,
-                netns: c.netns,
-            },
-            source: (&c.source).into(),
-            destination: (&c.destination).into(),
-            network: Network {
-                community_id: Some(community.as_str()),
-                ..Network::tcp(c.ipv6)
-            },
-            tcp: Tcp {
-                retransmits: c.retransmits.total(),
-                retransmits_syn: c.retransmits.syn,
-                retransmits_synack: c.retransmits.synack,
-                retransmits_data: c.retransmits.data,
-                srtt_us: c.srtt_us,
-            },
-            process: c.process.as_ref().map(|p| ProcessFields {
-                pid: p.pid,
-                name: p.name(),
-            }),
-            user: c.process.as_ref().map(|p| User { id: p.uid }),
-        };
-        serde_json::to_writer(buf, &line)
+        conn_line::write(c, &self.host, self.boot_to_unix_ns, buf);
+        Ok(())
     }
 
     fn state(&self, s: &StateRecord, buf: &mut Vec<u8>) -> serde_json::Result<()> {

@@ -7,9 +7,30 @@ pub struct Rfc3339([u8; 27]);
 impl Rfc3339 {
     #[must_use]
     pub fn from_unix_ns(unix_ns: i64) -> Self {
+        thread_local! {
+            /// The last second formatted: records come in bursts within one second.
+            static LAST: std::cell::Cell<(i64, Rfc3339)> =
+                const { std::cell::Cell::new((i64::MIN, Rfc3339(*b"0000-00-00T00:00:00.000000Z"))) };
+        }
         let micros = unix_ns.div_euclid(1_000);
         let secs = micros.div_euclid(1_000_000);
         let frac = micros.rem_euclid(1_000_000);
+        let (last_secs, mut out) = LAST.get();
+        if last_secs != secs {
+            out = Self::whole_second(secs);
+            LAST.set((secs, out));
+        }
+        let mut frac = frac;
+        for i in (20..26).rev() {
+            // A decimal digit always fits in a byte.
+            out.0[i] = b'0' + u8::try_from(frac % 10).unwrap_or(0);
+            frac /= 10;
+        }
+        out
+    }
+
+    /// `YYYY-MM-DDTHH:MM:SS.000000Z` for a Unix time in seconds.
+    fn whole_second(secs: i64) -> Self {
         let days = secs.div_euclid(86_400);
         let sod = secs.rem_euclid(86_400);
         let (y, m, d) = civil_from_days(days);
@@ -27,13 +48,13 @@ impl Rfc3339 {
         put(11, 2, sod / 3600);
         put(14, 2, sod / 60 % 60);
         put(17, 2, sod % 60);
-        put(20, 6, frac);
         Self(out)
     }
 
     #[must_use]
     pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.0).unwrap_or("1970-01-01T00:00:00.000000Z")
+        // SAFETY: only ASCII digits and the punctuation above are ever stored.
+        unsafe { std::str::from_utf8_unchecked(&self.0) }
     }
 }
 
