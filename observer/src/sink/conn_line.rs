@@ -1,8 +1,8 @@
 //! The `observer.connection` line, written by hand: it is one line per socket, and serde's
 //! general path spent most of its time escaping keys and values that never need it. Field
-//! order and number formatting match serde_json's exactly (the golden replay test checks it
+//! order and number formatting match `serde_json`'s exactly (the golden replay test checks it
 //! byte for byte); only the host name and the process name, which can hold anything, go
-//! through serde_json's escaping.
+//! through `serde_json`'s escaping.
 
 use std::{io::Write as _, net::IpAddr};
 
@@ -101,7 +101,13 @@ pub fn write(c: &ConnRecord, host: &str, boot_to_unix_ns: i64, buf: &mut Vec<u8>
         (c.destination.ip, c.destination.port),
     );
     raw(buf, community.as_str());
-    raw(buf, r#""},"tcp":{"retransmits":"#);
+    raw(buf, r#""},"tcp":"#);
+    tail(c, buf);
+}
+
+/// `tcp`, `process` and `user`, and the closing brace.
+fn tail(c: &ConnRecord, buf: &mut Vec<u8>) {
+    raw(buf, r#"{"retransmits":"#);
     num(buf, c.retransmits.total());
     raw(buf, r#","retransmits_syn":"#);
     num(buf, c.retransmits.syn);
@@ -125,7 +131,7 @@ pub fn write(c: &ConnRecord, host: &str, boot_to_unix_ns: i64, buf: &mut Vec<u8>
 }
 
 /// `conn.state_durations_ms`, in the order the states were entered: whole microseconds written
-/// as milliseconds, the way serde_json writes the same f64 (shortest form, `N.0` when whole).
+/// as milliseconds, the way `serde_json` writes the same f64 (shortest form, `N.0` when whole).
 fn durations(c: &ConnRecord, buf: &mut Vec<u8>) {
     let d = c.lifecycle.durations_ns();
     let mut done = [false; 13];
@@ -194,7 +200,7 @@ fn ip(buf: &mut Vec<u8>, ip: IpAddr) {
     let _ = write!(buf, "{ip}");
 }
 
-/// A JSON string of arbitrary content, escaped by serde_json.
+/// A JSON string of arbitrary content, escaped by `serde_json`.
 fn escaped(buf: &mut Vec<u8>, s: &str) {
     // Serialising a &str into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *buf, s);
