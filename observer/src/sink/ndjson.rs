@@ -234,7 +234,7 @@ impl Encoder {
     /// Only if serialisation fails, which these types never do.
     pub fn write(&self, output: &Output, buf: &mut Vec<u8>) -> serde_json::Result<()> {
         match output {
-            Output::Connection(c) => self.connection(c, buf)?,
+            Output::Connection(c) => conn_line::write(c, &self.host, self.boot_to_unix_ns, buf),
             Output::State(s) => self.state(s, buf)?,
             Output::Loss(l) => self.loss(l, buf)?,
         }
@@ -271,11 +271,6 @@ impl Encoder {
         };
         serde_json::to_writer(&mut *buf, &line)?;
         buf.push(b'\n');
-        Ok(())
-    }
-
-    fn connection(&self, c: &ConnRecord, buf: &mut Vec<u8>) -> serde_json::Result<()> {
-        conn_line::write(c, &self.host, self.boot_to_unix_ns, buf);
         Ok(())
     }
 
