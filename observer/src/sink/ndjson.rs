@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::{conn_line, timefmt::Rfc3339};
 use crate::track::{
     lifecycle::state_name,
-    record::{ConnRecord, LossRecord, Losses, Output, Role, StateRecord},
+    record::{LossRecord, Losses, Output, Role, StateRecord},
 };
 
 /// Bumped when a field changes meaning or disappears; additions keep it.
