@@ -63,15 +63,24 @@ enum Task {
 enum Bench {
     /// Loopback connection churn on one core: no tracer, observer, tcplife (see BENCHMARKS.md)
     Churn {
-        /// Seconds of churn per mode and round
-        #[arg(long, default_value_t = 5)]
-        seconds: u64,
+        /// Seconds of churn per mode and round [default: 5]; with --paired, of the whole
+        /// paired run [default: 30]
+        #[arg(long)]
+        seconds: Option<u64>,
         /// Rounds; each runs every mode once, in a rotating order
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, conflicts_with = "paired")]
         rounds: u32,
         /// Skip tcplife (quicker A/B runs of observer against no tracer)
-        #[arg(long)]
+        #[arg(long, conflicts_with = "paired")]
         no_tcplife: bool,
+        /// Instead of the rounds: one continuous run, observer paused (SIGUSR1) and resumed
+        /// (SIGUSR2) in alternating windows, each attached window compared with its paused
+        /// neighbour
+        #[arg(long)]
+        paired: bool,
+        /// With --paired: the length of one measured window, in milliseconds
+        #[arg(long, default_value_t = 250, requires = "paired")]
+        window_ms: u64,
     },
 }
 
@@ -115,8 +124,16 @@ fn run(task: Task) -> Result<()> {
                     seconds,
                     rounds,
                     no_tcplife,
+                    paired,
+                    window_ms,
                 },
-        } => bench::churn(seconds, rounds, !no_tcplife),
+        } => {
+            if paired {
+                bench::churn_paired(seconds.unwrap_or(30), window_ms)
+            } else {
+                bench::churn(seconds.unwrap_or(5), rounds, !no_tcplife)
+            }
+        }
         // Only the host kernel exists so far, so --host-only changes nothing yet.
         Task::Test { host_only: _, args } => test::run(&args),
     }

@@ -13,7 +13,11 @@ use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd as _,
     path::Path,
-    thread,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::{self, JoinHandle},
     time::{Duration, Instant},
 };
 
@@ -78,20 +82,78 @@ pub fn configure() -> Result<()> {
 /// completes at once (the handshake finishes inside `connect()`), so there are no context
 /// switches or wake-ups whose timing would add noise to the rate.
 pub fn run(duration: Duration) -> Result<Counted> {
-    let listener =
-        TcpListener::bind(("127.0.0.1", 0)).context("cannot listen on 127.0.0.1 (is lo up?)")?;
     let before = cpustat::sample()?;
-    let mut counted = thread::Builder::new()
-        .name("churn".into())
-        .spawn(move || {
-            pin()?;
-            churn(&listener, duration)
+    let generator = Generator::start()?;
+    thread::sleep(duration);
+    let (conns, elapsed) = generator.finish()?;
+    Ok(Counted {
+        conns,
+        secs: elapsed.as_secs_f64(),
+        busy: cpustat::busy(&before, &cpustat::sample()?, CPU),
+    })
+}
+
+/// The loop running on its own pinned thread until [`Generator::finish`], counting completed
+/// connections as it goes.
+pub struct Generator {
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicU64>,
+    thread: Option<JoinHandle<Result<Duration>>>,
+}
+
+impl Generator {
+    /// Starts the loop in the current thread's network namespace, which its thread inherits:
+    /// call it through [`in_netns`]; the generator keeps running after that thread has exited.
+    pub fn start() -> Result<Self> {
+        let listener = TcpListener::bind(("127.0.0.1", 0))
+            .context("cannot listen on 127.0.0.1 (is lo up?)")?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let count = Arc::new(AtomicU64::new(0));
+        let (stop_in, count_in) = (Arc::clone(&stop), Arc::clone(&count));
+        let thread = thread::Builder::new()
+            .name("churn".into())
+            .spawn(move || {
+                pin()?;
+                churn(&listener, &stop_in, &count_in)
+            })
+            .context("cannot spawn the churn thread")?;
+        Ok(Self {
+            stop,
+            count,
+            thread: Some(thread),
         })
-        .context("cannot spawn the churn thread")?
-        .join()
-        .map_err(|_| anyhow!("the churn thread panicked"))??;
-    counted.busy = cpustat::busy(&before, &cpustat::sample()?, CPU);
-    Ok(counted)
+    }
+
+    /// Connections completed so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Whether the loop still runs (it stops early only on an error, which `finish` returns).
+    pub fn running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Stops the loop; returns the connections completed and how long the loop ran.
+    pub fn finish(mut self) -> Result<(u64, Duration)> {
+        self.stop.store(true, Ordering::Relaxed);
+        let elapsed = self
+            .thread
+            .take()
+            .context("the churn thread was already joined")?
+            .join()
+            .map_err(|_| anyhow!("the churn thread panicked"))??;
+        Ok((self.count(), elapsed))
+    }
+}
+
+impl Drop for Generator {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Pins the calling thread to [`CPU`].
@@ -115,20 +177,19 @@ pub fn pin_to(cpu: usize) -> io::Result<()> {
     }
 }
 
-fn churn(listener: &TcpListener, duration: Duration) -> Result<Counted> {
+/// Exchanges connections until `stop` is set, adding each completed one to `count`; returns how
+/// long it ran.
+fn churn(listener: &TcpListener, stop: &AtomicBool, count: &AtomicU64) -> Result<Duration> {
     let addr = listener.local_addr()?;
     let start = Instant::now();
-    let mut conns = 0u64;
-    while start.elapsed() < duration {
-        exchange(listener, addr)
-            .with_context(|| format!("connection {} to {addr} failed", conns + 1))?;
-        conns += 1;
+    while !stop.load(Ordering::Relaxed) {
+        exchange(listener, addr).with_context(|| {
+            let done = count.load(Ordering::Relaxed);
+            format!("connection {} to {addr} failed", done + 1)
+        })?;
+        count.fetch_add(1, Ordering::Relaxed);
     }
-    Ok(Counted {
-        conns,
-        secs: start.elapsed().as_secs_f64(),
-        busy: Busy::default(),
-    })
+    Ok(start.elapsed())
 }
 
 /// One connection: connect, accept, a byte each way, the server closes, the client reads EOF

@@ -9,7 +9,9 @@
 
 mod churn;
 mod cpustat;
+mod paired;
 mod report;
+mod stats;
 mod tracer;
 
 use std::{
@@ -24,6 +26,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{bootstrap, cmd, workspace};
 use churn::Counted;
+pub use paired::run as churn_paired;
 use tracer::{Stats, Tracer};
 
 /// Pause before every run, so that the previous one's sockets and tracer are gone.
@@ -97,6 +100,7 @@ pub fn churn(seconds: u64, rounds: u32, tcplife: bool) -> Result<()> {
         &format!("{NETNS_PREFIX}{}-N", std::process::id()),
         &dir,
     );
+    warn_foreign_tracers();
     let mut all = Vec::new();
     let mut count = 0;
     for round in 0..rounds {
@@ -175,6 +179,37 @@ fn delete_netns(name: &str) {
         eprintln!(
             "warning: could not delete network namespace {name}: run `ip netns delete {name}`"
         );
+    }
+}
+
+/// Other tracers already running (observer or tcplife processes): their programs run on every
+/// connection of the benchmark too, in every mode, so they distort the comparison.
+fn foreign_tracers() -> Vec<String> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let own = std::process::id().to_string();
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let pid = entry.file_name().into_string().ok()?;
+            let comm = fs::read_to_string(entry.path().join("comm")).ok()?;
+            let stat = fs::read_to_string(entry.path().join("stat")).ok()?;
+            // Our own children (none yet when this runs) would have us as their parent.
+            let parent = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?;
+            (matches!(comm.trim(), "observer" | "tcplife") && parent != own).then(|| {
+                let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+                let args = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                format!("pid {pid}: {}", args.trim())
+            })
+        })
+        .collect()
+}
+
+/// Warns about [`foreign_tracers`] on stdout, in the report.
+fn warn_foreign_tracers() {
+    for other in foreign_tracers() {
+        println!("warning: another tracer runs on this machine and slows every mode ({other})\n");
     }
 }
 

@@ -7,12 +7,24 @@ use anyhow::{Result, bail};
 use super::{Mode, Run, churn};
 
 /// observer's connection rate must stay at or above this fraction of the untraced rate.
-const MIN_RATIO: f64 = 0.95;
+pub const MIN_RATIO: f64 = 0.95;
 /// Busy time on the other CPUs beyond the tracer's own CPU time, above which a run is flagged:
 /// some other workload shared the machine.
 const FOREIGN_LOAD: f64 = 0.15;
 
 pub fn preamble(seconds: u64, rounds: u32, netns: &str, dir: &Path) {
+    println!("## Connection churn: {rounds} rounds of {seconds} s per mode\n");
+    println!("{}", machine());
+    println!(
+        "generator: client and server threads pinned to CPU {cpu} in a fresh network namespace per run ({netns}); \
+         the tracers' userspace is not pinned and runs mostly on the other CPU(s).",
+        cpu = churn::CPU
+    );
+    println!("tracer output: {}\n", dir.display());
+}
+
+/// The CPU model, CPU count and kernel release.
+pub fn machine() -> String {
     let model = fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|text| {
@@ -22,14 +34,7 @@ pub fn preamble(seconds: u64, rounds: u32, netns: &str, dir: &Path) {
         .unwrap_or_else(|| "unknown CPU".to_owned());
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    println!("## Connection churn: {rounds} rounds of {seconds} s per mode\n");
-    println!("machine: {model}, {cpus} CPUs, kernel {}", kernel.trim());
-    println!(
-        "generator: client and server threads pinned to CPU {cpu} in a fresh network namespace per run ({netns}); \
-         the tracers' userspace is not pinned and runs mostly on the other CPU(s).",
-        cpu = churn::CPU
-    );
-    println!("tracer output: {}\n", dir.display());
+    format!("machine: {model}, {cpus} CPUs, kernel {}", kernel.trim())
 }
 
 pub fn round(number: u32, runs: &[Run]) {

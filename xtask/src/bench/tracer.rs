@@ -39,7 +39,7 @@ pub struct Stats {
 }
 
 /// Where tracers' userspace runs: not the generator's CPU.
-const TRACER_CPU: usize = 1;
+pub const TRACER_CPU: usize = 1;
 
 /// A running tracer; dropping it kills the process if it is still running.
 pub struct Tracer {
@@ -149,6 +149,29 @@ impl Tracer {
         let result = work()?;
         let after = cpu_seconds(self.child.id())?;
         Ok((result, after - before))
+    }
+
+    /// The file the tracer writes its records to.
+    pub fn output(&self) -> &Path {
+        &self.stdout
+    }
+
+    /// Sends `signal` to the tracer, which must still be running.
+    pub fn signal(&mut self, signal: libc::c_int) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "{} exited unexpectedly ({status}): {}",
+                self.name,
+                self.stderr_tail()
+            );
+        }
+        let pid = libc::pid_t::try_from(self.child.id())?;
+        // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            let err = std::io::Error::last_os_error();
+            bail!("cannot signal {} (pid {pid}): {err}", self.name);
+        }
+        Ok(())
     }
 
     /// Sends SIGINT and waits for the tracer to exit; it must exit successfully.
