@@ -103,8 +103,23 @@ pub mod conn_flag {
     pub const PRE_EXISTING: u16 = 1 << 3;
     /// `ConnState::tuple` has been read from the socket.
     pub const TUPLE_VALID: u16 = 1 << 4;
-    /// `ConnState::owner` is known.
+    /// `ConnState::owner` is known; the bits below say where it came from.
     pub const OWNER_VALID: u16 = 1 << 5;
+    /// The owner is the process that listened (a server socket not yet seen in its own
+    /// process's context).
+    pub const OWNER_LISTENER: u16 = 1 << 6;
+    /// The owner returned it from accept() (`--accept-hook`).
+    pub const OWNER_ACCEPT: u16 = 1 << 7;
+    /// The owner closed, shut down or aborted it: the process that used it last.
+    pub const OWNER_CLOSE: u16 = 1 << 8;
+    /// Any of the owner-source bits.
+    pub const OWNER_SOURCES: u16 = OWNER_LISTENER | OWNER_ACCEPT | OWNER_CLOSE;
+}
+
+/// Key of the `LISTENERS` map: a listening port in a network namespace.
+#[must_use]
+pub const fn listener_key(netns: u32, port: u16) -> u64 {
+    ((netns as u64) << 16) | port as u64
 }
 
 /// Per-socket state kept in the kernel map `CONNS`, keyed by the socket's address.

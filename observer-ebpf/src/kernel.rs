@@ -136,6 +136,11 @@ pub fn fill_identity(sk: impl Kmem, st: &mut ConnState) {
     }
 }
 
+/// `sock.sk_err`: why the socket is dying, or 0.
+pub fn error(sk: impl Kmem) -> i32 {
+    sk.read::<i32>(layout!(sk_err)).unwrap_or(0)
+}
+
 /// Counters from `tcp_sock` and `sock`, read when the socket reaches CLOSE.
 pub fn close_info(tp: impl Kmem) -> CloseInfo {
     let flags = tp.read::<u64>(layout!(sk_flags)).unwrap_or(0);
@@ -150,7 +155,7 @@ pub fn close_info(tp: impl Kmem) -> CloseInfo {
         data_segs_out: tp.read::<u32>(layout!(tcp_data_segs_out)).unwrap_or(0),
         srtt_us_x8: tp.read::<u32>(layout!(tcp_srtt_us)).unwrap_or(0),
         total_retrans: tp.read::<u32>(layout!(tcp_total_retrans)).unwrap_or(0),
-        sk_err: tp.read::<i32>(layout!(sk_err)).unwrap_or(0),
+        sk_err: error(tp),
         peer_fin: ((flags >> done_bit) & 1) as u32,
     }
 }

@@ -25,12 +25,12 @@ use aya_ebpf::{
 };
 use observer_common::{
     COMM_LEN, ConnClosed, ConnState, Endpoints, MAX_TRANSITIONS, Owner, Transition, conn_flag,
-    counter, kind, tcp_state,
+    counter, kind, listener_key, tcp_state,
 };
 
 use crate::{
     kernel::{self, Direct},
-    runtime::{CONNS, EVENTS, count, emit_transitions, header, wakeup_flags},
+    runtime::{CONNS, EVENTS, LISTENERS, count, emit_transitions, header, wakeup_flags},
 };
 
 pub fn on_set_state(ctx: &BtfTracePointContext) {
@@ -62,11 +62,46 @@ pub fn on_set_state(ctx: &BtfTracePointContext) {
     if emit_transitions() {
         emit_transition(sk, tp, st, old, new, now);
     }
+    if closed_by_its_process(tp, st, old, new) {
+        set_current_owner(&mut st.owner);
+        st.flags = (st.flags & !conn_flag::OWNER_SOURCES)
+            | conn_flag::OWNER_VALID
+            | conn_flag::OWNER_CLOSE;
+    }
+    if old == tcp_state::LISTEN && new == tcp_state::CLOSE {
+        listener(st, new);
+    }
     if new == tcp_state::CLOSE {
         // SAFETY: sk_ptr is the tracepoint's BTF socket pointer, as the helper requires.
         st.cookie = unsafe { bpf_get_socket_cookie(sk_ptr) };
         emit_closed(sk, tp, st, now);
         let _ = CONNS.remove(sk);
+    }
+}
+
+/// Transitions that only the socket's own process makes, in its context: close() or shutdown()
+/// (to FIN_WAIT1 or LAST_ACK), and an abort by close() with SO_LINGER 0 or unread data (to
+/// CLOSE with no error yet: `tcp_disconnect()` sets ECONNRESET after the change, while a RST
+/// received, a timeout or `ss -K` set `sk_err` before it).
+fn closed_by_its_process(tp: Direct, st: &ConnState, old: u8, new: u8) -> bool {
+    match new {
+        tcp_state::FIN_WAIT1 | tcp_state::LAST_ACK => true,
+        tcp_state::CLOSE => {
+            matches!(old, tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT)
+                && st.resets_received == 0
+                && kernel::error(tp) == 0
+        }
+        _ => false,
+    }
+}
+
+/// Keeps `LISTENERS` in step with listening sockets.
+fn listener(st: &ConnState, new: u8) {
+    let key = listener_key(st.netns, st.tuple.local_port);
+    if new == tcp_state::LISTEN {
+        let _ = LISTENERS.insert(key, st.owner, 0);
+    } else {
+        let _ = LISTENERS.remove(key);
     }
 }
 
@@ -111,6 +146,16 @@ fn born(st: &mut ConnState, tp: Direct, old: u8, new: u8, now: u64) {
     // A client's port is not bound yet in SYN_SENT; its endpoints are read at the next change.
     if new != tcp_state::SYN_SENT {
         kernel::fill_identity(tp, st);
+    }
+    if new == tcp_state::SYN_RECV {
+        // Born in softirq: until its own process shows, the listening process owns it.
+        if let Some(owner) = LISTENERS.get_ptr(listener_key(st.netns, st.tuple.local_port)) {
+            // SAFETY: a value pointer returned by the map.
+            st.owner = unsafe { *owner };
+            st.flags |= conn_flag::OWNER_VALID | conn_flag::OWNER_LISTENER;
+        }
+    } else if new == tcp_state::LISTEN {
+        listener(st, new);
     }
 }
 

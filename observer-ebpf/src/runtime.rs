@@ -12,7 +12,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
 };
-use observer_common::{ConnState, EventHeader, Layout, Settings, counter};
+use observer_common::{ConnState, EventHeader, Layout, Owner, Settings, counter};
 
 /// Default size; userspace sets the real one with `EbpfLoader::map_max_entries`.
 #[map]
@@ -21,6 +21,11 @@ pub static CONNS: HashMap<u64, ConnState> = HashMap::with_max_entries(65_536, 0)
 /// Default size; userspace sets the real one with `EbpfLoader::map_max_entries`.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+/// The owner of each listening socket, by `listener_key(netns, port)`: a server socket's owner
+/// until its own process is seen. Entries live as long as the listener.
+#[map]
+pub static LISTENERS: HashMap<u64, Owner> = HashMap::with_max_entries(4096, 0);
 
 /// One `ConnState` per CPU to build new entries in (`kernel::scratch`).
 #[map]

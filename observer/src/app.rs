@@ -171,6 +171,7 @@ fn run(args: &RunArgs) -> Result<()> {
         max_connections: args.max_connections,
         ring_bytes: args.ring_mib << 20,
         transitions: args.filters.transitions,
+        accept_hook: args.accept_hook,
     };
     let (mut probe, ring) = Probe::load(config)
         .context("cannot start capture (`observer check` shows what is missing)")?;
@@ -258,6 +259,7 @@ async fn live(
         hooks: probe.attached.clone(),
         records: None,
         transitions: args.filters.transitions,
+        accept_hook: args.accept_hook,
         max_connections: args.max_connections,
         ring_mib: args.ring_mib,
     };

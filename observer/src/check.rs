@@ -127,6 +127,7 @@ fn rows() -> Vec<Row> {
         max_connections: 1024,
         ring_bytes: 1 << 20,
         transitions: false,
+        accept_hook: true,
     };
     match Probe::load(config) {
         Ok((probe, _ring)) => rows.push(row(

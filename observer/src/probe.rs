@@ -28,6 +28,8 @@ pub struct Hook {
     pub kind: HookKind,
     /// What the observer loses without it.
     pub role: &'static str,
+    /// Attached only on request (`--accept-hook`).
+    pub optional: bool,
 }
 
 pub enum HookKind {
@@ -40,26 +42,31 @@ pub const HOOKS: &[Hook] = &[
         program: "inet_sock_set_state",
         kind: HookKind::BtfTracepoint("inet_sock_set_state"),
         role: "every TCP state transition",
+        optional: false,
     },
     Hook {
         program: "tcp_retransmit_skb",
         kind: HookKind::Tracepoint(&[("tcp", "tcp_retransmit_skb")]),
         role: "SYN and data retransmits",
+        optional: false,
     },
     Hook {
         program: "tcp_retransmit_synack",
         kind: HookKind::Tracepoint(&[("tcp", "tcp_retransmit_synack")]),
         role: "SYN-ACK retransmits",
+        optional: false,
     },
     Hook {
         program: "tcp_send_reset",
         kind: HookKind::Tracepoint(&[("tcp", "tcp_send_reset")]),
         role: "RSTs sent",
+        optional: false,
     },
     Hook {
         program: "tcp_receive_reset",
         kind: HookKind::Tracepoint(&[("tcp", "tcp_receive_reset")]),
         role: "RSTs received",
+        optional: false,
     },
     Hook {
         program: "sys_exit_accept",
@@ -67,7 +74,8 @@ pub const HOOKS: &[Hook] = &[
             ("syscalls", "sys_exit_accept4"),
             ("syscalls", "sys_exit_accept"),
         ]),
-        role: "the owner process of server sockets",
+        role: "owner at accept() and accept wait (--accept-hook)",
+        optional: true,
     },
 ];
 
@@ -111,12 +119,15 @@ pub struct ProbeConfig {
     pub ring_bytes: u32,
     /// Emit one event per transition (`--transitions`).
     pub transitions: bool,
+    /// Attach the optional accept hook (`--accept-hook`).
+    pub accept_hook: bool,
 }
 
 pub struct Probe {
     /// Owns the programs and their links: dropping it detaches everything.
     ebpf: Ebpf,
     links: Vec<Link>,
+    accept_hook: bool,
     counters: PerCpuArray<MapData, u64>,
     pub choices: Choices,
     /// "category:name" of every attached hook.
@@ -178,6 +189,7 @@ impl Probe {
         let mut probe = Self {
             ebpf,
             links: Vec::new(),
+            accept_hook: config.accept_hook,
             counters,
             choices,
             attached: Vec::new(),
@@ -195,7 +207,7 @@ impl Probe {
             return Ok(());
         }
         self.attached.clear();
-        for hook in HOOKS {
+        for hook in HOOKS.iter().filter(|h| !h.optional || self.accept_hook) {
             let fail = |action: String| {
                 move |source| ProbeError::Program {
                     program: hook.program,

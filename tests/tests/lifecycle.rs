@@ -19,6 +19,8 @@ struct Expect<'a> {
     resets_received: u64,
     retransmits: u64,
     error: Option<&'a str>,
+    /// How the owner was learnt (`conn.owner_source`).
+    owner: &'a str,
 }
 
 fn check(record: &Value, want: &Expect, window: (i64, i64)) {
@@ -53,6 +55,7 @@ fn check(record: &Value, want: &Expect, window: (i64, i64)) {
     );
     assert_eq!(field(record, "tcp.retransmits"), want.retransmits, "{ctx}");
     assert_eq!(field(record, "conn.error").as_str(), want.error, "{ctx}");
+    assert_eq!(field(record, "conn.owner_source"), want.owner, "{ctx}");
     assert_eq!(field(record, "network.transport"), "tcp", "{ctx}");
     assert_eq!(
         field(record, "event.dataset"),
@@ -162,6 +165,7 @@ fn a_client_closes_first() {
         resets_received: 0,
         retransmits: 0,
         error: None,
+        owner: "close",
     };
     check(c, &base, (start, end));
     assert_eq!(field(c, "conn.time_wait"), true);
@@ -208,6 +212,7 @@ fn b_server_closes_first() {
         resets_received: 0,
         retransmits: 0,
         error: None,
+        owner: "close",
     };
     check(c, &base, (start, end));
     check(
@@ -271,6 +276,7 @@ fn c_simultaneous_close_reaches_closing() {
         resets_received: 0,
         retransmits: 1,
         error: None,
+        owner: "close",
     };
     check(c, &base, (start, end));
     assert_eq!(field(c, "tcp.retransmits_data"), 1);
@@ -332,19 +338,18 @@ fn d_connect_to_a_closed_port_is_refused() {
             resets_received: 1,
             retransmits: 0,
             error: Some("ECONNREFUSED"),
+            owner: "connect",
         },
         (start, end),
     );
     assert_eq!(field(c, "event.outcome"), "failure");
 }
 
-#[test]
-fn e_linger_zero_close_resets_mid_connection() {
-    if !privileged("e_linger_zero_close_resets_mid_connection") {
-        return;
-    }
+/// The server socket dies by the client's RST before its process touches it again: its owner
+/// is its listener's process, or with `--accept-hook` the one that accepted it.
+fn linger_zero(args: &[&str], server_owner: &str) {
     let ns = NetNs::new("e");
-    let obs = Observer::start(&ns, &[]);
+    let obs = Observer::start(&ns, args);
     let start = now_us();
     let (mut client, mut server, port, cport) = connect(&ns, "4", "127.0.0.1", 300, 40);
     client.ok("linger0");
@@ -367,6 +372,7 @@ fn e_linger_zero_close_resets_mid_connection() {
         resets_received: 0,
         retransmits: 0,
         error: None,
+        owner: "close",
     };
     check(c, &base, (start, end));
     check(
@@ -378,10 +384,25 @@ fn e_linger_zero_close_resets_mid_connection() {
             resets_sent: 0,
             resets_received: 1,
             error: Some("ECONNRESET"),
+            owner: server_owner,
             ..base
         },
         (start, end),
     );
+}
+
+#[test]
+fn e_linger_zero_close_resets_mid_connection() {
+    if privileged("e_linger_zero_close_resets_mid_connection") {
+        linger_zero(&[], "listen");
+    }
+}
+
+#[test]
+fn e_with_the_accept_hook_the_acceptor_owns_the_server_socket() {
+    if privileged("e_with_the_accept_hook_the_acceptor_owns_the_server_socket") {
+        linger_zero(&["--accept-hook"], "accept");
+    }
 }
 
 #[test]
@@ -418,6 +439,7 @@ fn f_ipv6_client_close() {
         resets_received: 0,
         retransmits: 0,
         error: None,
+        owner: "close",
     };
     check(c, &base, (start, end));
     check(

@@ -78,6 +78,11 @@ pub fn write(c: &ConnRecord, host: &str, boot_to_unix_ns: i64, buf: &mut Vec<u8>
         raw(buf, error);
         buf.push(b'"');
     }
+    if let Some(source) = c.owner_source {
+        raw(buf, r#","owner_source":""#);
+        raw(buf, source);
+        buf.push(b'"');
+    }
     raw(buf, r#","pre_existing":"#);
     boolean(buf, c.pre_existing);
     if c.lifecycle.truncated > 0 {

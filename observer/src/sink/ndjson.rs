@@ -148,6 +148,7 @@ pub struct AgentRecord {
     /// Connection records written, at stop.
     pub records: Option<u64>,
     pub transitions: bool,
+    pub accept_hook: bool,
     pub max_connections: u32,
     pub ring_mib: u32,
 }
@@ -189,6 +190,7 @@ struct AgentOs<'a> {
 #[derive(Serialize)]
 struct AgentConfig {
     transitions: bool,
+    accept_hook: bool,
     max_connections: u32,
     ring_mib: u32,
 }
@@ -264,6 +266,7 @@ impl Encoder {
                 records: a.records,
                 config: AgentConfig {
                     transitions: a.transitions,
+                    accept_hook: a.accept_hook,
                     max_connections: a.max_connections,
                     ring_mib: a.ring_mib,
                 },

@@ -312,6 +312,7 @@ impl Tracker {
                 uid: st.owner.uid,
                 comm: st.owner.comm,
             }),
+            owner_source: owner_source(st.flags),
             accept_ns: (st.accept_ns != 0).then_some(st.accept_ns),
         }
     }
@@ -342,6 +343,20 @@ fn payload_bytes(c: &ConnClosed, lc: &Lifecycle) -> (u64, u64) {
         .bytes_received
         .saturating_sub(u64::from(lc.fin_received));
     (sent, received)
+}
+
+fn owner_source(flags: u16) -> Option<&'static str> {
+    if flags & conn_flag::OWNER_VALID == 0 {
+        None
+    } else if flags & conn_flag::OWNER_CLOSE != 0 {
+        Some("close")
+    } else if flags & conn_flag::OWNER_ACCEPT != 0 {
+        Some("accept")
+    } else if flags & conn_flag::OWNER_LISTENER != 0 {
+        Some("listen")
+    } else {
+        Some("connect")
+    }
 }
 
 fn role_of(flags: u16) -> Role {

@@ -112,6 +112,9 @@ pub struct ConnRecord {
     pub rst_reason: Option<u32>,
     pub sk_err: i32,
     pub process: Option<Process>,
+    /// How the owner was learnt: `connect`, `listen` (a server socket's listening process),
+    /// `accept` or `close` (the process that closed it, i.e. used it last).
+    pub owner_source: Option<&'static str>,
     pub accept_ns: Option<u64>,
 }
 
