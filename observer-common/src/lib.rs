@@ -14,7 +14,7 @@
 use core::mem::{align_of, size_of};
 
 /// Bumped whenever a layout below changes. Recordings carry it, and replay refuses a mismatch.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Transitions kept per socket in the kernel. Beyond this the last slot is overwritten, so the
 /// final state is never lost, and `ConnState::n_transitions` tells how many there were.
@@ -108,12 +108,27 @@ pub mod conn_flag {
     /// The owner is the process that listened (a server socket not yet seen in its own
     /// process's context).
     pub const OWNER_LISTENER: u16 = 1 << 6;
-    /// The owner returned it from accept() (`--accept-hook`).
+    /// The owner returned it from `accept()` (`--accept-hook`).
     pub const OWNER_ACCEPT: u16 = 1 << 7;
     /// The owner closed, shut down or aborted it: the process that used it last.
     pub const OWNER_CLOSE: u16 = 1 << 8;
     /// Any of the owner-source bits.
     pub const OWNER_SOURCES: u16 = OWNER_LISTENER | OWNER_ACCEPT | OWNER_CLOSE;
+    /// The entry lives in the `CONNS` hash map, not in a slot.
+    pub const IN_HASH: u16 = 1 << 9;
+}
+
+/// The first of a socket's two slots in an array of `1 << bits` slots (Fibonacci hashing of
+/// its cookie).
+#[must_use]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the top `bits` (≤ 32) bits of the hash"
+)]
+pub const fn slot_of(cookie: u64, bits: u32) -> u32 {
+    cookie
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        .wrapping_shr(64 - bits) as u32
 }
 
 /// Key of the `LISTENERS` map: a listening port in a network namespace.
@@ -122,17 +137,19 @@ pub const fn listener_key(netns: u32, port: u16) -> u64 {
     ((netns as u64) << 16) | port as u64
 }
 
-/// Per-socket state kept in the kernel map `CONNS`, keyed by the socket's address.
-/// Transitions accumulate here; userspace gets one [`ConnClosed`] when the socket closes.
+/// Per-socket state, kept in the kernel's `SLOTS` array (or, when both of a socket's slots
+/// are taken, the `CONNS` hash map), keyed by the socket's address. Transitions accumulate
+/// here; userspace gets one [`ConnClosed`] when the socket closes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnState {
+    /// The socket's `SO_COOKIE`, unique per socket for the life of the kernel; 0 marks a free
+    /// slot. (The socket's address cannot key slots: the verifier forbids hashing a pointer.)
+    pub key: u64,
     /// When the socket was born (its first transition) or first seen.
     pub birth_ns: u64,
     /// When `accept()` returned it, for server sockets.
     pub accept_ns: u64,
-    /// `SO_COOKIE`.
-    pub cookie: u64,
     /// Timestamp of each transition in `states`.
     pub ts: [u64; MAX_TRANSITIONS],
     pub tuple: Endpoints,
@@ -362,6 +379,9 @@ pub struct Layout {
     pub tp_send_reset_daddr6: u32,
     pub tp_receive_reset_skaddr: u32,
     pub skc_state: u32,
+    /// `sock_common.skc_cookie`, for hooks that cannot call `bpf_get_socket_cookie`.
+    pub skc_cookie: u32,
+    pub _pad: u32,
 }
 
 impl Layout {
@@ -380,6 +400,10 @@ pub struct Settings {
     pub emit_transitions: u32,
     /// Wake userspace only once this many bytes wait in the ring; it also drains on a timer.
     pub wakeup_bytes: u32,
+    /// `SLOTS` has `slot_mask + 1` entries, a power of two.
+    pub slot_mask: u32,
+    /// log2 of the number of slots.
+    pub slot_bits: u32,
 }
 
 impl Settings {
@@ -388,6 +412,8 @@ impl Settings {
         Self {
             emit_transitions: 0,
             wakeup_bytes: 0,
+            slot_mask: 0,
+            slot_bits: 0,
         }
     }
 }
@@ -403,8 +429,8 @@ const _: () = {
     assert!(size_of::<Transition>() == 88);
     assert!(size_of::<Reset>() == 80);
     assert!(size_of::<SynackRetransmit>() == 80);
-    assert!(size_of::<Layout>() == 55 * 4);
-    assert!(size_of::<Settings>() == 8);
+    assert!(size_of::<Layout>() == 57 * 4);
+    assert!(size_of::<Settings>() == 16);
 };
 
 #[cfg(feature = "user")]

@@ -25,7 +25,7 @@ use observer_common::{SYS_EXIT_RET_OFFSET, conn_flag};
 use crate::{
     kernel::{self, Direct, Kmem as _, Probe},
     lifecycle,
-    runtime::{CONNS, layout},
+    runtime::layout,
 };
 
 pub fn on_accept_exit(ctx: &TracePointContext) {
@@ -45,13 +45,13 @@ pub fn on_accept_exit(ctx: &TracePointContext) {
     };
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    let entry = match CONNS.get_ptr_mut(sk) {
-        Some(entry) => entry,
-        // Not tracked yet: accept() also serves AF_UNIX, SCTP and MPTCP; only TCP is.
-        None => match kernel::tcp_probe(sk).and_then(|sock| kernel::tracked(sk, sock, now)) {
-            Some(entry) => entry,
-            None => return,
-        },
+    // accept() also serves AF_UNIX, SCTP and MPTCP: only TCP sockets, whose cookie the
+    // lifecycle hook set at their birth, are tracked.
+    let Some(entry) = kernel::tcp_probe(sk)
+        .and_then(|sock| Some((sock, kernel::cookie_of(sock)?)))
+        .and_then(|(sock, cookie)| kernel::tracked(cookie, sock, now))
+    else {
+        return;
     };
     // SAFETY: a value pointer returned by the map.
     let st = unsafe { &mut *entry };

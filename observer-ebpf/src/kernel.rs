@@ -14,9 +14,11 @@
 //! The readers below are written once over [`Kmem`] and serve both.
 
 use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_skc_to_tcp_sock};
-use observer_common::{AF_INET6, CloseInfo, ConnState, Endpoints, conn_flag, counter};
+use observer_common::{AF_INET6, CloseInfo, ConnState, Endpoints, conn_flag, counter, slot_of};
 
-use crate::runtime::{CONNS, SCRATCH, count, layout};
+use core::intrinsics::AtomicOrdering;
+
+use crate::runtime::{CONNS, HASH_ENTRIES, SCRATCH, SETTINGS, SLOTS, count, layout};
 
 pub const IPPROTO_TCP: u16 = 6;
 
@@ -86,6 +88,13 @@ pub fn tcp_sock(sk: *mut core::ffi::c_void) -> Option<Direct> {
     // SAFETY: `sk` is the tracepoint's BTF socket pointer, as the helper requires.
     let tp = unsafe { bpf_skc_to_tcp_sock(sk) };
     (!tp.is_null()).then_some(Direct(tp.cast()))
+}
+
+/// The cookie of a socket met by address (classic tracepoints cannot call
+/// `bpf_get_socket_cookie`): set by the kernel once anyone asked for it, as the lifecycle hook
+/// does at every transition. `None` for a socket never asked, which is then not tracked.
+pub fn cookie_of(sk: Probe) -> Option<u64> {
+    sk.read::<u64>(layout!(skc_cookie)).filter(|&c| c != 0)
 }
 
 /// A bare socket address that is a TCP socket: checks `sk_protocol`.
@@ -160,45 +169,134 @@ pub fn close_info(tp: impl Kmem) -> CloseInfo {
     }
 }
 
-/// The socket's entry; a TCP socket first met mid-life (it predates the observer, or its
-/// birth was missed) starts being tracked. `None` for non-TCP sockets and when the map is
-/// full (counted). Not inlined: see `lifecycle::begin`.
-#[inline(never)]
-pub fn tracked(sk: u64, sock: impl Kmem, now: u64) -> Option<*mut ConnState> {
-    if let Some(entry) = CONNS.get_ptr_mut(sk) {
-        return Some(entry);
+/// The entry of a socket being tracked: one of its two slots, else the fallback hash map.
+#[inline(always)]
+pub fn find(cookie: u64) -> Option<*mut ConnState> {
+    let (first, mask) = first_slot(cookie);
+    for k in 0..2 {
+        let slot = SLOTS.get_ptr_mut((first + k) & mask)?;
+        // SAFETY: a pointer to a slot of the array map.
+        if unsafe { (*slot).key } == cookie {
+            return Some(slot);
+        }
+    }
+    // The fallback map is nearly always empty, and a lookup in it costs a cache miss on its
+    // bucket array: ask it only when it holds something.
+    if hash_entries() == 0 {
+        return None;
+    }
+    CONNS.get_ptr_mut(cookie)
+}
+
+fn hash_entries() -> u64 {
+    // SAFETY: a pointer to the one slot of an array map; a plain read of a counter.
+    HASH_ENTRIES
+        .get_ptr(0)
+        .map_or(0, |n| unsafe { core::ptr::read_volatile(n) })
+}
+
+/// Adds `delta` (wrapping) to the number of entries in the fallback map.
+fn hash_entries_add(delta: u64) {
+    if let Some(n) = HASH_ENTRIES.get_ptr_mut(0) {
+        // SAFETY: an 8-byte aligned counter in an array map; atomic, as CPUs share it.
+        unsafe { core::intrinsics::atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(n, delta) };
+    }
+}
+
+fn first_slot(cookie: u64) -> (u32, u32) {
+    // SAFETY: plain reads of an initialised static.
+    let (bits, mask) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const SETTINGS.slot_bits),
+            core::ptr::read_volatile(&raw const SETTINGS.slot_mask),
+        )
+    };
+    (slot_of(cookie, bits) & mask, mask)
+}
+
+/// A new, zeroed entry for `cookie`: one of its two slots when either is free (claimed with a
+/// compare-and-swap, so two CPUs never take the same one), else the fallback hash map
+/// (`IN_HASH`). `None` when both are full (counted as `MAP_FULL`).
+pub fn claim(cookie: u64) -> Option<*mut ConnState> {
+    let (first, mask) = first_slot(cookie);
+    for k in 0..2 {
+        let slot = SLOTS.get_ptr_mut((first + k) & mask)?;
+        // SAFETY: `key` is the first, 8-byte aligned field of a slot of the array map. The BPF
+        // target has no stable compare-and-swap, hence the intrinsic (BPF_CMPXCHG, v3 ISA).
+        let (_, claimed) = unsafe {
+            core::intrinsics::atomic_cxchg::<
+                u64,
+                { AtomicOrdering::AcqRel },
+                { AtomicOrdering::Relaxed },
+            >(&raw mut (*slot).key, 0, cookie)
+        };
+        if claimed {
+            zero_after_key(slot);
+            return Some(slot);
+        }
     }
     let st = scratch()?;
-    st.birth_ns = now;
-    st.first_state = state(sock)?;
-    st.flags = conn_flag::PRE_EXISTING;
-    st.netns = netns(sock);
-    fill_identity(sock, st);
-    insert(sk, st)?;
-    CONNS.get_ptr_mut(sk)
-}
-
-/// A zeroed per-CPU `ConnState` to build a new entry in: 184 bytes do not fit the 512-byte
-/// BPF stack next to everything else.
-pub fn scratch() -> Option<&'static mut ConnState> {
-    let slot = SCRATCH.get_ptr_mut(0)?;
-    // Word by word: a plain `*st = ConnState::zeroed()` becomes a byte-at-a-time memset loop
-    // in BPF (~900 instructions); volatile stores stay 23 stores.
-    let words = slot.cast::<u64>();
-    for i in 0..size_of::<ConnState>() / 8 {
-        // SAFETY: a per-CPU slot of exactly this size, used by one program at a time on this
-        // CPU; ConnState is 8-byte aligned and all integers, so zero words are a valid value.
-        unsafe { core::ptr::write_volatile(words.add(i), 0) };
-    }
-    // SAFETY: as above; the slot now holds a zeroed ConnState.
-    Some(unsafe { &mut *slot })
-}
-
-/// Inserts a fresh entry; counts a full map.
-pub fn insert(sk: u64, st: &ConnState) -> Option<()> {
-    if CONNS.insert(sk, st, 0).is_err() {
+    st.key = cookie;
+    st.flags = conn_flag::IN_HASH;
+    if CONNS.insert(cookie, &*st, 0).is_err() {
         count(counter::MAP_FULL);
         return None;
     }
-    Some(())
+    hash_entries_add(1);
+    CONNS.get_ptr_mut(cookie)
+}
+
+/// Frees the entry of a socket that closed.
+pub fn release(cookie: u64, st: *mut ConnState) {
+    // SAFETY: a pointer returned by `find` or `claim`.
+    if unsafe { (*st).flags } & conn_flag::IN_HASH != 0 {
+        if CONNS.remove(cookie).is_ok() {
+            hash_entries_add(u64::MAX);
+        }
+    } else {
+        // Last write of this socket's hooks: a plain store frees the slot (the kernel's BPF JITs
+        // emit aligned 8-byte stores, which are atomic).
+        // SAFETY: as in `claim`.
+        unsafe { core::ptr::write_volatile(&raw mut (*st).key, 0) };
+    }
+}
+
+/// Zeroes a claimed slot except its key, word by word: a plain assignment would become a
+/// byte-at-a-time memset loop in BPF (~900 instructions).
+fn zero_after_key(slot: *mut ConnState) {
+    let words = slot.cast::<u64>();
+    for i in 1..size_of::<ConnState>() / 8 {
+        // SAFETY: within the slot; ConnState is 8-byte aligned and all integers.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
+}
+
+/// The socket's entry; a TCP socket first met mid-life (it predates the observer, or its
+/// birth was missed) starts being tracked. `None` when both the slots and the map are full
+/// (counted). Not inlined: see `lifecycle::begin`.
+#[inline(never)]
+pub fn tracked(cookie: u64, sock: impl Kmem, now: u64) -> Option<*mut ConnState> {
+    if let Some(entry) = find(cookie) {
+        return Some(entry);
+    }
+    let first_state = state(sock)?;
+    let entry = claim(cookie)?;
+    // SAFETY: a fresh entry returned by `claim`.
+    let st = unsafe { &mut *entry };
+    st.birth_ns = now;
+    st.first_state = first_state;
+    st.flags |= conn_flag::PRE_EXISTING;
+    st.netns = netns(sock);
+    fill_identity(sock, st);
+    Some(entry)
+}
+
+/// A zeroed per-CPU `ConnState` to build a fallback entry in: 192 bytes do not fit the
+/// 512-byte BPF stack next to everything else.
+fn scratch() -> Option<&'static mut ConnState> {
+    let slot = SCRATCH.get_ptr_mut(0)?;
+    zero_after_key(slot);
+    // SAFETY: a per-CPU slot used by one program at a time on this CPU, now zeroed but for its
+    // key, which the caller sets.
+    Some(unsafe { &mut *slot })
 }

@@ -30,7 +30,7 @@ use observer_common::{
 
 use crate::{
     kernel::{self, Direct},
-    runtime::{CONNS, EVENTS, LISTENERS, count, emit_transitions, header, wakeup_flags},
+    runtime::{EVENTS, LISTENERS, count, emit_transitions, header, wakeup_flags},
 };
 
 pub fn on_set_state(ctx: &BtfTracePointContext) {
@@ -42,16 +42,18 @@ pub fn on_set_state(ctx: &BtfTracePointContext) {
         return;
     };
     let sk = sk_ptr as u64;
+    // SAFETY: sk_ptr is the tracepoint's BTF socket pointer, as the helper requires.
+    let cookie = unsafe { bpf_get_socket_cookie(sk_ptr) };
     // Kernel states fit in a byte (tcp_states.h).
     let (old, new) = (old as u8, new as u8);
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_boot_ns() };
 
     if is_birth(old, new) {
-        begin(sk, tp, old, new, now);
+        begin(sk, cookie, tp, u16::from(old) << 8 | u16::from(new), now);
         return;
     }
-    let Some(entry) = kernel::tracked(sk, tp, now) else {
+    let Some(entry) = kernel::tracked(cookie, tp, now) else {
         return;
     };
     // SAFETY: a value pointer returned by the map; only this socket's hooks write it, under the
@@ -72,10 +74,13 @@ pub fn on_set_state(ctx: &BtfTracePointContext) {
         listener(st, new);
     }
     if new == tcp_state::CLOSE {
-        // SAFETY: sk_ptr is the tracepoint's BTF socket pointer, as the helper requires.
-        st.cookie = unsafe { bpf_get_socket_cookie(sk_ptr) };
+        if st.flags & conn_flag::OWNER_VALID == 0 {
+            // A server socket that died before its process touched it: the listening process
+            // stands in. Looked up only here, the rare case.
+            listener_owner(st);
+        }
         emit_closed(sk, tp, st, now);
-        let _ = CONNS.remove(sk);
+        kernel::release(cookie, entry);
     }
 }
 
@@ -110,19 +115,25 @@ fn is_birth(old: u8, new: u8) -> bool {
     old == tcp_state::CLOSE || (old == tcp_state::LISTEN && new == tcp_state::SYN_RECV)
 }
 
-/// Starts tracking a socket just born: its state is built on the stack, first transition
-/// included, and inserted once. A birth is never a CLOSE. Not inlined, so that its stack frame
-/// and the one of `kernel::tracked` are siblings within the 512-byte BPF stack.
+/// Starts tracking a socket just born, its state built in place, first transition included.
+/// A birth is never a CLOSE. Not inlined, so that its stack frame and the one of
+/// `kernel::tracked` are siblings within the 512-byte BPF stack.
 #[inline(never)]
-fn begin(sk: u64, tp: Direct, old: u8, new: u8, now: u64) {
-    let Some(st) = kernel::scratch() else {
+fn begin(sk: u64, cookie: u64, tp: Direct, old_new: u16, now: u64) {
+    // Packed: BPF calls take at most five arguments.
+    let (old, new) = ((old_new >> 8) as u8, old_new as u8);
+    // No lookup first: every life ends at CLOSE, which releases the entry, so a socket born
+    // again (connect() after a failed one, same cookie) has none.
+    let entry = kernel::claim(cookie);
+    let Some(entry) = entry else {
         return;
     };
+    // SAFETY: a fresh entry returned by `claim`.
+    let st = unsafe { &mut *entry };
     born(st, tp, old, new, now);
     if emit_transitions() {
         emit_transition(sk, tp, st, old, new, now);
     }
-    let _ = kernel::insert(sk, st);
 }
 
 /// Fills a zeroed state for a socket just born, its first transition included.
@@ -131,7 +142,7 @@ fn born(st: &mut ConnState, tp: Direct, old: u8, new: u8, now: u64) {
     st.birth_ns = now;
     st.first_state = old;
     st.netns = kernel::netns(tp);
-    st.flags = match new {
+    st.flags |= match new {
         tcp_state::SYN_SENT => conn_flag::ROLE_CLIENT,
         tcp_state::LISTEN => conn_flag::ROLE_LISTENER,
         tcp_state::SYN_RECV => conn_flag::ROLE_SERVER,
@@ -147,15 +158,20 @@ fn born(st: &mut ConnState, tp: Direct, old: u8, new: u8, now: u64) {
     if new != tcp_state::SYN_SENT {
         kernel::fill_identity(tp, st);
     }
-    if new == tcp_state::SYN_RECV {
-        // Born in softirq: until its own process shows, the listening process owns it.
-        if let Some(owner) = LISTENERS.get_ptr(listener_key(st.netns, st.tuple.local_port)) {
-            // SAFETY: a value pointer returned by the map.
-            st.owner = unsafe { *owner };
-            st.flags |= conn_flag::OWNER_VALID | conn_flag::OWNER_LISTENER;
-        }
-    } else if new == tcp_state::LISTEN {
+    if new == tcp_state::LISTEN {
         listener(st, new);
+    }
+}
+
+/// Gives a server socket its listener's process as owner.
+fn listener_owner(st: &mut ConnState) {
+    if st.flags & conn_flag::ROLE_SERVER == 0 {
+        return;
+    }
+    if let Some(owner) = LISTENERS.get_ptr(listener_key(st.netns, st.tuple.local_port)) {
+        // SAFETY: a value pointer returned by the map.
+        st.owner = unsafe { *owner };
+        st.flags |= conn_flag::OWNER_VALID | conn_flag::OWNER_LISTENER;
     }
 }
 

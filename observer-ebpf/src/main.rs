@@ -1,10 +1,16 @@
 //! observer's eBPF programs. Entry points are thin: each hands its context to a module that
 //! holds the logic and opens with its hook map (which hook, why, cost, fallback).
 //!
-//! Data flows one way: hooks update per-socket state in the `CONNS` map and write events into
+//! Data flows one way: hooks update per-socket state in the `SLOTS` map and write events into
 //! the `EVENTS` ring buffer; userspace drains the ring in batches.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// Compare-and-swap for claiming slots: the BPF target exposes no stable atomic CAS.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(
+    target_arch = "bpf",
+    expect(internal_features, reason = "atomic_cxchg on BPF")
+)]
 
 #[cfg(target_arch = "bpf")]
 mod accept;

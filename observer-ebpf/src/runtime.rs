@@ -1,7 +1,8 @@
 //! Maps, load-time globals, loss counters and ring-buffer submission shared by every hook.
 //!
-//! - `CONNS` holds per-socket state keyed by the socket's kernel address, so transitions,
-//!   retransmits and resets accumulate in the kernel and userspace gets one event per socket.
+//! - `SLOTS` (and, for the rare collision, `CONNS`) hold per-socket state keyed by the socket's
+//!   kernel address, so transitions, retransmits and resets accumulate in the kernel and
+//!   userspace gets one event per socket.
 //! - `EVENTS` is the single ring buffer. Producers submit with `BPF_RB_NO_WAKEUP` until
 //!   `Settings::wakeup_bytes` are waiting, so userspace is woken per batch, never per event;
 //!   it also drains on a timer.
@@ -10,13 +11,25 @@
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use observer_common::{ConnState, EventHeader, Layout, Owner, Settings, counter};
 
-/// Default size; userspace sets the real one with `EbpfLoader::map_max_entries`.
+/// Per-socket state, two candidate slots per socket address (`slot_of`): lookups, inserts
+/// and deletes are plain loads and stores, no helper call and no hashing. Default size;
+/// userspace sets the real one with `EbpfLoader::map_max_entries`.
 #[map]
-pub static CONNS: HashMap<u64, ConnState> = HashMap::with_max_entries(65_536, 0);
+pub static SLOTS: Array<ConnState> = Array::with_max_entries(65_536, 0);
+
+/// Sockets whose two slots were both taken. Rarely used, so not preallocated.
+#[map]
+pub static CONNS: HashMap<u64, ConnState> = HashMap::with_max_entries(65_536, BPF_F_NO_PREALLOC);
+
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// How many entries `CONNS` holds, so that lookups skip it while it is empty.
+#[map]
+pub static HASH_ENTRIES: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Default size; userspace sets the real one with `EbpfLoader::map_max_entries`.
 #[map]
@@ -39,7 +52,7 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::C
 pub static LAYOUT: Layout = Layout::zeroed();
 
 #[unsafe(no_mangle)]
-static SETTINGS: Settings = Settings::zeroed();
+pub static SETTINGS: Settings = Settings::zeroed();
 
 /// Reads one field of the load-time `LAYOUT` global. Volatile, so the compiler cannot fold the
 /// zero it was compiled with.

@@ -20,7 +20,7 @@ use observer_common::{
 
 use crate::{
     kernel::{self, Kmem as _, Probe},
-    runtime::{CONNS, EVENTS, count, header, layout, wakeup_flags},
+    runtime::{EVENTS, count, header, layout, wakeup_flags},
 };
 
 /// A field of the tracepoint record. The context pointer cannot be offset by a value the
@@ -45,7 +45,9 @@ pub fn on_retransmit(ctx: &TracePointContext) {
     if err_off != ABSENT && field::<i32>(ctx, err_off).unwrap_or(0) != 0 {
         return;
     }
-    let Some(entry) = kernel::tracked(sk, Probe(sk), now()) else {
+    let Some(entry) =
+        kernel::cookie_of(Probe(sk)).and_then(|c| kernel::tracked(c, Probe(sk), now()))
+    else {
         return;
     };
     // SAFETY: a value pointer returned by the map.
@@ -61,7 +63,9 @@ pub fn on_receive_reset(ctx: &TracePointContext) {
     let Some(sk) = field::<u64>(ctx, layout!(tp_receive_reset_skaddr)) else {
         return;
     };
-    let Some(entry) = kernel::tracked(sk, Probe(sk), now()) else {
+    let Some(entry) =
+        kernel::cookie_of(Probe(sk)).and_then(|c| kernel::tracked(c, Probe(sk), now()))
+    else {
         return;
     };
     // SAFETY: a value pointer returned by the map.
@@ -78,7 +82,7 @@ pub fn on_send_reset(ctx: &TracePointContext) {
         field::<u32>(ctx, reason_off)
     };
     if sk != 0
-        && let Some(entry) = CONNS.get_ptr_mut(sk)
+        && let Some(entry) = kernel::cookie_of(Probe(sk)).and_then(kernel::find)
     {
         // SAFETY: a value pointer returned by the map.
         let st = unsafe { &mut *entry };

@@ -60,9 +60,12 @@ pub struct RunArgs {
     /// Ring buffer size in MiB (a power of two).
     #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = ring_size)]
     pub ring_mib: u32,
-    /// Also hook accept(): the owner from the moment accept() returns, and tcp.accept_wait_us.
-    /// Costs about 4 µs per connection and slows every syscall on the host while attached.
-    #[arg(long)]
+    #[arg(
+        long,
+        help = "Also hook accept(): the owner from the moment accept() returns, and \
+                tcp.accept_wait_us. Costs about 4 µs per connection, and slows every syscall on \
+                the host while attached"
+    )]
     pub accept_hook: bool,
     /// Stop after this many seconds (default: run until SIGINT or SIGTERM).
     #[arg(long, value_name = "SECONDS")]

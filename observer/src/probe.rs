@@ -6,7 +6,7 @@ use std::path::Path;
 
 use aya::{
     Btf as AyaBtf, Ebpf, EbpfLoader,
-    maps::{HashMap as AyaHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as AyaHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         BtfTracePoint, TracePoint, tp_btf::BtfTracePointLinkId, trace_point::TracePointLinkId,
     },
@@ -164,13 +164,17 @@ impl Probe {
             return Err(ProbeError::NotRoot);
         }
         let (layout, choices) = resolve_layout()?;
+        let slots = config.max_connections.next_power_of_two();
         let settings = Settings {
             emit_transitions: u32::from(config.transitions),
             wakeup_bytes: config.ring_bytes / 4,
+            slot_mask: slots - 1,
+            slot_bits: slots.trailing_zeros(),
         };
         let mut ebpf = EbpfLoader::new()
             .override_global("LAYOUT", &layout, true)
             .override_global("SETTINGS", &settings, true)
+            .map_max_entries("SLOTS", slots)
             .map_max_entries("CONNS", config.max_connections)
             .map_max_entries("EVENTS", config.ring_bytes)
             .load(OBJECT)
@@ -250,10 +254,25 @@ impl Probe {
             detach(&mut self.ebpf, link)?;
         }
         self.attached.clear();
-        let conns = self
-            .ebpf
-            .map_mut("CONNS")
-            .ok_or(ProbeError::MissingMap("CONNS"))?;
+        self.forget_sockets()
+    }
+
+    /// Empties `SLOTS` and `CONNS` (only while paused: no program runs).
+    fn forget_sockets(&mut self) -> Result<(), ProbeError> {
+        let map = |name| ProbeError::MissingMap(name);
+        let slots = self.ebpf.map_mut("SLOTS").ok_or(map("SLOTS"))?;
+        let mut slots: Array<_, ConnState> =
+            Array::try_from(slots).map_err(|source| ProbeError::Map {
+                name: "SLOTS",
+                source,
+            })?;
+        let empty = ConnState::zeroed();
+        for i in 0..slots.len() {
+            if slots.get(&i, 0).is_ok_and(|st| st.key != 0) {
+                let _ = slots.set(i, empty, 0);
+            }
+        }
+        let conns = self.ebpf.map_mut("CONNS").ok_or(map("CONNS"))?;
         let mut conns: AyaHashMap<_, u64, ConnState> =
             AyaHashMap::try_from(conns).map_err(|source| ProbeError::Map {
                 name: "CONNS",

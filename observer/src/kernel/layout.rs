@@ -72,6 +72,7 @@ pub fn resolve(btf: &Btf, tracefs: &Path) -> Result<(Layout, Choices), LayoutErr
     l.skc_dport = r.at("sock", "__sk_common.skc_dport", 16)?;
     l.skc_family = r.at("sock", "__sk_common.skc_family", 16)?;
     l.skc_state = r.at("sock", "__sk_common.skc_state", 8)?;
+    l.skc_cookie = r.at("sock", "__sk_common.skc_cookie", 64)?;
     l.skc_net = r.at("sock", "__sk_common.skc_net", 64)?;
     l.skc_v6_daddr = r.at("sock", "__sk_common.skc_v6_daddr", 128)?;
     l.skc_v6_rcv_saddr = r.at("sock", "__sk_common.skc_v6_rcv_saddr", 128)?;

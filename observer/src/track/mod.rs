@@ -289,7 +289,7 @@ impl Tracker {
             uid: self.uid(c.sk, st.birth_ns),
             role,
             pre_existing: st.flags & conn_flag::PRE_EXISTING != 0,
-            cookie: st.cookie,
+            cookie: st.key,
             netns: st.netns,
             ipv6: ip_of(st.tuple.family, &st.tuple.local_addr).is_ipv6(),
             source,
