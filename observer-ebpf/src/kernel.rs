@@ -90,11 +90,16 @@ pub fn tcp_sock(sk: *mut core::ffi::c_void) -> Option<Direct> {
     (!tp.is_null()).then_some(Direct(tp.cast()))
 }
 
+/// `SO_COOKIE` if the kernel generated it already, else 0.
+pub fn cookie(sk: impl Kmem) -> u64 {
+    sk.read::<u64>(layout!(skc_cookie)).unwrap_or(0)
+}
+
 /// The cookie of a socket met by address (classic tracepoints cannot call
 /// `bpf_get_socket_cookie`): set by the kernel once anyone asked for it, as the lifecycle hook
 /// does at every transition. `None` for a socket never asked, which is then not tracked.
 pub fn cookie_of(sk: Probe) -> Option<u64> {
-    sk.read::<u64>(layout!(skc_cookie)).filter(|&c| c != 0)
+    Some(cookie(sk)).filter(|&c| c != 0)
 }
 
 /// A bare socket address that is a TCP socket: checks `sk_protocol`.

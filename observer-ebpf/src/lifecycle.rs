@@ -42,8 +42,14 @@ pub fn on_set_state(ctx: &BtfTracePointContext) {
         return;
     };
     let sk = sk_ptr as u64;
-    // SAFETY: sk_ptr is the tracepoint's BTF socket pointer, as the helper requires.
-    let cookie = unsafe { bpf_get_socket_cookie(sk_ptr) };
+    // The cookie was generated at the socket's birth (below); reading it is a plain load.
+    let cookie = match kernel::cookie(tp) {
+        0 => {
+            // SAFETY: sk_ptr is the tracepoint's BTF socket pointer, as the helper requires.
+            unsafe { bpf_get_socket_cookie(sk_ptr) }
+        }
+        cookie => cookie,
+    };
     // Kernel states fit in a byte (tcp_states.h).
     let (old, new) = (old as u8, new as u8);
     // SAFETY: no preconditions.
@@ -65,7 +71,7 @@ pub fn on_set_state(ctx: &BtfTracePointContext) {
         emit_transition(sk, tp, st, old, new, now);
     }
     if closed_by_its_process(tp, st, old, new) {
-        set_current_owner(&mut st.owner);
+        refresh_owner(&mut st.owner);
         st.flags = (st.flags & !conn_flag::OWNER_SOURCES)
             | conn_flag::OWNER_VALID
             | conn_flag::OWNER_CLOSE;
@@ -172,6 +178,14 @@ fn listener_owner(st: &mut ConnState) {
         // SAFETY: a value pointer returned by the map.
         st.owner = unsafe { *owner };
         st.flags |= conn_flag::OWNER_VALID | conn_flag::OWNER_LISTENER;
+    }
+}
+
+/// Records the current task as the owner unless it already is: the comm and uid lookups are
+/// skipped in the common case of the same process.
+fn refresh_owner(owner: &mut Owner) {
+    if owner.tgid != (bpf_get_current_pid_tgid() >> 32) as u32 {
+        set_current_owner(owner);
     }
 }
 
