@@ -13,15 +13,16 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use observer_common::{ConnState, EventHeader, Layout, Owner, Settings, counter};
+use observer_common::{ConnState, EventHeader, HOT_SLOTS, Layout, Owner, Settings, counter};
 
-/// Per-socket state, two candidate slots per socket address (`slot_of`): lookups, inserts
-/// and deletes are plain loads and stores, no helper call and no hashing. Default size;
-/// userspace sets the real one with `EbpfLoader::map_max_entries`.
+/// Per-socket state, two candidate slots per socket cookie (`slot_of`): lookups, inserts and
+/// deletes are plain loads and stores, no helper call, and the array stays cache-hot
+/// (`HOT_SLOTS`).
 #[map]
-pub static SLOTS: Array<ConnState> = Array::with_max_entries(65_536, 0);
+pub static SLOTS: Array<ConnState> = Array::with_max_entries(HOT_SLOTS, 0);
 
-/// Sockets whose two slots were both taken. Rarely used, so not preallocated.
+/// Sockets whose two slots were both taken: the capacity beyond the hot slots
+/// (`--max-connections`). Grows on demand, so not preallocated.
 #[map]
 pub static CONNS: HashMap<u64, ConnState> = HashMap::with_max_entries(65_536, BPF_F_NO_PREALLOC);
 

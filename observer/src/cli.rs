@@ -54,11 +54,13 @@ pub struct RunArgs {
     pub record: Option<PathBuf>,
     #[command(flatten)]
     pub filters: Filters,
-    /// Sockets tracked at once in the kernel; beyond it new sockets are counted as lost.
+    /// Sockets tracked at once in the kernel beyond the 2048 cache-hot slots; beyond that, new
+    /// sockets are counted as lost.
     #[arg(long, value_name = "N", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
     pub max_connections: u32,
-    /// Ring buffer size in MiB (a power of two).
-    #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = ring_size)]
+    /// Ring buffer size in MiB (a power of two). Small keeps it cache-warm; raise it if loss
+    /// records show `ring_full` on bursts.
+    #[arg(long, value_name = "MIB", default_value_t = 1, value_parser = ring_size)]
     pub ring_mib: u32,
     #[arg(
         long,

@@ -164,7 +164,7 @@ impl Probe {
             return Err(ProbeError::NotRoot);
         }
         let (layout, choices) = resolve_layout()?;
-        let slots = config.max_connections.next_power_of_two();
+        let slots = observer_common::HOT_SLOTS;
         let settings = Settings {
             emit_transitions: u32::from(config.transitions),
             wakeup_bytes: config.ring_bytes / 4,
