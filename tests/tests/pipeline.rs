@@ -359,3 +359,46 @@ fn sigusr1_pauses_and_sigusr2_resumes_capture() {
         assert_eq!(field(r, "source.bytes"), 2);
     }
 }
+
+#[test]
+fn more_live_sockets_than_hot_slots_lose_nothing() {
+    if !privileged("more_live_sockets_than_hot_slots_lose_nothing") {
+        return;
+    }
+    // 1500 connections open at once: 3000 live sockets, far beyond the 512 cache-hot slots,
+    // so most of them live in the fallback hash map.
+    const N: u64 = 1500;
+    let ns = NetNs::new("many");
+    let obs = Observer::start(&ns, &[]);
+    let script = format!(
+        "import socket\n\
+         l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen({N})\n\
+         cs = [socket.create_connection(l.getsockname()) for _ in range({N})]\n\
+         ss = [l.accept()[0] for _ in range({N})]\n\
+         for c in cs: c.sendall(b'x')\n\
+         for s in ss: assert s.recv(1) == b'x'\n\
+         for c in cs: c.close()\n\
+         for s in ss: s.close()\n"
+    );
+    let status = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "/usr/bin/python3", "-c", &script])
+        .status()
+        .expect("python");
+    assert!(status.success());
+    let expected = usize::try_from(2 * N).expect("fits");
+    let records = obs.wait_records("observer.connection", expected);
+    let stopped = obs.stop();
+    stopped.assert_clean();
+    assert_eq!(records.len(), expected);
+    assert_eq!(stopped.dataset("observer.connection").len(), expected);
+    for r in &records {
+        assert_eq!(field(r, "source.bytes"), 1, "{r}");
+        let role = field(r, "conn.role");
+        let want: &[&str] = if role == "client" {
+            &["SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT"]
+        } else {
+            &["SYN_RECV", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK", "CLOSE"]
+        };
+        assert_eq!(states(r), want, "{r}");
+    }
+}
