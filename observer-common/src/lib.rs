@@ -14,7 +14,7 @@
 use core::mem::{align_of, size_of};
 
 /// Bumped whenever a layout below changes. Recordings carry it, and replay refuses a mismatch.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Transitions kept per socket in the kernel. Beyond this the last slot is overwritten, so the
 /// final state is never lost, and `ConnState::n_transitions` tells how many there were.
@@ -155,29 +155,31 @@ pub struct ConnState {
     pub key: u64,
     /// When the socket was born (its first transition) or first seen.
     pub birth_ns: u64,
-    /// When `accept()` returned it, for server sockets.
-    pub accept_ns: u64,
+    // Every transition touches only the fields up to `resets_received`: the first 96 bytes,
+    // two cache lines.
     /// Timestamp of each transition in `states`.
     pub ts: [u64; MAX_TRANSITIONS],
-    pub tuple: Endpoints,
-    pub owner: Owner,
-    /// Inode number of the socket's network namespace.
-    pub netns: u32,
-    /// `tcp:tcp_retransmit_skb` while in `SYN_SENT`.
-    pub retrans_syn: u32,
-    /// `tcp:tcp_retransmit_skb` in any other state.
-    pub retrans_data: u32,
-    pub resets_sent: u16,
-    pub resets_received: u16,
-    /// The kernel's `enum sk_rst_reason` of the last RST sent, plus one; 0 when unknown.
-    pub rst_reason: u32,
+    /// The new state of each transition, in order.
+    pub states: [u8; MAX_TRANSITIONS],
     pub flags: u16,
     /// How many transitions happened, saturating at 255.
     pub n_transitions: u8,
     /// The state before the first recorded transition.
     pub first_state: u8,
-    /// The new state of each transition, in order.
-    pub states: [u8; MAX_TRANSITIONS],
+    pub resets_sent: u16,
+    pub resets_received: u16,
+    /// `tcp:tcp_retransmit_skb` while in SYN_SENT.
+    pub retrans_syn: u32,
+    /// `tcp:tcp_retransmit_skb` in any other state.
+    pub retrans_data: u32,
+    /// The kernel's `enum sk_rst_reason` of the last RST sent, plus one; 0 when unknown.
+    pub rst_reason: u32,
+    /// Inode number of the socket's network namespace.
+    pub netns: u32,
+    /// When accept() returned it, for server sockets (`--accept-hook`).
+    pub accept_ns: u64,
+    pub tuple: Endpoints,
+    pub owner: Owner,
 }
 
 impl ConnState {

@@ -30,7 +30,7 @@ use observer_common::{
 
 use crate::{
     kernel::{self, Direct},
-    runtime::{EVENTS, LISTENERS, count, emit_transitions, header, wakeup_flags},
+    runtime::{EVENTS, LISTENERS, count, emit_transitions, header, submit_flags},
 };
 
 pub fn on_set_state(ctx: &BtfTracePointContext) {
@@ -220,13 +220,12 @@ fn emit_closed(sk: u64, tp: Direct, st: &ConnState, now: u64) {
     let event = entry.as_mut_ptr();
     // SAFETY: `event` points at reserved ring memory large enough for a ConnClosed.
     unsafe {
-        (*event).header = header(kind::CONN_CLOSED, size_of::<ConnClosed>(), now);
+        (*event).header = header(kind::CONN_CLOSED, size_of::<ConnClosed>(), now, 0);
         (*event).sk = sk;
         (*event).state = *st;
         (*event).close = kernel::close_info(tp);
     }
-    count(counter::EVENTS);
-    entry.submit(wakeup_flags());
+    entry.submit(submit_flags());
 }
 
 // Inlined: BPF calls take at most five arguments.
@@ -239,7 +238,12 @@ fn emit_transition(sk: u64, tp: Direct, st: &ConnState, old: u8, new: u8, now: u
     let event = entry.as_mut_ptr();
     // SAFETY: `event` points at reserved ring memory large enough for a Transition.
     unsafe {
-        (*event).header = header(kind::TRANSITION, size_of::<Transition>(), now);
+        (*event).header = header(
+            kind::TRANSITION,
+            size_of::<Transition>(),
+            now,
+            bpf_get_current_pid_tgid(),
+        );
         (*event).sk = sk;
         (*event).birth_ns = st.birth_ns;
         (*event).tuple = Endpoints::default();
@@ -249,6 +253,5 @@ fn emit_transition(sk: u64, tp: Direct, st: &ConnState, old: u8, new: u8, now: u
         (*event).new_state = new;
         (*event).flags = st.flags;
     }
-    count(counter::EVENTS);
-    entry.submit(wakeup_flags());
+    entry.submit(submit_flags());
 }

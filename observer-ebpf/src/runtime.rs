@@ -75,7 +75,22 @@ const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
 
 /// Flags for a ring-buffer submit: wake userspace only once a batch is waiting.
-pub fn wakeup_flags() -> u64 {
+/// Counts the event about to be submitted and returns the submit flags: userspace is woken
+/// only once a batch is waiting. The fill level is checked on every 16th event of a CPU (a
+/// query reads the consumer position, which userspace writes from another CPU); the ring holds
+/// four times the wake-up threshold, and userspace also drains on a timer.
+pub fn submit_flags() -> u64 {
+    let Some(events) = COUNTERS.get_ptr_mut(counter::EVENTS) else {
+        return BPF_RB_NO_WAKEUP;
+    };
+    // SAFETY: per-CPU slot; programs do not preempt each other on one CPU for these hooks.
+    let n = unsafe {
+        *events += 1;
+        *events
+    };
+    if n % 16 != 0 {
+        return BPF_RB_NO_WAKEUP;
+    }
     // SAFETY: a plain read of an initialised static.
     let threshold = unsafe { core::ptr::read_volatile(&raw const SETTINGS.wakeup_bytes) };
     if EVENTS.query(BPF_RB_AVAIL_DATA) >= u64::from(threshold) {
@@ -92,14 +107,15 @@ pub fn count(index: u32) {
     }
 }
 
-/// The header every event starts with.
-pub fn header(kind: u16, len: usize, now: u64) -> EventHeader {
+/// The header every event starts with. `pid_tgid` is the current task's, which is only
+/// meaningful for events raised in process context; the close event leaves it 0.
+pub fn header(kind: u16, len: usize, now: u64, pid_tgid: u64) -> EventHeader {
     EventHeader {
         kind,
         // Event sizes are compile-time constants far below 64 KiB.
         len: len as u16,
         _pad: 0,
         ts_ns: now,
-        pid_tgid: bpf_get_current_pid_tgid(),
+        pid_tgid,
     }
 }

@@ -12,7 +12,11 @@
 //!   unread data send their RST after CLOSE), by a time-wait socket, or with no socket.
 //! - **Fallback:** none needed; the four exist on every supported kernel.
 
-use aya_ebpf::{EbpfContext as _, helpers::bpf_ktime_get_boot_ns, programs::TracePointContext};
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns},
+    programs::TracePointContext,
+};
 use observer_common::{
     ABSENT, AF_INET6, Endpoints, Reset, SynackRetransmit, counter, kind, reset_flag, reset_layout,
     tcp_state,
@@ -20,7 +24,7 @@ use observer_common::{
 
 use crate::{
     kernel::{self, Kmem as _, Probe},
-    runtime::{EVENTS, count, header, layout, wakeup_flags},
+    runtime::{EVENTS, count, header, layout, submit_flags},
 };
 
 /// A field of the tracepoint record. The context pointer cannot be offset by a value the
@@ -107,7 +111,12 @@ pub fn on_send_reset(ctx: &TracePointContext) {
     }
     // SAFETY: `event` points at reserved ring memory large enough for a Reset.
     unsafe {
-        (*event).header = header(kind::RESET, size_of::<Reset>(), now());
+        (*event).header = header(
+            kind::RESET,
+            size_of::<Reset>(),
+            now(),
+            bpf_get_current_pid_tgid(),
+        );
         (*event).sk = sk;
         (*event).tuple = tuple.unwrap_or_default();
         (*event).reason = reason.unwrap_or(0);
@@ -115,8 +124,7 @@ pub fn on_send_reset(ctx: &TracePointContext) {
         (*event).flags = flags;
         (*event)._pad = 0;
     }
-    count(counter::EVENTS);
-    entry.submit(wakeup_flags());
+    entry.submit(submit_flags());
 }
 
 /// The RST's local (saddr) and remote (daddr) ends, from whichever record layout this kernel has.
@@ -220,11 +228,11 @@ pub fn on_synack_retransmit(ctx: &TracePointContext) {
             kind::SYNACK_RETRANSMIT,
             size_of::<SynackRetransmit>(),
             now(),
+            bpf_get_current_pid_tgid(),
         );
         (*event).listener_sk = listener_sk;
         (*event).req = req;
         (*event).tuple = tuple;
     }
-    count(counter::EVENTS);
-    entry.submit(wakeup_flags());
+    entry.submit(submit_flags());
 }
