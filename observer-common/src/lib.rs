@@ -168,7 +168,7 @@ pub struct ConnState {
     pub first_state: u8,
     pub resets_sent: u16,
     pub resets_received: u16,
-    /// `tcp:tcp_retransmit_skb` while in SYN_SENT.
+    /// `tcp:tcp_retransmit_skb` while in `SYN_SENT`.
     pub retrans_syn: u32,
     /// `tcp:tcp_retransmit_skb` in any other state.
     pub retrans_data: u32,
@@ -176,7 +176,7 @@ pub struct ConnState {
     pub rst_reason: u32,
     /// Inode number of the socket's network namespace.
     pub netns: u32,
-    /// When accept() returned it, for server sockets (`--accept-hook`).
+    /// When `accept()` returned it, for server sockets (`--accept-hook`).
     pub accept_ns: u64,
     pub tuple: Endpoints,
     pub owner: Owner,
