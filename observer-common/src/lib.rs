@@ -14,7 +14,7 @@
 use core::mem::{align_of, size_of};
 
 /// Bumped whenever a layout below changes. Recordings carry it, and replay refuses a mismatch.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Transitions kept per socket in the kernel. Beyond this the last slot is overwritten, so the
 /// final state is never lost, and `ConnState::n_transitions` tells how many there were.
@@ -89,6 +89,8 @@ pub struct Owner {
     pub tgid: u32,
     pub uid: u32,
     pub comm: [u8; COMM_LEN],
+    /// The task's cgroup v2 id (`bpf_get_current_cgroup_id`): the inode of its cgroup directory.
+    pub cgroup_id: u64,
 }
 
 /// `ConnState::flags`.
@@ -178,6 +180,10 @@ pub struct ConnState {
     pub netns: u32,
     /// When `accept()` returned it, for server sockets (`--accept-hook`).
     pub accept_ns: u64,
+    /// A server socket's smoothed RTT when it became established, in µs: its first sample is
+    /// the time from its SYN-ACK to the handshake's last ACK.
+    pub handshake_rtt_us: u32,
+    pub _pad: u32,
     pub tuple: Endpoints,
     pub owner: Owner,
 }
@@ -231,6 +237,8 @@ pub struct ConnClosed {
 pub struct Transition {
     pub header: EventHeader,
     pub sk: u64,
+    /// `SO_COOKIE`: with `birth_ns`, joins the transition to its connection's uid.
+    pub cookie: u64,
     /// `ConnState::birth_ns` of the socket, so the transition joins its connection's uid.
     pub birth_ns: u64,
     pub tuple: Endpoints,
@@ -430,12 +438,12 @@ impl Settings {
 const _: () = {
     assert!(size_of::<EventHeader>() == 24);
     assert!(size_of::<Endpoints>() == 40);
-    assert!(size_of::<Owner>() == 24);
-    assert!(size_of::<ConnState>() == 184);
+    assert!(size_of::<Owner>() == 32);
+    assert!(size_of::<ConnState>() == 200);
     assert!(align_of::<ConnState>() == 8);
     assert!(size_of::<CloseInfo>() == 56);
-    assert!(size_of::<ConnClosed>() == 272);
-    assert!(size_of::<Transition>() == 88);
+    assert!(size_of::<ConnClosed>() == 288);
+    assert!(size_of::<Transition>() == 96);
     assert!(size_of::<Reset>() == 80);
     assert!(size_of::<SynackRetransmit>() == 80);
     assert!(size_of::<Layout>() == 57 * 4);

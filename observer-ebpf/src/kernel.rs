@@ -150,6 +150,11 @@ pub fn fill_identity(sk: impl Kmem, st: &mut ConnState) {
     }
 }
 
+/// The smoothed RTT in µs (`tcp_sock.srtt_us` holds it times 8).
+pub fn srtt_us(tp: impl Kmem) -> u32 {
+    tp.read::<u32>(layout!(tcp_srtt_us)).unwrap_or(0) >> 3
+}
+
 /// `sock.sk_err`: why the socket is dying, or 0.
 pub fn error(sk: impl Kmem) -> i32 {
     sk.read::<i32>(layout!(sk_err)).unwrap_or(0)

@@ -19,7 +19,7 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
-        generated::{bpf_get_current_comm, bpf_get_socket_cookie},
+        generated::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_socket_cookie},
     },
     programs::BtfTracePointContext,
 };
@@ -67,6 +67,9 @@ pub fn on_set_state(ctx: &BtfTracePointContext) {
     let st = unsafe { &mut *entry };
     push_transition(st, new, now);
     kernel::fill_identity(tp, st);
+    if new == tcp_state::ESTABLISHED && old == tcp_state::SYN_RECV {
+        st.handshake_rtt_us = kernel::srtt_us(tp);
+    }
     if emit_transitions() {
         emit_transition(sk, tp, st, old, new, now);
     }
@@ -195,6 +198,8 @@ pub fn set_current_owner(owner: &mut Owner) {
     owner.tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // The low half is the uid.
     owner.uid = bpf_get_current_uid_gid() as u32;
+    // SAFETY: no preconditions.
+    owner.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: the destination is COMM_LEN bytes of a map value.
     unsafe { bpf_get_current_comm(owner.comm.as_mut_ptr().cast(), COMM_LEN as u32) };
 }
@@ -245,6 +250,7 @@ fn emit_transition(sk: u64, tp: Direct, st: &ConnState, old: u8, new: u8, now: u
             bpf_get_current_pid_tgid(),
         );
         (*event).sk = sk;
+        (*event).cookie = st.key;
         (*event).birth_ns = st.birth_ns;
         (*event).tuple = Endpoints::default();
         let _ = kernel::endpoints(tp, &mut (*event).tuple);

@@ -8,7 +8,6 @@
 //!   it also drains on a timer.
 //! - `COUNTERS` is a per-CPU array: every event lost to a full ring or a full map is counted.
 
-use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},

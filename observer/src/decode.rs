@@ -185,7 +185,7 @@ mod tests {
         let closed = ConnClosed {
             header: EventHeader {
                 kind: kind::CONN_CLOSED,
-                len: 272,
+                len: u16::try_from(size_of::<ConnClosed>()).expect("fits"),
                 _pad: 0,
                 ts_ns: 9,
                 pid_tgid: 1,

@@ -46,6 +46,14 @@ pub fn write(c: &ConnRecord, host: &str, boot_to_unix_ns: i64, buf: &mut Vec<u8>
     raw(buf, c.uid.as_str());
     raw(buf, r#"","role":""#);
     raw(buf, c.role.as_str());
+    raw(buf, r#"","state":""#);
+    raw(buf, c.conn_state);
+    raw(buf, r#"","history":""#);
+    raw(buf, c.history.as_str());
+    raw(buf, r#"","close_initiator":""#);
+    raw(buf, c.close_initiator);
+    raw(buf, r#"","close_reason":""#);
+    raw(buf, c.close_reason);
     raw(buf, r#"","transitions":["#);
     for (i, step) in c.lifecycle.steps().iter().enumerate() {
         if i > 0 {
@@ -122,6 +130,14 @@ fn tail(c: &ConnRecord, buf: &mut Vec<u8>) {
     num(buf, c.retransmits.data);
     raw(buf, r#","srtt_us":"#);
     num(buf, c.srtt_us);
+    if let Some(rtt) = c.handshake_rtt_us {
+        raw(buf, r#","handshake_rtt_us":"#);
+        num(buf, rtt);
+    }
+    if let Some(wait) = c.accept_wait_us {
+        raw(buf, r#","accept_wait_us":"#);
+        num(buf, wait);
+    }
     buf.push(b'}');
     if let Some(p) = &c.process {
         raw(buf, r#","process":{"pid":"#);

@@ -7,6 +7,7 @@
 
 pub mod lifecycle;
 pub mod record;
+pub mod zeek;
 
 use std::collections::{HashMap, VecDeque};
 
@@ -221,7 +222,7 @@ impl Tracker {
         }
         let (local, remote) = ends_of(&t.tuple);
         out.push(Output::State(StateRecord {
-            uid: self.uid(t.sk, t.birth_ns),
+            uid: self.uid(t.cookie, t.birth_ns),
             ts_ns: t.header.ts_ns,
             old_state: t.old_state,
             new_state: t.new_state,
@@ -280,13 +281,34 @@ impl Tracker {
         } else {
             (local_end, remote_end)
         };
-        let start_ns = if st.flags & conn_flag::PRE_EXISTING != 0 {
+        let pre_existing = st.flags & conn_flag::PRE_EXISTING != 0;
+        let start_ns = if pre_existing {
             st.birth_ns
         } else {
             lifecycle.steps().first().map_or(st.birth_ns, |s| s.ts_ns)
         };
+        let resets_sent = u32::from(st.resets_sent) + u32::from(p.late.sent);
+        let facts = zeek::Facts {
+            orig_bytes: source.bytes,
+            resp_bytes: destination.bytes,
+            local_retransmits: st.retrans_data,
+            resets_sent,
+            resets_received: u32::from(st.resets_received),
+            sk_err: close.sk_err,
+            ..zeek::Facts::from_lifecycle(role, pre_existing, &lifecycle)
+        };
+        let established_ns = lifecycle
+            .steps()
+            .iter()
+            .find(|s| s.state == observer_common::tcp_state::ESTABLISHED)
+            .map(|s| s.ts_ns);
+        let handshake_rtt_us = match role {
+            Role::Client => established_ns.map(|e| e.saturating_sub(start_ns) / 1_000),
+            Role::Server => (st.handshake_rtt_us != 0).then_some(u64::from(st.handshake_rtt_us)),
+            Role::Unknown => None,
+        };
         ConnRecord {
-            uid: self.uid(c.sk, st.birth_ns),
+            uid: self.uid(st.key, st.birth_ns),
             role,
             pre_existing: st.flags & conn_flag::PRE_EXISTING != 0,
             cookie: st.key,
@@ -303,7 +325,7 @@ impl Tracker {
                 data: st.retrans_data,
             },
             srtt_us: close.srtt_us_x8 >> 3,
-            resets_sent: u32::from(st.resets_sent) + u32::from(p.late.sent),
+            resets_sent,
             resets_received: u32::from(st.resets_received),
             rst_reason: p.late_reason.or_else(|| st.rst_reason.checked_sub(1)),
             sk_err: close.sk_err,
@@ -313,11 +335,19 @@ impl Tracker {
                 comm: st.owner.comm,
             }),
             owner_source: owner_source(st.flags),
-            accept_ns: (st.accept_ns != 0).then_some(st.accept_ns),
+            conn_state: zeek::conn_state(&facts),
+            history: zeek::history(&facts),
+            close_initiator: zeek::close_initiator(&facts),
+            close_reason: zeek::close_reason(&facts),
+            handshake_rtt_us,
+            accept_wait_us: match (st.accept_ns, established_ns) {
+                (0, _) | (_, None) => None,
+                (accept, Some(est)) => Some(accept.saturating_sub(est) / 1_000),
+            },
         }
     }
 
-    /// A uid unique per socket lifetime, derived from (boot, socket address, birth time) so
+    /// A uid unique per socket lifetime, derived from (boot, socket cookie, birth time) so
     /// that replay reproduces it.
     fn uid(&self, sk: u64, birth_ns: u64) -> Uid {
         let boot_lo = u64::from_le_bytes(self.boot_id[..8].try_into().unwrap_or_default());

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use observer_common::{AF_INET6, COMM_LEN, Endpoints};
 
-use super::lifecycle::Lifecycle;
+use super::{lifecycle::Lifecycle, zeek::History};
 use crate::decode::Counters;
 
 /// Which end of the connection this socket is.
@@ -115,7 +115,15 @@ pub struct ConnRecord {
     /// How the owner was learnt: `connect`, `listen` (a server socket's listening process),
     /// `accept` or `close` (the process that closed it, i.e. used it last).
     pub owner_source: Option<&'static str>,
-    pub accept_ns: Option<u64>,
+    /// Zeek's `conn_state` and `history`, and how and why it closed (`zeek`).
+    pub conn_state: &'static str,
+    pub history: History,
+    pub close_initiator: &'static str,
+    pub close_reason: &'static str,
+    /// Client: SYN_SENT → ESTABLISHED. Server: its SYN-ACK → the handshake's last ACK.
+    pub handshake_rtt_us: Option<u64>,
+    /// Server, with `--accept-hook`: ESTABLISHED → accept() returned.
+    pub accept_wait_us: Option<u64>,
 }
 
 /// One state change (`--transitions`).

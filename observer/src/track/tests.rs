@@ -41,6 +41,7 @@ fn tuple(local_port: u16, remote_port: u16) -> Endpoints {
 /// A socket that lived through `path` (one transition per millisecond from `born`).
 fn closed(sk: u64, flags: u16, first: u8, path: &[u8], born: u64, t: Endpoints) -> ConnClosed {
     let mut st = ConnState::zeroed();
+    st.key = sk;
     st.birth_ns = born;
     st.first_state = first;
     st.flags = flags | conn_flag::TUPLE_VALID | conn_flag::OWNER_VALID;
@@ -50,6 +51,7 @@ fn closed(sk: u64, flags: u16, first: u8, path: &[u8], born: u64, t: Endpoints) 
         tgid: 42,
         uid: 1000,
         comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+        cgroup_id: 0,
     };
     for (i, &s) in path.iter().enumerate() {
         st.states[i] = s;
@@ -370,6 +372,7 @@ fn transition(sk: u64, ts: u64, old: u8, new: u8) -> Event {
     Event::Transition(Transition {
         header: header(kind::TRANSITION, ts),
         sk,
+        cookie: sk,
         birth_ns: 0,
         tuple: tuple(40000, 80),
         netns: 4_026_531_840,
