@@ -71,7 +71,7 @@ pub fn on_set_state(ctx: &BtfTracePointContext) {
         st.handshake_rtt_us = kernel::srtt_us(tp);
     }
     if emit_transitions() {
-        emit_transition(sk, tp, st, old, new, now);
+        emit_transition(sk, tp, st, u16::from(old) << 8 | u16::from(new), now);
     }
     if closed_by_its_process(tp, st, old, new) {
         refresh_owner(&mut st.owner);
@@ -110,6 +110,7 @@ fn closed_by_its_process(tp: Direct, st: &ConnState, old: u8, new: u8) -> bool {
 }
 
 /// Keeps `LISTENERS` in step with listening sockets.
+#[inline(never)]
 fn listener(st: &ConnState, new: u8) {
     let key = listener_key(st.netns, st.tuple.local_port);
     if new == tcp_state::LISTEN {
@@ -141,7 +142,7 @@ fn begin(sk: u64, cookie: u64, tp: Direct, old_new: u16, now: u64) {
     let st = unsafe { &mut *entry };
     born(st, tp, old, new, now);
     if emit_transitions() {
-        emit_transition(sk, tp, st, old, new, now);
+        emit_transition(sk, tp, st, u16::from(old) << 8 | u16::from(new), now);
     }
 }
 
@@ -173,6 +174,7 @@ fn born(st: &mut ConnState, tp: Direct, old: u8, new: u8, now: u64) {
 }
 
 /// Gives a server socket its listener's process as owner.
+#[inline(never)]
 fn listener_owner(st: &mut ConnState) {
     if st.flags & conn_flag::ROLE_SERVER == 0 {
         return;
@@ -217,6 +219,7 @@ fn push_transition(st: &mut ConnState, new: u8, now: u64) {
     st.n_transitions = st.n_transitions.saturating_add(1);
 }
 
+#[inline(never)]
 fn emit_closed(sk: u64, tp: Direct, st: &ConnState, now: u64) {
     let Some(mut entry) = EVENTS.reserve::<ConnClosed>(0) else {
         count(counter::RING_FULL);
@@ -233,9 +236,10 @@ fn emit_closed(sk: u64, tp: Direct, st: &ConnState, now: u64) {
     entry.submit(submit_flags());
 }
 
-// Inlined: BPF calls take at most five arguments.
-#[inline(always)]
-fn emit_transition(sk: u64, tp: Direct, st: &ConnState, old: u8, new: u8, now: u64) {
+// Out of line, like the other rare paths, to keep the hot path small.
+#[inline(never)]
+fn emit_transition(sk: u64, tp: Direct, st: &ConnState, old_new: u16, now: u64) {
+    let (old, new) = ((old_new >> 8) as u8, old_new as u8);
     let Some(mut entry) = EVENTS.reserve::<Transition>(0) else {
         count(counter::RING_FULL);
         return;

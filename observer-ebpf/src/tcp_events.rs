@@ -100,13 +100,18 @@ pub fn on_send_reset(ctx: &TracePointContext) {
         return;
     };
     let event = entry.as_mut_ptr();
-    let tuple = send_reset_endpoints(ctx);
+    // Filled in place from a zeroed value: an `Option<Endpoints>` returned by value leaves its
+    // payload undefined on the `None` path, and LLVM then copies registers that were never
+    // written there, which the verifier rejects ("R9 !read_ok"). 6.18 never saw it: the
+    // frozen layout made the field-layout branch dead code there; 6.1 takes that branch.
+    let mut tuple = Endpoints::default();
+    let tuple_valid = send_reset_endpoints(ctx, &mut tuple).is_some();
     let state = field::<i32>(ctx, layout!(tp_send_reset_state)).unwrap_or(0) as u8;
     let mut flags = reset_flag::SENT;
     if reason.is_some() {
         flags |= reset_flag::HAS_REASON;
     }
-    if tuple.is_some() {
+    if tuple_valid {
         flags |= reset_flag::TUPLE_VALID;
     }
     // SAFETY: `event` points at reserved ring memory large enough for a Reset.
@@ -118,7 +123,7 @@ pub fn on_send_reset(ctx: &TracePointContext) {
             bpf_get_current_pid_tgid(),
         );
         (*event).sk = sk;
-        (*event).tuple = tuple.unwrap_or_default();
+        (*event).tuple = tuple;
         (*event).reason = reason.unwrap_or(0);
         (*event).state = state;
         (*event).flags = flags;
@@ -127,29 +132,26 @@ pub fn on_send_reset(ctx: &TracePointContext) {
     entry.submit(submit_flags());
 }
 
-/// The RST's local (saddr) and remote (daddr) ends, from whichever record layout this kernel has.
-fn send_reset_endpoints(ctx: &TracePointContext) -> Option<Endpoints> {
+/// The RST's local (saddr) and remote (daddr) ends, from whichever record layout this kernel
+/// has, written into `ends`; `None` when a read failed (`ends` then holds what was read).
+fn send_reset_endpoints(ctx: &TracePointContext, ends: &mut Endpoints) -> Option<()> {
     match layout!(tp_send_reset_layout) {
         reset_layout::SOCKADDR => {
             let local = field::<[u8; 28]>(ctx, layout!(tp_send_reset_saddr))?;
             let remote = field::<[u8; 28]>(ctx, layout!(tp_send_reset_daddr))?;
-            Some(from_sockaddrs(&local, &remote))
+            from_sockaddrs(ends, &local, &remote);
+            Some(())
         }
         reset_layout::FIELDS => {
-            let family = field::<u16>(ctx, layout!(tp_send_reset_family))?;
-            let mut ends = Endpoints {
-                family,
-                local_port: field::<u16>(ctx, layout!(tp_send_reset_sport))?,
-                remote_port: field::<u16>(ctx, layout!(tp_send_reset_dport))?,
-                ..Endpoints::default()
-            };
+            ends.family = field::<u16>(ctx, layout!(tp_send_reset_family))?;
+            ends.local_port = field::<u16>(ctx, layout!(tp_send_reset_sport))?;
+            ends.remote_port = field::<u16>(ctx, layout!(tp_send_reset_dport))?;
             fill_addrs(
                 ctx,
-                &mut ends,
+                ends,
                 [layout!(tp_send_reset_saddr4), layout!(tp_send_reset_daddr4)],
                 [layout!(tp_send_reset_saddr6), layout!(tp_send_reset_daddr6)],
-            )?;
-            Some(ends)
+            )
         }
         _ => None,
     }
@@ -157,22 +159,17 @@ fn send_reset_endpoints(ctx: &TracePointContext) -> Option<Endpoints> {
 
 /// `struct sockaddr_in` / `sockaddr_in6` as the 6.10+ tracepoints store them: family (host
 /// order), port (network order), then the IPv4 address at 4 or the IPv6 address at 8.
-fn from_sockaddrs(local: &[u8; 28], remote: &[u8; 28]) -> Endpoints {
-    let family = u16::from_ne_bytes([local[0], local[1]]);
-    let mut ends = Endpoints {
-        family,
-        local_port: u16::from_be_bytes([local[2], local[3]]),
-        remote_port: u16::from_be_bytes([remote[2], remote[3]]),
-        ..Endpoints::default()
-    };
-    if family == AF_INET6 {
+fn from_sockaddrs(ends: &mut Endpoints, local: &[u8; 28], remote: &[u8; 28]) {
+    ends.family = u16::from_ne_bytes([local[0], local[1]]);
+    ends.local_port = u16::from_be_bytes([local[2], local[3]]);
+    ends.remote_port = u16::from_be_bytes([remote[2], remote[3]]);
+    if ends.family == AF_INET6 {
         ends.local_addr.copy_from_slice(&local[8..24]);
         ends.remote_addr.copy_from_slice(&remote[8..24]);
     } else {
         ends.local_addr[..4].copy_from_slice(&local[4..8]);
         ends.remote_addr[..4].copy_from_slice(&remote[4..8]);
     }
-    ends
 }
 
 fn fill_addrs(
