@@ -182,8 +182,22 @@ pub fn states(record: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Polls `f` until it returns `Some`, or panics after `timeout` with `what`.
+/// How much longer than on bare metal every wait may take: `OBSERVER_TEST_TIME_SCALE` (a
+/// number of at least 1, default 1). `cargo xtask test` sets it in its QEMU guests, whose software
+/// CPU emulation (TCG) runs the observer and the peers many times slower.
+#[must_use]
+pub fn time_scale() -> f64 {
+    std::env::var("OBSERVER_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 1.0)
+        .unwrap_or(1.0)
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout` (times [`time_scale`]) with
+/// `what`.
 pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let timeout = timeout.mul_f64(time_scale());
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
