@@ -21,6 +21,8 @@ struct Expect<'a> {
     error: Option<&'a str>,
     /// How the owner was learnt (`conn.owner_source`).
     owner: &'a str,
+    /// `conn.state`, `conn.history`, `conn.close_initiator`, `conn.close_reason`.
+    zeek: [&'a str; 4],
 }
 
 fn check(record: &Value, want: &Expect, window: (i64, i64)) {
@@ -56,6 +58,9 @@ fn check(record: &Value, want: &Expect, window: (i64, i64)) {
     assert_eq!(field(record, "tcp.retransmits"), want.retransmits, "{ctx}");
     assert_eq!(field(record, "conn.error").as_str(), want.error, "{ctx}");
     assert_eq!(field(record, "conn.owner_source"), want.owner, "{ctx}");
+    for (key, value) in ["state", "history", "close_initiator", "close_reason"].iter().zip(want.zeek) {
+        assert_eq!(field(record, &format!("conn.{key}")), value, "{key}: {ctx}");
+    }
     assert_eq!(field(record, "network.transport"), "tcp", "{ctx}");
     assert_eq!(
         field(record, "event.dataset"),
@@ -166,6 +171,9 @@ fn a_client_closes_first() {
         retransmits: 0,
         error: None,
         owner: "close",
+        // The client socket is handed to time-wait before the server's FIN: from its side,
+        // only the originator's FIN was seen.
+        zeek: ["S2", "ShADdF", "local", "fin"],
     };
     check(c, &base, (start, end));
     assert_eq!(field(c, "conn.time_wait"), true);
@@ -177,6 +185,7 @@ fn a_client_closes_first() {
             role: "server",
             states: &["SYN_RECV", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK", "CLOSE"],
             peer: &server,
+            zeek: ["SF", "ShADdFf", "remote", "fin"],
             ..base
         },
         (start, end),
@@ -195,6 +204,8 @@ fn b_server_closes_first() {
     let (mut client, mut server, port, cport) = connect(&ns, "4", "127.0.0.1", 7, 70_000);
     server.ok("close");
     assert_eq!(client.ok("wait_eof")["extra"], 0);
+    // The server socket is handed to time-wait before the client's FIN comes.
+    ns.wait_tcp_state(port, "fin-wait-2");
     client.ok("close");
     let records = obs.wait_records("observer.connection", 2);
     let end = now_us();
@@ -213,6 +224,7 @@ fn b_server_closes_first() {
         retransmits: 0,
         error: None,
         owner: "close",
+        zeek: ["SF", "ShADdfF", "remote", "fin"],
     };
     check(c, &base, (start, end));
     check(
@@ -227,6 +239,7 @@ fn b_server_closes_first() {
                 "TIME_WAIT",
             ],
             peer: &server,
+            zeek: ["S3", "ShADdf", "local", "fin"],
             ..base
         },
         (start, end),
@@ -277,6 +290,9 @@ fn c_simultaneous_close_reaches_closing() {
         retransmits: 1,
         error: None,
         owner: "close",
+        // `T`: the client retransmitted its FIN (letters follow a fixed order, see
+        // docs/lifecycle.md).
+        zeek: ["SF", "ShADdTFf", "simultaneous", "fin"],
     };
     check(c, &base, (start, end));
     assert_eq!(field(c, "tcp.retransmits_data"), 1);
@@ -293,6 +309,8 @@ fn c_simultaneous_close_reaches_closing() {
                 "TIME_WAIT",
             ],
             peer: &server,
+            // Handed to time-wait before the client's retransmitted FIN came.
+            zeek: ["S3", "ShADdf", "local", "fin"],
             retransmits: 0,
             ..base
         },
@@ -339,6 +357,7 @@ fn d_connect_to_a_closed_port_is_refused() {
             retransmits: 0,
             error: Some("ECONNREFUSED"),
             owner: "connect",
+            zeek: ["REJ", "Sr", "remote", "refused"],
         },
         (start, end),
     );
@@ -373,6 +392,7 @@ fn linger_zero(args: &[&str], server_owner: &str) {
         retransmits: 0,
         error: None,
         owner: "close",
+        zeek: ["RSTO", "ShADdR", "local", "rst_sent"],
     };
     check(c, &base, (start, end));
     check(
@@ -385,6 +405,7 @@ fn linger_zero(args: &[&str], server_owner: &str) {
             resets_received: 1,
             error: Some("ECONNRESET"),
             owner: server_owner,
+            zeek: ["RSTO", "ShADdR", "remote", "rst_received"],
             ..base
         },
         (start, end),
@@ -440,6 +461,7 @@ fn f_ipv6_client_close() {
         retransmits: 0,
         error: None,
         owner: "close",
+        zeek: ["SF", "ShADdFf", "local", "fin"],
     };
     check(c, &base, (start, end));
     check(
@@ -448,6 +470,7 @@ fn f_ipv6_client_close() {
             role: "server",
             states: &["SYN_RECV", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK", "CLOSE"],
             peer: &server,
+            zeek: ["SF", "ShADdFf", "remote", "fin"],
             ..base
         },
         (start, end),
