@@ -10,6 +10,7 @@ pub mod cli;
 pub mod decode;
 pub mod kernel;
 pub mod probe;
+pub mod procs;
 pub mod recording;
 pub mod sink;
 pub mod track;

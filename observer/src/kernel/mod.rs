@@ -3,6 +3,7 @@
 
 pub mod btf;
 pub mod layout;
+pub mod sockdiag;
 pub mod tracefs;
 
 use std::{os::unix::fs::MetadataExt as _, path::Path};

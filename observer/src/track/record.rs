@@ -120,9 +120,9 @@ pub struct ConnRecord {
     pub history: History,
     pub close_initiator: &'static str,
     pub close_reason: &'static str,
-    /// Client: SYN_SENT → ESTABLISHED. Server: its SYN-ACK → the handshake's last ACK.
+    /// Client: `SYN_SENT` → `ESTABLISHED`. Server: its SYN-ACK → the handshake's last ACK.
     pub handshake_rtt_us: Option<u64>,
-    /// Server, with `--accept-hook`: ESTABLISHED → accept() returned.
+    /// Server, with `--accept-hook`: `ESTABLISHED` → `accept()` returned.
     pub accept_wait_us: Option<u64>,
 }
 

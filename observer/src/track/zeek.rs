@@ -10,6 +10,7 @@ use observer_common::tcp_state::{CLOSE_WAIT, CLOSING, ESTABLISHED, FIN_WAIT1, LA
 use super::{lifecycle::Lifecycle, record::Role};
 
 /// What one socket knows about how its connection went.
+#[expect(clippy::struct_excessive_bools, reason = "independent observed facts, read by table-driven rules")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Facts {
     /// This socket is the originator (a client); false for a responder.
@@ -26,7 +27,7 @@ pub struct Facts {
     pub local_fin: bool,
     pub peer_fin: bool,
     pub local_fin_first: bool,
-    /// Both FINs crossed (FIN_WAIT1 → CLOSING).
+    /// Both FINs crossed (`FIN_WAIT1` → `CLOSING`).
     pub simultaneous: bool,
     pub resets_sent: u32,
     pub resets_received: u32,
