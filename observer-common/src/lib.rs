@@ -14,7 +14,7 @@
 use core::mem::{align_of, size_of};
 
 /// Bumped whenever a layout below changes. Recordings carry it, and replay refuses a mismatch.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// Transitions kept per socket in the kernel. Beyond this the last slot is overwritten, so the
 /// final state is never lost, and `ConnState::n_transitions` tells how many there were.
@@ -53,6 +53,10 @@ pub mod kind {
     pub const RESET: u16 = 3;
     /// [`crate::SynackRetransmit`]: a SYN-ACK retransmitted for a request socket.
     pub const SYNACK_RETRANSMIT: u16 = 4;
+    /// [`crate::ProcessExec`]: a process called execve().
+    pub const PROCESS_EXEC: u16 = 5;
+    /// [`crate::ProcessExit`]: a process (its thread-group leader) exited.
+    pub const PROCESS_EXIT: u16 = 6;
 }
 
 /// The header every event starts with. It never moves.
@@ -290,6 +294,27 @@ pub struct SynackRetransmit {
     pub tuple: Endpoints,
 }
 
+/// Bytes of an executed file name kept in [`ProcessExec`], NUL included.
+pub const EXEC_PATH_LEN: usize = 256;
+
+/// [`kind::PROCESS_EXEC`]: `header.pid_tgid` is the process; userspace names the owners of
+/// sockets by it, even once the process has exited.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessExec {
+    pub header: EventHeader,
+    /// The file name passed to execve(), NUL-terminated, truncated to fit.
+    pub filename: [u8; EXEC_PATH_LEN],
+}
+
+/// [`kind::PROCESS_EXIT`]: `header.pid_tgid` is the process whose leader exited; its pid may be
+/// reused from now on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessExit {
+    pub header: EventHeader,
+}
+
 /// Indexes of the per-CPU counter array `COUNTERS`.
 pub mod counter {
     /// Events dropped because the ring buffer was full.
@@ -398,7 +423,9 @@ pub struct Layout {
     pub skc_state: u32,
     /// `sock_common.skc_cookie`, for hooks that cannot call `bpf_get_socket_cookie`.
     pub skc_cookie: u32,
-    pub _pad: u32,
+    /// `sched:sched_process_exec`'s `filename` (a `__data_loc`: offset and length of the string
+    /// in the record).
+    pub tp_exec_filename: u32,
 }
 
 impl Layout {
@@ -446,6 +473,8 @@ const _: () = {
     assert!(size_of::<Transition>() == 96);
     assert!(size_of::<Reset>() == 80);
     assert!(size_of::<SynackRetransmit>() == 80);
+    assert!(size_of::<ProcessExec>() == 24 + EXEC_PATH_LEN);
+    assert!(size_of::<ProcessExit>() == 24);
     assert!(size_of::<Layout>() == 57 * 4);
     assert!(size_of::<Settings>() == 16);
 };

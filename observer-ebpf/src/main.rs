@@ -19,6 +19,8 @@ mod kernel;
 #[cfg(target_arch = "bpf")]
 mod lifecycle;
 #[cfg(target_arch = "bpf")]
+mod process;
+#[cfg(target_arch = "bpf")]
 mod runtime;
 #[cfg(target_arch = "bpf")]
 mod tcp_events;
@@ -57,6 +59,18 @@ mod programs {
     #[tracepoint]
     pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
         crate::tcp_events::on_receive_reset(&ctx);
+        0
+    }
+
+    #[tracepoint]
+    pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+        crate::process::on_exec(&ctx);
+        0
+    }
+
+    #[tracepoint]
+    pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+        crate::process::on_exit();
         0
     }
 

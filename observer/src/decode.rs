@@ -7,7 +7,8 @@
 use std::mem::size_of;
 
 use observer_common::{
-    ConnClosed, EventHeader, Reset, SynackRetransmit, Transition, counter, kind,
+    ConnClosed, EventHeader, ProcessExec, ProcessExit, Reset, SynackRetransmit, Transition,
+    counter, kind,
 };
 use thiserror::Error;
 
@@ -29,6 +30,8 @@ pub enum Event {
     Reset(Reset),
     SynackRetransmit(SynackRetransmit),
     Counters(Counters),
+    Exec(ProcessExec),
+    Exit(ProcessExit),
 }
 
 impl Event {
@@ -41,6 +44,8 @@ impl Event {
             Event::Reset(e) => e.header.ts_ns,
             Event::SynackRetransmit(e) => e.header.ts_ns,
             Event::Counters(c) => c.ts_ns,
+            Event::Exec(e) => e.header.ts_ns,
+            Event::Exit(e) => e.header.ts_ns,
         }
     }
 }
@@ -96,6 +101,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         kind::TRANSITION => exact(&header, bytes).map(Event::Transition),
         kind::RESET => exact(&header, bytes).map(Event::Reset),
         kind::SYNACK_RETRANSMIT => exact(&header, bytes).map(Event::SynackRetransmit),
+        kind::PROCESS_EXEC => exact(&header, bytes).map(Event::Exec),
+        kind::PROCESS_EXIT => exact(&header, bytes).map(Event::Exit),
         KIND_COUNTERS => {
             let frame: CountersFrame = exact(&header, bytes)?;
             Ok(Event::Counters(Counters {
@@ -129,6 +136,8 @@ pub fn encode_into(event: &Event, out: &mut Vec<u8>) {
         Event::Transition(e) => bytes(e, out),
         Event::Reset(e) => bytes(e, out),
         Event::SynackRetransmit(e) => bytes(e, out),
+        Event::Exec(e) => bytes(e, out),
+        Event::Exit(e) => bytes(e, out),
         Event::Counters(c) => bytes(
             &CountersFrame {
                 header: EventHeader {

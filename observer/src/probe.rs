@@ -69,6 +69,18 @@ pub const HOOKS: &[Hook] = &[
         optional: false,
     },
     Hook {
+        program: "sched_process_exec",
+        kind: HookKind::Tracepoint(&[("sched", "sched_process_exec")]),
+        role: "the executable of socket owners that exit before userspace sees them",
+        optional: false,
+    },
+    Hook {
+        program: "sched_process_exit",
+        kind: HookKind::Tracepoint(&[("sched", "sched_process_exit")]),
+        role: "process exits (pid reuse)",
+        optional: false,
+    },
+    Hook {
         program: "sys_exit_accept",
         kind: HookKind::Tracepoint(&[
             ("syscalls", "sys_exit_accept4"),

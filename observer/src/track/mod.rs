@@ -117,6 +117,7 @@ impl Tracker {
             Event::Reset(r) => self.reset(r),
             Event::SynackRetransmit(s) => self.synack(s),
             Event::Counters(c) => self.counters(c, out),
+            Event::Exec(_) | Event::Exit(_) => {}
         }
     }
 
