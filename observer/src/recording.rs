@@ -20,6 +20,10 @@ use crate::decode::{self, DecodeError, Event};
 
 const MAGIC: &[u8; 8] = b"OBSREC01";
 
+/// The oldest ABI whose recordings this build reads: every layout recorded since then is
+/// unchanged (ABI 5 only added event kinds and load-time offsets).
+const OLDEST_READABLE_ABI: u32 = 4;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Header {
     pub abi_version: u32,
@@ -60,7 +64,7 @@ pub enum RecordingError {
     Io { path: PathBuf, err: io::Error },
     #[error("{0} is not an observer recording (bad magic)")]
     NotRecording(PathBuf),
-    #[error("{path}: recording made by ABI version {found}, this observer reads {expected}")]
+    #[error("{path}: recording made by ABI version {found}, this observer reads {OLDEST_READABLE_ABI} to {expected}")]
     Abi {
         path: PathBuf,
         found: u32,
@@ -187,7 +191,7 @@ impl Replay {
                 path: path.to_owned(),
                 err,
             })?;
-        if header.abi_version != observer_common::ABI_VERSION {
+        if !(OLDEST_READABLE_ABI..=observer_common::ABI_VERSION).contains(&header.abi_version) {
             return Err(RecordingError::Abi {
                 path: path.to_owned(),
                 found: header.abi_version,
