@@ -33,6 +33,8 @@ fn check_reports_every_hook_on_this_kernel() {
         "tracepoint tcp:tcp_retransmit_synack",
         "tracepoint tcp:tcp_send_reset",
         "tracepoint tcp:tcp_receive_reset",
+        "tracepoint sched:sched_process_exec",
+        "tracepoint sched:sched_process_exit",
         "tracepoint syscalls:sys_exit_accept4",
         "tracepoint syscalls:sys_exit_accept",
         "kernel layout (BTF + tracefs)",
@@ -45,7 +47,7 @@ fn check_reports_every_hook_on_this_kernel() {
         assert!(row.contains(" ok "), "{row}");
     }
     assert!(
-        stdout.contains("7 hooks: tp_btf:inet_sock_set_state"),
+        stdout.contains("9 hooks: tp_btf:inet_sock_set_state"),
         "{stdout}"
     );
     assert!(
