@@ -53,7 +53,7 @@ pub mod kind {
     pub const RESET: u16 = 3;
     /// [`crate::SynackRetransmit`]: a SYN-ACK retransmitted for a request socket.
     pub const SYNACK_RETRANSMIT: u16 = 4;
-    /// [`crate::ProcessExec`]: a process called execve().
+    /// [`crate::ProcessExec`]: a process called `execve()`.
     pub const PROCESS_EXEC: u16 = 5;
     /// [`crate::ProcessExit`]: a process (its thread-group leader) exited.
     pub const PROCESS_EXIT: u16 = 6;
@@ -303,7 +303,7 @@ pub const EXEC_PATH_LEN: usize = 256;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcessExec {
     pub header: EventHeader,
-    /// The file name passed to execve(), NUL-terminated, truncated to fit.
+    /// The file name passed to `execve()`, NUL-terminated, truncated to fit.
     pub filename: [u8; EXEC_PATH_LEN],
 }
 

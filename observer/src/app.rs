@@ -1,6 +1,10 @@
 //! Wires the pipeline (probe → decode → track → sink) for a live run and for replay.
 
-use std::{path::Path, process::ExitCode, time::Duration};
+use std::{
+    path::Path,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result};
 use clap::Parser as _;
@@ -11,8 +15,10 @@ use tokio::{
 
 use crate::{
     check,
-    cli::{Cli, Command, Filters, ReplayArgs, RunArgs},
+    cli::{Cli, Command, DEFAULT_MAX_CONNECTIONS, Filters, ReplayArgs, RunArgs},
     decode::{self, Counters, Event},
+    facts::{Fact, Purpose, Tracked},
+    gather::{self, Resolver},
     kernel,
     probe::{Probe, ProbeConfig},
     recording::{Header, Recorder, Replay},
@@ -27,6 +33,9 @@ use crate::{
 const DRAIN_EVERY: Duration = Duration::from_millis(50);
 /// How often the kernel's loss counters are read.
 const COUNTERS_EVERY: Duration = Duration::from_secs(1);
+/// The least time between two reads of the kernel's socket table for records waiting for
+/// their other end.
+const TABLE_EVERY: Duration = Duration::from_millis(500);
 
 /// Entry point of the binary.
 #[must_use]
@@ -79,6 +88,9 @@ struct Pipeline {
     buf: Vec<u8>,
     scratch: Vec<u8>,
     warned_decode: bool,
+    /// Looks up owners' executables and cgroups (live runs only: a replay has them recorded).
+    resolver: Option<Resolver>,
+    facts: Vec<Fact>,
 }
 
 impl Pipeline {
@@ -92,15 +104,26 @@ impl Pipeline {
             buf: Vec::with_capacity(1 << 20),
             scratch: Vec::new(),
             warned_decode: false,
+            resolver: None,
+            facts: Vec::new(),
         }
     }
 
     /// One event as the kernel wrote it.
     fn raw(&mut self, bytes: &[u8]) {
+        let decoded = decode::decode(bytes);
+        if let (Some(resolver), Ok(event)) = (&mut self.resolver, &decoded) {
+            match event {
+                Event::Closed(c) => resolver.owner_of(&c.state, c.header.ts_ns, &mut self.facts),
+                Event::Exit(e) => resolver.exited((e.header.pid_tgid >> 32) as u32),
+                _ => {}
+            }
+            self.record_facts();
+        }
         if let Some(rec) = &mut self.recorder {
             rec.frame(bytes);
         }
-        match decode::decode(bytes) {
+        match decoded {
             Ok(event) => self.tracker.ingest(&event, &mut self.outputs),
             Err(err) => {
                 self.tracker.note_decode_error();
@@ -112,6 +135,49 @@ impl Pipeline {
                 }
             }
         }
+    }
+
+    /// Feeds the facts the resolver found, before the event that needed them.
+    fn record_facts(&mut self) {
+        for fact in std::mem::take(&mut self.facts) {
+            self.event(&Event::Fact(Box::new(fact)));
+        }
+    }
+
+    /// The kernel's socket table, read now: fed after the ring is drained, so that no socket
+    /// that closed meanwhile comes back.
+    fn table(&mut self, probe: &Probe, ring: &mut Ring) {
+        let ts_ns = kernel::boottime_ns();
+        let states = match probe.table() {
+            Ok(states) => states,
+            Err(err) => {
+                eprintln!("observer: warning: {err:#}; peers and updates are incomplete");
+                return;
+            }
+        };
+        drain(ring, self);
+        if let Some(resolver) = &mut self.resolver {
+            for st in &states {
+                resolver.owner_of(st, ts_ns, &mut self.facts);
+            }
+        }
+        self.record_facts();
+        self.event(&Event::Tracked(Tracked { ts_ns, states }));
+    }
+
+    /// Every TCP socket of the host, listed now for `purpose`.
+    fn scan(&mut self, purpose: Purpose, ring: &mut Ring) {
+        let ts_ns = kernel::boottime_ns();
+        let (scan, warnings) = gather::scan(ts_ns, purpose, purpose == Purpose::Seed);
+        for w in warnings {
+            eprintln!("observer: warning: {w}");
+        }
+        drain(ring, self);
+        if let Some(resolver) = &mut self.resolver {
+            resolver.scan(&scan, &mut self.facts);
+        }
+        self.record_facts();
+        self.event(&Event::Fact(Box::new(Fact::Sockets(scan))));
     }
 
     fn event(&mut self, event: &Event) {
@@ -190,7 +256,9 @@ fn run(args: &RunArgs) -> Result<()> {
         .map(|p| Recorder::create(p, &header))
         .transpose()?;
     let encoder = Encoder::new(header.host.clone(), header.boot_to_unix_ns);
-    let mut pipeline = Pipeline::new(Tracker::new(boot_id, filter), encoder, sink, recorder);
+    let tracker = Tracker::new(boot_id, filter, args.max_connections as usize);
+    let mut pipeline = Pipeline::new(tracker, encoder, sink, recorder);
+    pipeline.resolver = Some(Resolver::new());
     eprintln!(
         "observer: capturing on {} ({})",
         header.kernel,
@@ -227,10 +295,12 @@ impl Signals {
     }
 }
 
+type Ring = aya::maps::RingBuf<aya::maps::MapData>;
+
 async fn live(
     signals: Signals,
     probe: &mut Probe,
-    ring: aya::maps::RingBuf<aya::maps::MapData>,
+    ring: Ring,
     pipeline: &mut Pipeline,
     args: &RunArgs,
     header: &Header,
@@ -247,6 +317,9 @@ async fn live(
     } = signals;
     let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
     let mut counter_tick = tokio::time::interval(COUNTERS_EVERY);
+    let updates = Duration::from_secs(args.update_interval.max(1));
+    let mut update_tick = tokio::time::interval_at(tokio::time::Instant::now() + updates, updates);
+    let mut last_table = Instant::now();
     let deadline = tokio::time::sleep(args.duration.map_or(Duration::MAX / 4, Duration::from_secs));
     tokio::pin!(deadline);
 
@@ -266,6 +339,9 @@ async fn live(
     if pipeline.agent(&agent).is_err() {
         return Ok(());
     }
+    // The sockets that existed before: listed once the hooks are attached, so that a change
+    // during the listing is seen by both, and deduplicated by socket cookie.
+    pipeline.scan(Purpose::Seed, ring.get_mut());
     let outcome = loop {
         let result = tokio::select! {
             guard = ring.readable_mut() => {
@@ -276,6 +352,16 @@ async fn live(
             }
             _ = drain_tick.tick() => {
                 drain(ring.get_mut(), pipeline);
+                if pipeline.tracker.wants_table() && last_table.elapsed() >= TABLE_EVERY {
+                    pipeline.table(probe, ring.get_mut());
+                    last_table = Instant::now();
+                }
+                pipeline.flush(kernel::boottime_ns())
+            }
+            _ = update_tick.tick(), if args.update_interval > 0 => {
+                pipeline.table(probe, ring.get_mut());
+                last_table = Instant::now();
+                pipeline.scan(Purpose::Update, ring.get_mut());
                 pipeline.flush(kernel::boottime_ns())
             }
             _ = counter_tick.tick() => {
@@ -295,6 +381,10 @@ async fn live(
     };
 
     drain(ring.get_mut(), pipeline);
+    if outcome != "output closed" {
+        pipeline.table(probe, ring.get_mut());
+        pipeline.scan(Purpose::Final, ring.get_mut());
+    }
     let counters = Counters {
         ts_ns: kernel::boottime_ns(),
         values: probe.counters(),
@@ -352,7 +442,7 @@ fn toggle(
 }
 
 /// Feeds every event waiting in the ring to the pipeline. No syscalls: the ring is mmapped.
-fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, pipeline: &mut Pipeline) {
+fn drain(ring: &mut Ring, pipeline: &mut Pipeline) {
     while let Some(item) = ring.next() {
         pipeline.raw(&item);
     }
@@ -362,7 +452,11 @@ fn replay(args: &ReplayArgs) -> Result<()> {
     let (header, mut input) = Replay::open(&args.file)?;
     let filter = filter(&args.filters, true)?;
     let sink = open_sink(args.output.as_deref())?;
-    let tracker = Tracker::new(header.boot_id_bytes(), filter);
+    let tracker = Tracker::new(
+        header.boot_id_bytes(),
+        filter,
+        DEFAULT_MAX_CONNECTIONS as usize,
+    );
     let encoder = Encoder::new(header.host.clone(), header.boot_to_unix_ns);
     let mut pipeline = Pipeline::new(tracker, encoder, sink, None);
     let mut last_ts = 0;

@@ -54,10 +54,14 @@ pub struct RunArgs {
     pub record: Option<PathBuf>,
     #[command(flatten)]
     pub filters: Filters,
-    /// Sockets tracked at once in the kernel beyond the 2048 cache-hot slots; beyond that, new
-    /// sockets are counted as lost.
-    #[arg(long, value_name = "N", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
+    /// Connections tracked at once, in the kernel and in observer's table of open
+    /// connections; beyond that, new ones are counted as lost (`table_full`, `map_full`).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
     pub max_connections: u32,
+    /// Write an update record (`event.type` `["connection","info"]`) for every open connection
+    /// this often; 0 turns updates off. At shutdown every open connection gets a last record.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub update_interval: u64,
     /// Ring buffer size in MiB (a power of two). Small keeps it cache-warm; raise it if loss
     /// records show `ring_full` on bursts.
     #[arg(long, value_name = "MIB", default_value_t = 1, value_parser = ring_size)]
@@ -84,6 +88,9 @@ pub struct ReplayArgs {
     #[command(flatten)]
     pub filters: Filters,
 }
+
+/// The default of `--max-connections`.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 262_144;
 
 fn ring_size(s: &str) -> Result<u32, String> {
     let n: u32 = s.parse().map_err(|e| format!("{e}"))?;

@@ -7,14 +7,20 @@
 use std::mem::size_of;
 
 use observer_common::{
-    ConnClosed, EventHeader, ProcessExec, ProcessExit, Reset, SynackRetransmit, Transition,
-    counter, kind,
+    ConnClosed, ConnState, EventHeader, ProcessExec, ProcessExit, Reset, SynackRetransmit,
+    Transition, counter, kind,
 };
 use thiserror::Error;
+
+use crate::facts::{Fact, Tracked};
 
 /// Kind of the counter snapshots userspace writes into recordings. Kernel kinds stay below
 /// 0x8000.
 pub const KIND_COUNTERS: u16 = 0x8001;
+/// A [`Tracked`] table: the header, then its `ConnState`s back to back.
+pub const KIND_TRACKED: u16 = 0x8002;
+/// A [`Fact`]: the header, then its JSON.
+pub const KIND_FACT: u16 = 0x8003;
 
 /// A snapshot of the kernel's per-CPU counters, summed over CPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -23,7 +29,7 @@ pub struct Counters {
     pub values: [u64; counter::COUNT as usize],
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     Closed(ConnClosed),
     Transition(Transition),
@@ -32,6 +38,10 @@ pub enum Event {
     Counters(Counters),
     Exec(ProcessExec),
     Exit(ProcessExit),
+    /// Userspace read the kernel's socket table.
+    Tracked(Tracked),
+    /// Userspace learnt something outside the ring.
+    Fact(Box<Fact>),
 }
 
 impl Event {
@@ -46,6 +56,12 @@ impl Event {
             Event::Counters(c) => c.ts_ns,
             Event::Exec(e) => e.header.ts_ns,
             Event::Exit(e) => e.header.ts_ns,
+            Event::Tracked(t) => t.ts_ns,
+            Event::Fact(f) => match &**f {
+                Fact::Process(p) => p.ts_ns,
+                Fact::Sockets(s) => s.ts_ns,
+                Fact::Cgroup { .. } => 0,
+            },
         }
     }
 }
@@ -56,6 +72,10 @@ pub enum DecodeError {
     Truncated { got: usize, need: usize },
     #[error("unknown event kind {0}")]
     UnknownKind(u16),
+    #[error("a recorded table of {0} bytes is not a whole number of socket states")]
+    BadTable(usize),
+    #[error("a recorded fact is not valid JSON: {0}")]
+    BadFact(String),
     #[error("event kind {kind} declares {declared} bytes, its layout has {expected}")]
     BadLength {
         kind: u16,
@@ -110,7 +130,35 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 values: frame.values,
             }))
         }
+        KIND_TRACKED => {
+            let body = &bytes[size_of::<EventHeader>()..];
+            if !body.len().is_multiple_of(size_of::<ConnState>()) {
+                return Err(DecodeError::BadTable(body.len()));
+            }
+            let states = body
+                .chunks_exact(size_of::<ConnState>())
+                .map(read::<ConnState>)
+                .collect::<Result<_, _>>()?;
+            Ok(Event::Tracked(Tracked {
+                ts_ns: header.ts_ns,
+                states,
+            }))
+        }
+        KIND_FACT => serde_json::from_slice(&bytes[size_of::<EventHeader>()..])
+            .map(|fact| Event::Fact(Box::new(fact)))
+            .map_err(|e| DecodeError::BadFact(e.to_string())),
         other => Err(DecodeError::UnknownKind(other)),
+    }
+}
+
+/// The header of a variable-length userspace frame: its length is the recording frame's.
+fn frame_header(kind: u16, ts_ns: u64) -> EventHeader {
+    EventHeader {
+        kind,
+        len: 0,
+        _pad: 0,
+        ts_ns,
+        pid_tgid: 0,
     }
 }
 
@@ -138,6 +186,17 @@ pub fn encode_into(event: &Event, out: &mut Vec<u8>) {
         Event::SynackRetransmit(e) => bytes(e, out),
         Event::Exec(e) => bytes(e, out),
         Event::Exit(e) => bytes(e, out),
+        Event::Tracked(t) => {
+            bytes(&frame_header(KIND_TRACKED, t.ts_ns), out);
+            for st in &t.states {
+                bytes(st, out);
+            }
+        }
+        Event::Fact(fact) => {
+            bytes(&frame_header(KIND_FACT, event.ts_ns()), out);
+            // Serialising these plain types cannot fail.
+            let _ = serde_json::to_writer(&mut *out, &**fact);
+        }
         Event::Counters(c) => bytes(
             &CountersFrame {
                 header: EventHeader {

@@ -8,6 +8,8 @@ pub mod app;
 pub mod check;
 pub mod cli;
 pub mod decode;
+pub mod facts;
+pub mod gather;
 pub mod kernel;
 pub mod probe;
 pub mod procs;

@@ -64,7 +64,9 @@ pub enum RecordingError {
     Io { path: PathBuf, err: io::Error },
     #[error("{0} is not an observer recording (bad magic)")]
     NotRecording(PathBuf),
-    #[error("{path}: recording made by ABI version {found}, this observer reads {OLDEST_READABLE_ABI} to {expected}")]
+    #[error(
+        "{path}: recording made by ABI version {found}, this observer reads {OLDEST_READABLE_ABI} to {expected}"
+    )]
     Abi {
         path: PathBuf,
         found: u32,
@@ -318,8 +320,8 @@ mod tests {
         let (h, mut replay) = Replay::open(&path).expect("open");
         assert_eq!(h, header());
         assert_eq!(h.boot_id_bytes(), [0xab; 16]);
-        assert_eq!(replay.next_event().expect("1"), Some(events[0]));
-        assert_eq!(replay.next_event().expect("2"), Some(events[1]));
+        assert_eq!(replay.next_event().expect("1"), Some(events[0].clone()));
+        assert_eq!(replay.next_event().expect("2"), Some(events[1].clone()));
         assert_eq!(replay.next_event().expect("end"), None);
         assert!(replay.truncated);
         std::fs::remove_file(&path).expect("cleanup");

@@ -19,7 +19,7 @@ fn data(name: &str) -> PathBuf {
 /// Replays a recording as `observer replay` does; returns the NDJSON text.
 fn replay(name: &str, filter: Filter) -> String {
     let (header, mut input) = Replay::open(&data(name)).expect("recording opens");
-    let mut tracker = Tracker::new(header.boot_id_bytes(), filter);
+    let mut tracker = Tracker::new(header.boot_id_bytes(), filter, 262_144);
     let encoder = Encoder::new(header.host.clone(), header.boot_to_unix_ns);
     let (mut outputs, mut buf, mut last) = (Vec::<Output>::new(), Vec::new(), 0);
     while let Some(event) = input.next_event().expect("frame decodes") {

@@ -164,7 +164,8 @@ fn tracepoints(l: &mut Layout, root: &Path) -> Result<Choices, LayoutError> {
     let f = Format::read(root, "tcp", "tcp_receive_reset")?;
     l.tp_receive_reset_skaddr = f.offset("skaddr", 8)?;
 
-    l.tp_exec_filename = Format::read(root, "sched", "sched_process_exec")?.offset("filename", 4)?;
+    l.tp_exec_filename =
+        Format::read(root, "sched", "sched_process_exec")?.offset("filename", 4)?;
 
     let accept4 = Format::read(root, "syscalls", "sys_exit_accept4")?.offset("ret", 8)?;
     let accept = Format::read(root, "syscalls", "sys_exit_accept")?.offset("ret", 8)?;

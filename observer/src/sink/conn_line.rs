@@ -13,7 +13,7 @@ use super::{
 };
 use crate::track::{
     lifecycle::state_name,
-    record::{ConnRecord, End},
+    record::{ConnRecord, End, RecordKind},
 };
 
 /// Appends the line (without its newline) to `buf`.
@@ -29,15 +29,22 @@ pub fn write(c: &ConnRecord, host: &str, boot_to_unix_ns: i64, buf: &mut Vec<u8>
     raw(buf, end.as_str());
     raw(buf, r#"","schema_version":""#);
     raw(buf, SCHEMA_VERSION);
+    let closed = c.kind == RecordKind::Closed;
     raw(
         buf,
-        r#"","event":{"kind":"event","category":["network"],"type":["connection","end"],"dataset":"observer.connection","action":"closed","outcome":""#,
+        r#"","event":{"kind":"event","category":["network"],"type":["connection",""#,
     );
+    raw(buf, if closed { "end" } else { "info" });
+    raw(buf, r#""],"dataset":"observer.connection","action":""#);
+    raw(buf, c.kind.action());
+    raw(buf, r#"","outcome":""#);
     raw(buf, outcome);
     raw(buf, r#"","start":""#);
     raw(buf, ts(c.start_ns).as_str());
-    raw(buf, r#"","end":""#);
-    raw(buf, end.as_str());
+    if closed {
+        raw(buf, r#"","end":""#);
+        raw(buf, end.as_str());
+    }
     raw(buf, r#"","duration":"#);
     num(buf, c.end_ns.saturating_sub(c.start_ns));
     raw(buf, r#"},"host":{"name":"#);
@@ -101,6 +108,11 @@ pub fn write(c: &ConnRecord, host: &str, boot_to_unix_ns: i64, buf: &mut Vec<u8>
     num(buf, c.cookie);
     raw(buf, r#","netns":"#);
     num(buf, c.netns);
+    if let Some(peer) = &c.peer {
+        raw(buf, r#","peer_uid":""#);
+        raw(buf, peer.uid.as_str());
+        buf.push(b'"');
+    }
     raw(buf, r#"},"source":"#);
     end_fields(buf, &c.source);
     raw(buf, r#","destination":"#);
@@ -144,9 +156,29 @@ fn tail(c: &ConnRecord, buf: &mut Vec<u8>) {
         num(buf, p.pid);
         raw(buf, r#","name":"#);
         escaped(buf, p.name());
+        if let Some(exe) = &c.executable {
+            raw(buf, r#","executable":"#);
+            escaped(buf, exe);
+        }
+        if let Some(cgroup) = &c.cgroup {
+            raw(buf, r#","cgroup":"#);
+            escaped(buf, &cgroup.path);
+        }
         raw(buf, r#"},"user":{"id":""#);
         num(buf, p.uid);
         raw(buf, r#""}"#);
+        if let Some(id) = c.cgroup.as_ref().and_then(|g| g.container_id.as_deref()) {
+            raw(buf, r#","container":{"id":"#);
+            escaped(buf, id);
+            buf.push(b'}');
+        }
+    }
+    if let Some(peer) = c.peer.as_ref().and_then(|p| p.process.as_ref()) {
+        raw(buf, r#","peer":{"process":{"pid":"#);
+        num(buf, peer.pid);
+        raw(buf, r#","name":"#);
+        escaped(buf, peer.name());
+        raw(buf, "}}");
     }
     buf.push(b'}');
 }

@@ -5,24 +5,31 @@
 //! arrive just after the kernel's CLOSE: the RST of `tcp_disconnect()` (`SO_LINGER` 0, close with
 //! unread data) is sent after the state change.
 
+mod build;
 pub mod lifecycle;
+pub mod live;
+pub mod procs;
 pub mod record;
 pub mod zeek;
 
 use std::collections::{HashMap, VecDeque};
 
 use observer_common::{
-    ConnClosed, Endpoints, Reset, SynackRetransmit, Transition, conn_flag, reset_flag,
+    ConnClosed, ConnState, Endpoints, Reset, SynackRetransmit, Transition, conn_flag, reset_flag,
+    tcp_state,
 };
 
 use self::{
-    lifecycle::{LateResets, Lifecycle},
-    record::{
-        ConnRecord, End, LossRecord, Losses, Output, Process, Retransmits, Role, StateRecord, Uid,
-        ends_of, ip_of,
-    },
+    build::{owner, role_of, uid_of},
+    lifecycle::LateResets,
+    live::{Live, Open, TupleKey, key_of_state, reversed},
+    procs::Procs,
+    record::{LossRecord, Losses, Output, Peer, RecordKind, StateRecord, ends_of},
 };
-use crate::decode::{Counters, Event};
+use crate::{
+    decode::{Counters, Event},
+    facts::{Fact, Purpose, SocketScan},
+};
 
 /// Late facts join a closed socket's record when they happened at most this long after its
 /// CLOSE. The decision depends only on event timestamps, so live capture and replay agree.
@@ -47,10 +54,12 @@ pub struct Filter {
 
 impl Filter {
     fn admits(&self, netns: u32, t: &Endpoints) -> bool {
+        self.admits_ports(netns, t.local_port, t.remote_port)
+    }
+
+    fn admits_ports(&self, netns: u32, local: u16, remote: u16) -> bool {
         self.netns.is_none_or(|ns| ns == netns)
-            && self
-                .port
-                .is_none_or(|p| t.local_port == p || t.remote_port == p)
+            && self.port.is_none_or(|p| local == p || remote == p)
     }
 }
 
@@ -58,7 +67,16 @@ struct Pending {
     closed: ConnClosed,
     late: LateResets,
     late_reason: Option<u32>,
+    /// What the live table knew of it when it closed.
+    open: Option<Open>,
+    /// The other end, when it is on this host and known.
+    peer: Option<Peer>,
+    key: TupleKey,
 }
+
+/// How long a record whose other end may be on this host waits, past its grace period, for a
+/// kernel table that lists that end. Tables are read every second while records wait.
+const PEER_WAIT_NS: u64 = 3_000_000_000;
 
 /// Identity of a half-open connection, from the listener's side: (local, remote).
 type SynKey = ([u8; 16], u16, [u8; 16], u16);
@@ -78,6 +96,15 @@ pub struct Tracker {
     /// (close time, socket address), in arrival order.
     order: VecDeque<(u64, u64)>,
     synacks: HashMap<SynKey, (u32, u64)>,
+    /// Closed sockets waiting, by their (local, remote) tuple: the other end of a local
+    /// connection is often among them.
+    pending_by_tuple: HashMap<TupleKey, Vec<(u64, u64)>>,
+    /// Records whose other end may be on this host but is not known yet: (close time, address).
+    held: VecDeque<(u64, u64)>,
+    procs: Procs,
+    live: Live,
+    /// The observer's start (the seed listing's time): the lower bound of pre-existing starts.
+    started_ns: Option<u64>,
     last_counters: Counters,
     decode_errors: u64,
     reported: Losses,
@@ -89,7 +116,7 @@ pub struct Tracker {
 
 impl Tracker {
     #[must_use]
-    pub fn new(boot_id: [u8; 16], filter: Filter) -> Self {
+    pub fn new(boot_id: [u8; 16], filter: Filter, max_connections: usize) -> Self {
         Self {
             boot_id,
             filter,
@@ -97,6 +124,11 @@ impl Tracker {
             latest: HashMap::new(),
             order: VecDeque::new(),
             synacks: HashMap::new(),
+            pending_by_tuple: HashMap::new(),
+            held: VecDeque::new(),
+            procs: Procs::default(),
+            live: Live::new(max_connections),
+            started_ns: None,
             last_counters: Counters::default(),
             decode_errors: 0,
             reported: Losses::default(),
@@ -117,19 +149,101 @@ impl Tracker {
             Event::Reset(r) => self.reset(r),
             Event::SynackRetransmit(s) => self.synack(s),
             Event::Counters(c) => self.counters(c, out),
-            Event::Exec(_) | Event::Exit(_) => {}
+            Event::Exec(e) => self.procs.exec(e),
+            Event::Exit(e) => self
+                .procs
+                .exit((e.header.pid_tgid >> 32) as u32, e.header.ts_ns),
+            Event::Tracked(t) => self.live.tracked(t),
+            Event::Fact(f) => self.fact(f, out),
         }
+    }
+
+    fn fact(&mut self, f: &Fact, out: &mut Vec<Output>) {
+        match f {
+            Fact::Process(p) => self.procs.fact(p),
+            Fact::Cgroup { id, path } => self.procs.cgroup(*id, path),
+            Fact::Sockets(scan) => self.scan(scan, out),
+        }
+    }
+
+    /// A `sock_diag` listing: seeds the table at start; at an update interval or shutdown, a
+    /// record per open connection.
+    fn scan(&mut self, scan: &SocketScan, out: &mut Vec<Output>) {
+        if scan.purpose == Purpose::Seed {
+            self.started_ns.get_or_insert(scan.ts_ns);
+        }
+        let listed = self.live.seen(scan);
+        let kind = match scan.purpose {
+            Purpose::Update => RecordKind::Update,
+            Purpose::Final => RecordKind::Shutdown,
+            Purpose::Seed | Purpose::Snapshot => return,
+        };
+        for cookie in listed {
+            if let Some(record) = self.open_record_of(cookie, kind, scan.ts_ns) {
+                self.records += 1;
+                out.push(Output::Connection(record));
+            }
+        }
+    }
+
+    /// The record of an open connection, with its other end when that is open too.
+    fn open_record_of(
+        &mut self,
+        cookie: u64,
+        kind: RecordKind,
+        ts_ns: u64,
+    ) -> Option<record::ConnRecord> {
+        let open = self.live.get(cookie)?;
+        let (netns, key) = (open.netns, open.key);
+        if !self.filter.admits_ports(netns, key.1, key.3) {
+            return None;
+        }
+        let mut record = self.open_record(cookie, open, kind, ts_ns)?;
+        if record.peer.is_none() {
+            let boot_id = self.boot_id;
+            record.peer = self
+                .live
+                .peer_of(&key, netns, cookie)
+                .map(|(c, other)| peer_from_open(uid_of(&boot_id, c), other));
+        }
+        Some(record)
+    }
+
+    /// The open connections as the latest tables describe them (`observer snapshot`).
+    pub fn open_records(&mut self, ts_ns: u64) -> Vec<record::ConnRecord> {
+        let cookies: Vec<u64> = self.live.iter().map(|(&c, _)| c).collect();
+        cookies
+            .into_iter()
+            .filter_map(|c| self.open_record_of(c, RecordKind::Update, ts_ns))
+            .collect()
+    }
+
+    /// Whether records wait for a kernel table newer than the latest: `app` reads one.
+    #[must_use]
+    pub fn wants_table(&self) -> bool {
+        self.held
+            .front()
+            .is_some_and(|&(end, _)| self.live.tracked_ns < end.saturating_add(SKEW_NS))
     }
 
     /// Emits the records whose grace period ended by `now_ns`.
     pub fn flush_due(&mut self, now_ns: u64, out: &mut Vec<Output>) {
+        while let Some(&(end, sk)) = self.held.front() {
+            let waited_enough = end.saturating_add(GRACE_NS + PEER_WAIT_NS) <= now_ns;
+            if !waited_enough && self.live.tracked_ns < end.saturating_add(SKEW_NS) {
+                break;
+            }
+            self.held.pop_front();
+            self.emit(sk, end, true, out);
+        }
         while let Some(&(end, sk)) = self.order.front() {
             if end.saturating_add(GRACE_NS + SKEW_NS) > now_ns {
                 break;
             }
             self.order.pop_front();
-            self.emit(sk, end, out);
+            self.emit(sk, end, false, out);
         }
+        self.procs.expire(now_ns);
         if self.synacks.len() > 1024 {
             self.synacks
                 .retain(|_, &mut (_, last)| last.saturating_add(SYNACK_TTL_NS) > now_ns);
@@ -138,8 +252,11 @@ impl Tracker {
 
     /// Emits everything still held, then the loss summary. For shutdown and the end of a replay.
     pub fn finish(&mut self, now_ns: u64, out: &mut Vec<Output>) {
+        while let Some((end, sk)) = self.held.pop_front() {
+            self.emit(sk, end, true, out);
+        }
         while let Some((end, sk)) = self.order.pop_front() {
-            self.emit(sk, end, out);
+            self.emit(sk, end, true, out);
         }
         let total = self.losses();
         out.push(Output::Loss(LossRecord {
@@ -153,23 +270,35 @@ impl Tracker {
     }
 
     fn losses(&self) -> Losses {
-        Losses::from_counters(&self.last_counters, self.decode_errors)
+        Losses::from_counters(&self.last_counters, self.decode_errors, self.live.dropped)
     }
 
     fn closed(&mut self, closed: &ConnClosed) {
-        if closed.state.flags & conn_flag::ROLE_LISTENER != 0 {
+        let st = &closed.state;
+        if st.flags & conn_flag::ROLE_LISTENER != 0 {
+            self.live.unlisten(st.netns, st.tuple.local_port);
             return;
         }
         let end = closed.header.ts_ns;
-        let pending = Pending {
+        let key = key_of_state(st);
+        self.live.note_local_ip(key.0);
+        let mut pending = Pending {
             closed: *closed,
             late: LateResets::default(),
             late_reason: None,
+            peer: None,
+            open: self.live.closed(st.key, end),
+            key,
         };
+        pending.peer = pending.open.as_ref().and_then(|o| o.peer);
         if self.pending.insert((closed.sk, end), pending).is_some() {
             // The same address closing twice in one nanosecond: keep the newer, as the kernel did.
             return;
         }
+        self.pending_by_tuple
+            .entry(key)
+            .or_default()
+            .push((closed.sk, end));
         self.latest.insert(closed.sk, end);
         self.order.push_back((end, closed.sk));
     }
@@ -223,7 +352,7 @@ impl Tracker {
         }
         let (local, remote) = ends_of(&t.tuple);
         out.push(Output::State(StateRecord {
-            uid: self.uid(t.cookie, t.birth_ns),
+            uid: self.uid(t.cookie),
             ts_ns: t.header.ts_ns,
             old_state: t.old_state,
             new_state: t.new_state,
@@ -235,10 +364,30 @@ impl Tracker {
         }));
     }
 
-    fn emit(&mut self, sk: u64, end: u64, out: &mut Vec<Output>) {
+    /// Writes a closed socket's record. Its other end, when on this host, is looked up among
+    /// the closed sockets waiting and in the live table; if it may be on this host but is in
+    /// neither, the record waits for the next kernel table (unless `last_chance`).
+    fn emit(&mut self, sk: u64, end: u64, last_chance: bool, out: &mut Vec<Output>) {
+        let Some(p) = self.pending.get(&(sk, end)) else {
+            return;
+        };
+        let (key, netns) = (p.key, p.closed.state.netns);
+        let could_have_peer = p.peer.is_none()
+            && ever_established(&p.closed.state)
+            && self.filter.admits(netns, &p.closed.state.tuple);
+        if could_have_peer
+            && !self.join_pending(sk, end)
+            && !self.join_live(sk, end)
+            && !last_chance
+            && self.live.is_local(key.2)
+        {
+            self.held.push_back((end, sk));
+            return;
+        }
         let Some(p) = self.pending.remove(&(sk, end)) else {
             return;
         };
+        self.forget_pending(&p.key, sk, end);
         if self.latest.get(&sk) == Some(&end) {
             self.latest.remove(&sk);
         }
@@ -246,8 +395,7 @@ impl Tracker {
         if !self.filter.admits(st.netns, &st.tuple) {
             return;
         }
-        let role = role_of(st.flags);
-        let synack = if role == Role::Server {
+        let synack = if role_of(st.flags) == record::Role::Server {
             self.synacks
                 .remove(&syn_key(&st.tuple))
                 .map_or(0, |(n, _)| n)
@@ -255,158 +403,98 @@ impl Tracker {
             0
         };
         self.records += 1;
-        out.push(Output::Connection(self.record(&p, role, synack)));
+        let mut record =
+            self.closed_record(&p.closed, p.late, p.late_reason, synack, p.open.as_ref());
+        record.peer = p.peer;
+        out.push(Output::Connection(record));
     }
 
-    fn record(&self, p: &Pending, role: Role, synack: u32) -> ConnRecord {
-        let c = &p.closed;
-        let st = &c.state;
-        let close = &c.close;
-        let (local, remote) = ends_of(&st.tuple);
-        let lifecycle = Lifecycle::derive(st, close, p.late);
-        let (sent, received) = payload_bytes(c, &lifecycle);
-        let local_end = End {
-            ip: local.0,
-            port: local.1,
-            bytes: sent,
-            packets: close.segs_out,
+    /// The other end among the closed sockets waiting: each learns the other.
+    fn join_pending(&mut self, sk: u64, end: u64) -> bool {
+        let Some(p) = self.pending.get(&(sk, end)) else {
+            return false;
         };
-        let remote_end = End {
-            ip: remote.0,
-            port: remote.1,
-            bytes: received,
-            packets: close.segs_in,
+        let me = self.peer_of_closed(p);
+        let my_cookie = p.closed.state.key;
+        let Some(&(osk, oend)) = self
+            .pending_by_tuple
+            .get(&reversed(&p.key))
+            .and_then(|list| list.iter().find(|&&(s, _)| s != sk))
+        else {
+            return false;
         };
-        let (source, destination) = if role == Role::Server {
-            (remote_end, local_end)
-        } else {
-            (local_end, remote_end)
+        let Some(other) = self.pending.get_mut(&(osk, oend)) else {
+            return false;
         };
-        let pre_existing = st.flags & conn_flag::PRE_EXISTING != 0;
-        let start_ns = if pre_existing {
-            st.birth_ns
-        } else {
-            lifecycle.steps().first().map_or(st.birth_ns, |s| s.ts_ns)
+        if other.closed.state.key == my_cookie {
+            return false;
+        }
+        other.peer = Some(me);
+        let them = self
+            .pending
+            .get(&(osk, oend))
+            .map(|o| self.peer_of_closed(o));
+        if let Some(p) = self.pending.get_mut(&(sk, end)) {
+            p.peer = them;
+        }
+        true
+    }
+
+    /// The other end in the live table (still open): each learns the other.
+    fn join_live(&mut self, sk: u64, end: u64) -> bool {
+        let Some(p) = self.pending.get(&(sk, end)) else {
+            return false;
         };
-        let resets_sent = u32::from(st.resets_sent) + u32::from(p.late.sent);
-        let facts = zeek::Facts {
-            orig_bytes: source.bytes,
-            resp_bytes: destination.bytes,
-            local_retransmits: st.retrans_data,
-            resets_sent,
-            resets_received: u32::from(st.resets_received),
-            sk_err: close.sk_err,
-            ..zeek::Facts::from_lifecycle(role, pre_existing, &lifecycle)
+        let me = self.peer_of_closed(p);
+        let (key, netns, cookie) = (p.key, p.closed.state.netns, p.closed.state.key);
+        let Some((other_cookie, other)) = self.live.peer_of(&key, netns, cookie) else {
+            return false;
         };
-        let established_ns = lifecycle
-            .steps()
-            .iter()
-            .find(|s| s.state == observer_common::tcp_state::ESTABLISHED)
-            .map(|s| s.ts_ns);
-        let handshake_rtt_us = match role {
-            Role::Client => established_ns.map(|e| e.saturating_sub(start_ns) / 1_000),
-            Role::Server => (st.handshake_rtt_us != 0).then_some(u64::from(st.handshake_rtt_us)),
-            Role::Unknown => None,
-        };
-        ConnRecord {
-            uid: self.uid(st.key, st.birth_ns),
-            role,
-            pre_existing: st.flags & conn_flag::PRE_EXISTING != 0,
-            cookie: st.key,
-            netns: st.netns,
-            ipv6: ip_of(st.tuple.family, &st.tuple.local_addr).is_ipv6(),
-            source,
-            destination,
-            start_ns,
-            end_ns: c.header.ts_ns,
-            lifecycle,
-            retransmits: Retransmits {
-                syn: st.retrans_syn,
-                synack,
-                data: st.retrans_data,
-            },
-            srtt_us: close.srtt_us_x8 >> 3,
-            resets_sent,
-            resets_received: u32::from(st.resets_received),
-            rst_reason: p.late_reason.or_else(|| st.rst_reason.checked_sub(1)),
-            sk_err: close.sk_err,
-            process: (st.flags & conn_flag::OWNER_VALID != 0).then_some(Process {
-                pid: st.owner.tgid,
-                uid: st.owner.uid,
-                comm: st.owner.comm,
-            }),
-            owner_source: owner_source(st.flags),
-            conn_state: zeek::conn_state(&facts),
-            history: zeek::history(&facts),
-            close_initiator: zeek::close_initiator(&facts),
-            close_reason: zeek::close_reason(&facts),
-            handshake_rtt_us,
-            accept_wait_us: match (st.accept_ns, established_ns) {
-                (0, _) | (_, None) => None,
-                (accept, Some(est)) => Some(accept.saturating_sub(est) / 1_000),
-            },
+        other.peer = Some(me);
+        let them = peer_from_open(uid_of(&self.boot_id, other_cookie), other);
+        if let Some(p) = self.pending.get_mut(&(sk, end)) {
+            p.peer = Some(them);
+        }
+        true
+    }
+
+    fn peer_of_closed(&self, p: &Pending) -> Peer {
+        let seen = p.open.as_ref().and_then(|o| o.seen.as_ref());
+        Peer {
+            uid: self.uid(p.closed.state.key),
+            process: owner(&p.closed.state, seen).0,
         }
     }
 
-    /// A uid unique per socket lifetime, derived from (boot, socket cookie, birth time) so
-    /// that replay reproduces it.
-    fn uid(&self, sk: u64, birth_ns: u64) -> Uid {
-        let boot_lo = u64::from_le_bytes(self.boot_id[..8].try_into().unwrap_or_default());
-        let boot_hi = u64::from_le_bytes(self.boot_id[8..].try_into().unwrap_or_default());
-        let a = mix(mix(boot_lo ^ sk) ^ birth_ns);
-        let b = mix(mix(boot_hi ^ birth_ns.rotate_left(32)) ^ sk);
-        let mut n = (u128::from(a) << 64) | u128::from(b);
-        let mut out = [b'C'; 18];
-        for byte in &mut out[1..] {
-            *byte = ALPHABET[(n % 62) as usize];
-            n /= 62;
+    fn forget_pending(&mut self, key: &TupleKey, sk: u64, end: u64) {
+        if let Some(list) = self.pending_by_tuple.get_mut(key) {
+            list.retain(|&e| e != (sk, end));
+            if list.is_empty() {
+                self.pending_by_tuple.remove(key);
+            }
         }
-        Uid(out)
     }
 }
 
-/// Payload bytes sent (each byte once, however often it was retransmitted) and received.
-/// The kernel's `bytes_received` counts sequence space (RFC 4898), so a received FIN adds one.
-fn payload_bytes(c: &ConnClosed, lc: &Lifecycle) -> (u64, u64) {
-    let sent = c.close.bytes_sent.saturating_sub(c.close.bytes_retrans);
-    let received = c
-        .close
-        .bytes_received
-        .saturating_sub(u64::from(lc.fin_received));
-    (sent, received)
+/// Whether the socket had a connected peer socket (one that got past `SYN_RECV`).
+fn ever_established(st: &ConnState) -> bool {
+    use tcp_state::{CLOSE_WAIT, CLOSING, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, LAST_ACK};
+    let n = usize::from(st.n_transitions).min(st.states.len());
+    matches!(
+        st.first_state,
+        ESTABLISHED | FIN_WAIT1 | FIN_WAIT2 | CLOSE_WAIT | LAST_ACK | CLOSING
+    ) || st.states[..n].contains(&ESTABLISHED)
 }
 
-fn owner_source(flags: u16) -> Option<&'static str> {
-    if flags & conn_flag::OWNER_VALID == 0 {
-        None
-    } else if flags & conn_flag::OWNER_CLOSE != 0 {
-        Some("close")
-    } else if flags & conn_flag::OWNER_ACCEPT != 0 {
-        Some("accept")
-    } else if flags & conn_flag::OWNER_LISTENER != 0 {
-        Some("listen")
-    } else {
-        Some("connect")
-    }
-}
-
-fn role_of(flags: u16) -> Role {
-    if flags & conn_flag::ROLE_CLIENT != 0 {
-        Role::Client
-    } else if flags & conn_flag::ROLE_SERVER != 0 {
-        Role::Server
-    } else {
-        Role::Unknown
-    }
-}
-
-const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-
-/// `SplitMix64`'s finaliser.
-fn mix(mut x: u64) -> u64 {
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
+fn peer_from_open(uid: record::Uid, open: &Open) -> Peer {
+    let process = match &open.kernel {
+        Some(st) => owner(st, open.seen.as_ref()).0,
+        None => open.seen.as_ref().and_then(|s| {
+            let st = ConnState::zeroed();
+            owner(&st, Some(s)).0
+        }),
+    };
+    Peer { uid, process }
 }
 
 #[cfg(test)]

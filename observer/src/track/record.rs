@@ -1,11 +1,11 @@
 //! The tracker's outputs: plain data, oriented the way users read it (source = originator),
 //! formatted by the sinks.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
 use observer_common::{AF_INET6, COMM_LEN, Endpoints};
 
-use super::{lifecycle::Lifecycle, zeek::History};
+use super::{lifecycle::Lifecycle, procs::Cgroup, zeek::History};
 use crate::decode::Counters;
 
 /// Which end of the connection this socket is.
@@ -75,6 +75,35 @@ impl std::fmt::Debug for Uid {
     }
 }
 
+/// The other end of a connection, when it is on this host too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub uid: Uid,
+    pub process: Option<Process>,
+}
+
+/// Why a connection record was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    /// The socket closed: its whole life.
+    Closed,
+    /// Still open at an update interval: its life so far.
+    Update,
+    /// Still open when the observer stopped.
+    Shutdown,
+}
+
+impl RecordKind {
+    #[must_use]
+    pub fn action(self) -> &'static str {
+        match self {
+            RecordKind::Closed => "closed",
+            RecordKind::Update => "update",
+            RecordKind::Shutdown => "shutdown",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Retransmits {
     pub syn: u32,
@@ -89,9 +118,10 @@ impl Retransmits {
     }
 }
 
-/// One socket's whole life, emitted once it closed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One socket's whole life, emitted once it closed (or its life so far, for an open one).
+#[derive(Debug, Clone)]
 pub struct ConnRecord {
+    pub kind: RecordKind,
     pub uid: Uid,
     pub role: Role,
     pub pre_existing: bool,
@@ -112,8 +142,14 @@ pub struct ConnRecord {
     pub rst_reason: Option<u32>,
     pub sk_err: i32,
     pub process: Option<Process>,
+    /// The owner's executable, and its cgroup (with the container in it).
+    pub executable: Option<Arc<str>>,
+    pub cgroup: Option<Cgroup>,
+    /// The other end, when it is on this host.
+    pub peer: Option<Peer>,
     /// How the owner was learnt: `connect`, `listen` (a server socket's listening process),
-    /// `accept` or `close` (the process that closed it, i.e. used it last).
+    /// `accept`, `close` (the process that closed it, i.e. used it last) or `procfs` (the
+    /// process holding it, for a socket that existed before the observer).
     pub owner_source: Option<&'static str>,
     /// Zeek's `conn_state` and `history`, and how and why it closed (`zeek`).
     pub conn_state: &'static str,
@@ -166,11 +202,13 @@ pub struct Losses {
     pub read_failed: u64,
     /// Events userspace could not decode.
     pub decode_errors: u64,
+    /// Open connections userspace did not keep because its table was full.
+    pub table_full: u64,
 }
 
 impl Losses {
     #[must_use]
-    pub fn from_counters(c: &Counters, decode_errors: u64) -> Self {
+    pub fn from_counters(c: &Counters, decode_errors: u64, table_full: u64) -> Self {
         use observer_common::counter;
         let at = |i: u32| c.values[i as usize];
         Self {
@@ -179,6 +217,7 @@ impl Losses {
             transitions_truncated: at(counter::TRANSITIONS_TRUNCATED),
             read_failed: at(counter::READ_FAILED),
             decode_errors,
+            table_full,
         }
     }
 
@@ -192,6 +231,7 @@ impl Losses {
                 .saturating_sub(earlier.transitions_truncated),
             read_failed: self.read_failed.saturating_sub(earlier.read_failed),
             decode_errors: self.decode_errors.saturating_sub(earlier.decode_errors),
+            table_full: self.table_full.saturating_sub(earlier.table_full),
         }
     }
 
@@ -202,7 +242,7 @@ impl Losses {
 }
 
 /// What the tracker emits.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 #[expect(
     clippy::large_enum_variant,
     reason = "outputs live in a reused Vec; boxing would allocate once per record"

@@ -97,7 +97,7 @@ fn server(sk: u64, born: u64) -> ConnClosed {
 }
 
 fn run(filter: Filter, events: &[Event]) -> (Tracker, Vec<Output>) {
-    let mut tracker = Tracker::new([7; 16], filter);
+    let mut tracker = Tracker::new([7; 16], filter, 1024);
     let mut out = Vec::new();
     for e in events {
         tracker.ingest(e, &mut out);
@@ -157,7 +157,7 @@ fn client_and_server_are_oriented_from_the_originator() {
 
 #[test]
 fn records_wait_out_the_grace_period_then_flush_in_close_order() {
-    let mut t = Tracker::new([0; 16], Filter::default());
+    let mut t = Tracker::new([0; 16], Filter::default(), 1024);
     let mut out = Vec::new();
     t.ingest(&Event::Closed(client(1, 0)), &mut out);
     t.ingest(&Event::Closed(client(2, MS)), &mut out);
@@ -326,7 +326,7 @@ fn a_reused_socket_gives_two_records_with_two_uids() {
         0,
         tuple(40000, 81),
     );
-    let second = closed(
+    let mut second = closed(
         8,
         conn_flag::ROLE_CLIENT,
         CLOSE,
@@ -334,6 +334,8 @@ fn a_reused_socket_gives_two_records_with_two_uids() {
         2 * MS,
         tuple(40000, 82),
     );
+    // The same socket address, a new socket: a new cookie.
+    second.state.key = 9;
     let (t, out) = run(
         Filter::default(),
         &[Event::Closed(first), Event::Closed(second)],
@@ -346,7 +348,7 @@ fn a_reused_socket_gives_two_records_with_two_uids() {
 }
 
 #[test]
-fn pre_existing_sockets_have_no_role() {
+fn pre_existing_sockets_get_a_role_from_their_ports() {
     let old = closed(
         7,
         conn_flag::PRE_EXISTING,
@@ -358,12 +360,10 @@ fn pre_existing_sockets_have_no_role() {
     let (t, out) = run(Filter::default(), &[Event::Closed(old)]);
     let out = finish(t, out, 10 * MS);
     let c = conns(&out);
-    assert_eq!(c[0].role, Role::Unknown);
+    // Local port 22, remote 50000 (ephemeral): the remote end connected.
+    assert_eq!(c[0].role, Role::Server);
     assert!(c[0].pre_existing);
-    assert_eq!(
-        c[0].source.port, 22,
-        "local end first when the originator is unknown"
-    );
+    assert_eq!((c[0].source.port, c[0].destination.port), (50000, 22));
     assert_eq!(c[0].lifecycle.first_state, ESTABLISHED);
     assert_eq!(c[0].start_ns, 5 * MS);
 }

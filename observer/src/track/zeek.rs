@@ -10,7 +10,10 @@ use observer_common::tcp_state::{CLOSE_WAIT, CLOSING, ESTABLISHED, FIN_WAIT1, LA
 use super::{lifecycle::Lifecycle, record::Role};
 
 /// What one socket knows about how its connection went.
-#[expect(clippy::struct_excessive_bools, reason = "independent observed facts, read by table-driven rules")]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent observed facts, read by table-driven rules"
+)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Facts {
     /// This socket is the originator (a client); false for a responder.
@@ -65,19 +68,35 @@ impl Facts {
     }
 
     fn orig_fin(&self) -> bool {
-        if self.local_is_orig { self.local_fin } else { self.peer_fin }
+        if self.local_is_orig {
+            self.local_fin
+        } else {
+            self.peer_fin
+        }
     }
 
     fn resp_fin(&self) -> bool {
-        if self.local_is_orig { self.peer_fin } else { self.local_fin }
+        if self.local_is_orig {
+            self.peer_fin
+        } else {
+            self.local_fin
+        }
     }
 
     fn orig_rst(&self) -> bool {
-        if self.local_is_orig { self.resets_sent > 0 } else { self.resets_received > 0 }
+        if self.local_is_orig {
+            self.resets_sent > 0
+        } else {
+            self.resets_received > 0
+        }
     }
 
     fn resp_rst(&self) -> bool {
-        if self.local_is_orig { self.resets_received > 0 } else { self.resets_sent > 0 }
+        if self.local_is_orig {
+            self.resets_received > 0
+        } else {
+            self.resets_sent > 0
+        }
     }
 }
 
@@ -123,7 +142,10 @@ pub struct History {
 
 impl History {
     fn push(&mut self, letter: char) {
-        if let (Some(slot), Ok(b)) = (self.letters.get_mut(usize::from(self.len)), u8::try_from(letter)) {
+        if let (Some(slot), Ok(b)) = (
+            self.letters.get_mut(usize::from(self.len)),
+            u8::try_from(letter),
+        ) {
             *slot = b;
             self.len += 1;
         }
@@ -144,9 +166,16 @@ impl std::fmt::Debug for History {
 /// Zeek's `history`: the letters this socket can vouch for, in order.
 #[must_use]
 pub fn history(f: &Facts) -> History {
-    let mut h = History { letters: [0; 24], len: 0 };
+    let mut h = History {
+        letters: [0; 24],
+        len: 0,
+    };
     let push = |h: &mut History, orig: bool, letter: char| {
-        h.push(if orig { letter.to_ascii_uppercase() } else { letter });
+        h.push(if orig {
+            letter.to_ascii_uppercase()
+        } else {
+            letter
+        });
     };
     if !f.pre_existing {
         h.push('S');
@@ -173,9 +202,15 @@ pub fn history(f: &Facts) -> History {
     }
     let local_first = f.local_fin_first || (f.local_fin && !f.peer_fin);
     let (first, second) = if local_first {
-        ((f.local_fin, f.local_is_orig), (f.peer_fin, !f.local_is_orig))
+        (
+            (f.local_fin, f.local_is_orig),
+            (f.peer_fin, !f.local_is_orig),
+        )
     } else {
-        ((f.peer_fin, !f.local_is_orig), (f.local_fin, f.local_is_orig))
+        (
+            (f.peer_fin, !f.local_is_orig),
+            (f.local_fin, f.local_is_orig),
+        )
     };
     for (fin, orig) in [first, second] {
         if fin {

@@ -51,16 +51,31 @@ fn cases() -> Vec<Case> {
         Case {
             peer_fin: true,
             want: ("SF", "ShADdFf", "local", "fin"),
-            ..case("client closes, server's FIN already in", Role::Client, CLOSE, CLIENT_CLOSES)
+            ..case(
+                "client closes, server's FIN already in",
+                Role::Client,
+                CLOSE,
+                CLIENT_CLOSES,
+            )
         },
         Case {
             want: ("S2", "ShADdF", "local", "fin"),
-            ..case("client closes, handed to time-wait before the server's FIN", Role::Client, CLOSE, CLIENT_CLOSES)
+            ..case(
+                "client closes, handed to time-wait before the server's FIN",
+                Role::Client,
+                CLOSE,
+                CLIENT_CLOSES,
+            )
         },
         Case {
             peer_fin: true,
             want: ("SF", "ShADdFf", "remote", "fin"),
-            ..case("server, client closed first", Role::Server, LISTEN, SERVER_PASSIVE)
+            ..case(
+                "server, client closed first",
+                Role::Server,
+                LISTEN,
+                SERVER_PASSIVE,
+            )
         },
         Case {
             peer_fin: true,
@@ -70,12 +85,22 @@ fn cases() -> Vec<Case> {
         Case {
             peer_fin: true,
             want: ("SF", "ShADdfF", "remote", "fin"),
-            ..case("client, server closed first", Role::Client, CLOSE, CLIENT_PASSIVE)
+            ..case(
+                "client, server closed first",
+                Role::Client,
+                CLOSE,
+                CLIENT_PASSIVE,
+            )
         },
         Case {
             peer_fin: true,
             want: ("SF", "ShADdFf", "simultaneous", "fin"),
-            ..case("simultaneous close", Role::Client, CLOSE, &[SYN_SENT, ESTABLISHED, FIN_WAIT1, CLOSING, CLOSE])
+            ..case(
+                "simultaneous close",
+                Role::Client,
+                CLOSE,
+                &[SYN_SENT, ESTABLISHED, FIN_WAIT1, CLOSING, CLOSE],
+            )
         },
         Case {
             resets: (0, 1),
@@ -93,31 +118,56 @@ fn cases() -> Vec<Case> {
         Case {
             resets: (1, 0),
             want: ("RSTO", "ShADdR", "local", "rst_sent"),
-            ..case("client aborts (SO_LINGER 0)", Role::Client, CLOSE, &[SYN_SENT, ESTABLISHED, CLOSE])
+            ..case(
+                "client aborts (SO_LINGER 0)",
+                Role::Client,
+                CLOSE,
+                &[SYN_SENT, ESTABLISHED, CLOSE],
+            )
         },
         Case {
             resets: (0, 1),
             sk_err: libc::ECONNRESET,
             want: ("RSTO", "ShADdR", "remote", "rst_received"),
-            ..case("server reset by the client", Role::Server, LISTEN, &[SYN_RECV, ESTABLISHED, CLOSE])
+            ..case(
+                "server reset by the client",
+                Role::Server,
+                LISTEN,
+                &[SYN_RECV, ESTABLISHED, CLOSE],
+            )
         },
         Case {
             resets: (0, 1),
             sk_err: libc::ECONNRESET,
             want: ("RSTR", "ShADdr", "remote", "rst_received"),
-            ..case("client reset by the server", Role::Client, CLOSE, &[SYN_SENT, ESTABLISHED, CLOSE])
+            ..case(
+                "client reset by the server",
+                Role::Client,
+                CLOSE,
+                &[SYN_SENT, ESTABLISHED, CLOSE],
+            )
         },
         Case {
             retrans: 12,
             peer_fin: true,
             want: ("SF", "ShADdTTFf", "local", "fin"),
-            ..case("client retransmitted 12 times", Role::Client, CLOSE, CLIENT_CLOSES)
+            ..case(
+                "client retransmitted 12 times",
+                Role::Client,
+                CLOSE,
+                CLIENT_CLOSES,
+            )
         },
         Case {
             pre_existing: true,
             peer_fin: true,
             want: ("SF", "DdFf", "local", "fin"),
-            ..case("pre-existing, closed", Role::Unknown, ESTABLISHED, &[FIN_WAIT1, FIN_WAIT2, CLOSE])
+            ..case(
+                "pre-existing, closed",
+                Role::Unknown,
+                ESTABLISHED,
+                &[FIN_WAIT1, FIN_WAIT2, CLOSE],
+            )
         },
         Case {
             sk_err: libc::EHOSTUNREACH,
@@ -138,7 +188,11 @@ fn lifecycle(c: &Case) -> Lifecycle {
     st.n_transitions = u8::try_from(c.path.len().min(MAX_TRANSITIONS)).expect("short");
     st.resets_sent = c.resets.0;
     st.resets_received = c.resets.1;
-    let close = CloseInfo { sk_err: c.sk_err, peer_fin: u32::from(c.peer_fin), ..CloseInfo::default() };
+    let close = CloseInfo {
+        sk_err: c.sk_err,
+        peer_fin: u32::from(c.peer_fin),
+        ..CloseInfo::default()
+    };
     Lifecycle::derive(&st, &close, LateResets::default())
 }
 
@@ -153,13 +207,13 @@ fn table() {
         f.resets_sent = u32::from(c.resets.0);
         f.resets_received = u32::from(c.resets.1);
         f.sk_err = c.sk_err;
-        let got = (conn_state(&f), history(&f), close_initiator(&f), close_reason(&f));
-        assert_eq!(
-            (got.0, got.1.as_str(), got.2, got.3),
-            c.want,
-            "{}",
-            c.name
+        let got = (
+            conn_state(&f),
+            history(&f),
+            close_initiator(&f),
+            close_reason(&f),
         );
+        assert_eq!((got.0, got.1.as_str(), got.2, got.3), c.want, "{}", c.name);
     }
 }
 
@@ -168,5 +222,8 @@ fn open_connections_are_s1() {
     let c = case("open", Role::Client, CLOSE, &[SYN_SENT, ESTABLISHED]);
     let mut f = Facts::from_lifecycle(c.role, false, &lifecycle(&c));
     f.open = true;
-    assert_eq!((conn_state(&f), close_initiator(&f), close_reason(&f)), ("S1", "none", "open"));
+    assert_eq!(
+        (conn_state(&f), close_initiator(&f), close_reason(&f)),
+        ("S1", "none", "open")
+    );
 }
