@@ -71,7 +71,12 @@ pub fn on_exit() {
     let event = entry.as_mut_ptr();
     // SAFETY: `event` points at reserved ring memory large enough for a ProcessExit.
     unsafe {
-        (*event).header = header(kind::PROCESS_EXIT, size_of::<ProcessExit>(), now(), pid_tgid);
+        (*event).header = header(
+            kind::PROCESS_EXIT,
+            size_of::<ProcessExit>(),
+            now(),
+            pid_tgid,
+        );
     }
     entry.submit(submit_flags());
 }

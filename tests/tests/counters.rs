@@ -3,7 +3,9 @@
 
 use std::{thread, time::Duration};
 
-use observer_tests::{NetNs, Observer, Peer, field, now_us, parse_ts, privileged, states, wait_for};
+use observer_tests::{
+    NetNs, Observer, Peer, field, now_us, parse_ts, privileged, states, wait_for,
+};
 use serde_json::Value;
 
 /// An nft table in the namespace with counters on output and drop rules on input.
@@ -13,26 +15,33 @@ struct Wire<'a> {
 
 impl<'a> Wire<'a> {
     fn new(ns: &'a NetNs) -> Self {
-        ns.nft("add table inet obs; \
+        ns.nft(
+            "add table inet obs; \
                 add chain inet obs out { type filter hook output priority 0; }; \
-                add chain inet obs in { type filter hook input priority 0; }");
+                add chain inet obs in { type filter hook input priority 0; }",
+        );
         Self { ns }
     }
 
     /// Adds a counting rule on output, named by its comment.
     fn count(&self, name: &str, matcher: &str) {
-        self.ns.nft(&format!("add rule inet obs out {matcher} counter comment \"{name}\""));
+        self.ns.nft(&format!(
+            "add rule inet obs out {matcher} counter comment \"{name}\""
+        ));
     }
 
     /// Adds a dropping rule on input, named by its comment.
     fn drop_in(&self, name: &str, matcher: &str) {
-        self.ns.nft(&format!("add rule inet obs in {matcher} counter drop comment \"{name}\""));
+        self.ns.nft(&format!(
+            "add rule inet obs in {matcher} counter drop comment \"{name}\""
+        ));
     }
 
     /// Deletes the input rule named `name`.
     fn delete(&self, name: &str) {
         let handle = self.rule(name).1;
-        self.ns.nft(&format!("delete rule inet obs in handle {handle}"));
+        self.ns
+            .nft(&format!("delete rule inet obs in handle {handle}"));
     }
 
     /// Packets matched by the rule named `name`.
@@ -41,7 +50,20 @@ impl<'a> Wire<'a> {
     }
 
     fn rule(&self, name: &str) -> (u64, u64) {
-        let out = observer_tests::sh("ip", &["netns", "exec", &self.ns.name, "nft", "-j", "list", "table", "inet", "obs"]);
+        let out = observer_tests::sh(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.ns.name,
+                "nft",
+                "-j",
+                "list",
+                "table",
+                "inet",
+                "obs",
+            ],
+        );
         let json: Value = serde_json::from_str(&out).expect("nft json");
         for item in json["nftables"].as_array().expect("nftables") {
             let rule = &item["rule"];
@@ -61,13 +83,18 @@ impl<'a> Wire<'a> {
 }
 
 fn wait_packets(wire: &Wire, name: &str, n: u64) {
-    wait_for(Duration::from_secs(10), &format!("{n} packets on {name}"), || {
-        (wire.packets(name) >= n).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(10),
+        &format!("{n} packets on {name}"),
+        || (wire.packets(name) >= n).then_some(()),
+    );
 }
 
 fn one(records: &[Value], role: &str) -> Value {
-    let mine: Vec<&Value> = records.iter().filter(|r| field(r, "conn.role") == role).collect();
+    let mine: Vec<&Value> = records
+        .iter()
+        .filter(|r| field(r, "conn.role") == role)
+        .collect();
     assert_eq!(mine.len(), 1, "one {role} record: {records:#?}");
     mine[0].clone()
 }
@@ -87,11 +114,18 @@ fn an_unanswered_syn_times_out_as_s0() {
     wire.drop_in("syn-in", &format!("tcp dport {port} tcp flags == syn"));
     let mut client = Peer::spawn(&ns, "obs-client");
     let start = now_us();
-    assert_eq!(client.cmd(&format!("connect 4 127.0.0.1 {port}"))["error"], "ETIMEDOUT");
+    assert_eq!(
+        client.cmd(&format!("connect 4 127.0.0.1 {port}"))["error"],
+        "ETIMEDOUT"
+    );
     let end = now_us();
     let records = obs.wait_records("observer.connection", 1);
     obs.stop().assert_clean();
-    assert_eq!(records.len(), 1, "no server socket was ever created: {records:#?}");
+    assert_eq!(
+        records.len(),
+        1,
+        "no server socket was ever created: {records:#?}"
+    );
     let c = &records[0];
     // How many SYNs go out before the kernel gives up depends on the kernel (6.6+ retransmits
     // the first SYNs at linear 1 s intervals): the wire says.
@@ -106,13 +140,19 @@ fn an_unanswered_syn_times_out_as_s0() {
     assert_eq!(field(c, "tcp.retransmits_syn"), syns - 1);
     assert_eq!(field(c, "tcp.retransmits"), syns - 1);
     assert_eq!(field(c, "process.pid"), client.pid);
-    assert!(field(c, "tcp.handshake_rtt_us").is_null(), "never established: {c}");
+    assert!(
+        field(c, "tcp.handshake_rtt_us").is_null(),
+        "never established: {c}"
+    );
     // Each retransmission timeout of a SYN is at least 1 s, and the kernel waits one more
     // before giving up.
     let took = parse_ts(field(c, "event.end").as_str().expect("end"))
         - parse_ts(field(c, "event.start").as_str().expect("start"));
     let floor = i64::try_from(syns).expect("small") * 1_000_000;
-    assert!((floor..=end - start).contains(&took), "SYN_SENT lasted {took} µs");
+    assert!(
+        (floor..=end - start).contains(&took),
+        "SYN_SENT lasted {took} µs"
+    );
 }
 
 #[test]
@@ -126,10 +166,16 @@ fn syn_and_synack_retransmits_match_the_wire() {
     let mut server = Peer::spawn(&ns, "obs-server");
     let port = server.port("listen 4 127.0.0.1", "port");
     wire.count("syn-out", &format!("tcp dport {port} tcp flags == syn"));
-    wire.count("synack-out", &format!("tcp sport {port} tcp flags == syn|ack"));
+    wire.count(
+        "synack-out",
+        &format!("tcp sport {port} tcp flags == syn|ack"),
+    );
     // Lose the first SYN-ACK; then also the client's SYN retransmits, so that the server's
     // own timer must retransmit its SYN-ACK; then let everything through.
-    wire.drop_in("synack-in", &format!("tcp sport {port} tcp flags == syn|ack"));
+    wire.drop_in(
+        "synack-in",
+        &format!("tcp sport {port} tcp flags == syn|ack"),
+    );
     let mut client = Peer::spawn(&ns, "obs-client");
     let start = now_us();
     let connecting = thread::spawn(move || {
@@ -154,17 +200,25 @@ fn syn_and_synack_retransmits_match_the_wire() {
     obs.stop().assert_clean();
     let (c, s) = (one(&records, "client"), one(&records, "server"));
     let (syns, synacks) = (wire.packets("syn-out"), wire.packets("synack-out"));
-    assert!(syns >= 2 && synacks >= 3, "the scenario happened: {syns} SYNs, {synacks} SYN-ACKs");
+    assert!(
+        syns >= 2 && synacks >= 3,
+        "the scenario happened: {syns} SYNs, {synacks} SYN-ACKs"
+    );
     assert_eq!(field(&c, "tcp.retransmits_syn"), syns - 1, "{c}");
     assert_eq!(field(&s, "tcp.retransmits_synack"), synacks - 1, "{s}");
     assert_eq!(field(&s, "tcp.retransmits"), synacks - 1, "{s}");
     assert_eq!(field(&c, "source.port"), cport);
     assert_eq!(field(&s, "source.port"), cport);
     // The handshake waited out every SYN-ACK retransmission timeout, each at least 1 s.
-    let rtt = field(&c, "tcp.handshake_rtt_us").as_u64().expect("client handshake");
+    let rtt = field(&c, "tcp.handshake_rtt_us")
+        .as_u64()
+        .expect("client handshake");
     let floor = (synacks - 1) * 1_000_000;
     let window = floor..=u64::try_from(end - start).expect("positive");
-    assert!(window.contains(&rtt), "client handshake {rtt} µs outside {window:?}");
+    assert!(
+        window.contains(&rtt),
+        "client handshake {rtt} µs outside {window:?}"
+    );
     assert_eq!(field(&s, "conn.state"), "SF", "{s}");
 }
 

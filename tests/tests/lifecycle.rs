@@ -58,7 +58,10 @@ fn check(record: &Value, want: &Expect, window: (i64, i64)) {
     assert_eq!(field(record, "tcp.retransmits"), want.retransmits, "{ctx}");
     assert_eq!(field(record, "conn.error").as_str(), want.error, "{ctx}");
     assert_eq!(field(record, "conn.owner_source"), want.owner, "{ctx}");
-    for (key, value) in ["state", "history", "close_initiator", "close_reason"].iter().zip(want.zeek) {
+    for (key, value) in ["state", "history", "close_initiator", "close_reason"]
+        .iter()
+        .zip(want.zeek)
+    {
         assert_eq!(field(record, &format!("conn.{key}")), value, "{key}: {ctx}");
     }
     assert_eq!(field(record, "network.transport"), "tcp", "{ctx}");

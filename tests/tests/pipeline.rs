@@ -175,9 +175,17 @@ fn h_record_then_replay_gives_identical_records() {
     // them due; in replay, when the stream's clock passes that point. So state records may
     // interleave differently with connection records; each stream is identical.)
     for dataset in ["observer.connection", "observer.state", "observer.loss"] {
-        assert_eq!(live.dataset(dataset), of_dataset(&again, dataset), "replay reproduces {dataset}");
+        assert_eq!(
+            live.dataset(dataset),
+            of_dataset(&again, dataset),
+            "replay reproduces {dataset}"
+        );
     }
-    assert_eq!(without_agent(&live.lines).len(), again.len(), "nothing more, nothing less");
+    assert_eq!(
+        without_agent(&live.lines).len(),
+        again.len(),
+        "nothing more, nothing less"
+    );
 
     // Filters apply to replay too: only the refused connect used this port.
     let refused = conns
