@@ -168,7 +168,9 @@ impl Pipeline {
     /// Every TCP socket of the host, listed now for `purpose`.
     fn scan(&mut self, purpose: Purpose, ring: &mut Ring) {
         let ts_ns = kernel::boottime_ns();
-        let (scan, warnings) = gather::scan(ts_ns, purpose, purpose == Purpose::Seed);
+        // Holders name the owners the kernel does not know yet (a server socket before its
+        // process touched it, a socket older than the observer).
+        let (scan, warnings) = gather::scan(ts_ns, purpose, true);
         for w in warnings {
             eprintln!("observer: warning: {w}");
         }
@@ -249,6 +251,8 @@ fn run(args: &RunArgs) -> Result<()> {
         kernel: kernel::release(),
         boot_id: Header::hex(&boot_id),
         boot_to_unix_ns: kernel::boot_to_unix_offset_ns(),
+        netns: filter.netns,
+        port: filter.port,
     };
     let recorder = args
         .record
@@ -336,12 +340,13 @@ async fn live(
         max_connections: args.max_connections,
         ring_mib: args.ring_mib,
     };
+    // The sockets that existed before: listed once the hooks are attached, so that a change
+    // during the listing is seen by both, and deduplicated by socket cookie. Before the
+    // `started` line: from then on, every socket is known.
+    pipeline.scan(Purpose::Seed, ring.get_mut());
     if pipeline.agent(&agent).is_err() {
         return Ok(());
     }
-    // The sockets that existed before: listed once the hooks are attached, so that a change
-    // during the listing is seen by both, and deduplicated by socket cookie.
-    pipeline.scan(Purpose::Seed, ring.get_mut());
     let outcome = loop {
         let result = tokio::select! {
             guard = ring.readable_mut() => {
@@ -450,7 +455,11 @@ fn drain(ring: &mut Ring, pipeline: &mut Pipeline) {
 
 fn replay(args: &ReplayArgs) -> Result<()> {
     let (header, mut input) = Replay::open(&args.file)?;
-    let filter = filter(&args.filters, true)?;
+    let mut filter = filter(&args.filters, true)?;
+    if filter.netns.is_none() && filter.port.is_none() {
+        filter.netns = header.netns;
+        filter.port = header.port;
+    }
     let sink = open_sink(args.output.as_deref())?;
     let tracker = Tracker::new(
         header.boot_id_bytes(),

@@ -80,7 +80,8 @@ pub struct RunArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ReplayArgs {
-    /// A file written by `observer run --record FILE`.
+    /// A file written by `observer run --record FILE`. Without `--netns` or `--port`, the
+    /// live run's filters apply.
     pub file: PathBuf,
     /// Append NDJSON to FILE instead of writing to stdout.
     #[arg(long, short, value_name = "FILE")]

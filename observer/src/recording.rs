@@ -33,6 +33,12 @@ pub struct Header {
     /// Hex.
     pub boot_id: String,
     pub boot_to_unix_ns: i64,
+    /// The live run's `--netns` (inode) and `--port`: replay applies them unless told others,
+    /// so that it reproduces what the live run wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
 }
 
 impl Header {
@@ -292,6 +298,8 @@ mod tests {
             kernel: "6.18".into(),
             boot_id: Header::hex(&[0xab; 16]),
             boot_to_unix_ns: 5,
+            netns: None,
+            port: None,
         }
     }
 

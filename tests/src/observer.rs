@@ -93,6 +93,7 @@ impl Stopped {
             "transitions_truncated",
             "read_failed",
             "decode_errors",
+            "table_full",
         ] {
             assert_eq!(summary["loss"]["total"][key], 0, "loss {key} in {summary}");
         }

@@ -39,6 +39,7 @@ impl Tracker {
             role => role,
         };
         let lifecycle = Lifecycle::derive(st, close, p.late);
+        let midstream = p.open.is_some_and(|o| o.kernel.is_none());
         let (sent, received) = payload_bytes(close, &lifecycle);
         let local_end = End {
             ip: local.0,
@@ -72,7 +73,8 @@ impl Tracker {
             resets_received: u32::from(st.resets_received),
             sk_err: close.sk_err,
             open: p.kind != RecordKind::Closed,
-            ..zeek::Facts::from_lifecycle(role, pre_existing, &lifecycle)
+            // Known only from a listing (the kernel table was full): picked up mid-stream.
+            ..zeek::Facts::from_lifecycle(role, pre_existing || midstream, &lifecycle)
         };
         let established_ns = lifecycle
             .steps()

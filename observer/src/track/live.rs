@@ -65,6 +65,14 @@ impl Open {
     }
 }
 
+/// A listening socket: seen at `listen()`, or first met listening (it predates the observer;
+/// a listener's child is born with `LISTEN` as its first state too, but is not first met).
+#[must_use]
+pub fn is_listener(st: &ConnState) -> bool {
+    st.flags & conn_flag::ROLE_LISTENER != 0
+        || (st.flags & conn_flag::PRE_EXISTING != 0 && st.first_state == tcp_state::LISTEN)
+}
+
 /// The last state a kernel entry recorded.
 #[must_use]
 pub fn last_state(st: &ConnState) -> u8 {
@@ -146,7 +154,7 @@ impl Live {
             if st.flags & conn_flag::TUPLE_VALID == 0 || self.closed.contains_key(&st.key) {
                 continue;
             }
-            if st.flags & conn_flag::ROLE_LISTENER != 0 {
+            if is_listener(st) {
                 self.listeners.insert((st.netns, st.tuple.local_port));
                 continue;
             }

@@ -172,7 +172,23 @@ impl Tracker {
         if scan.purpose == Purpose::Seed {
             self.started_ns.get_or_insert(scan.ts_ns);
         }
-        let listed = self.live.seen(scan);
+        let listed = if self.filter.netns.is_some() || self.filter.port.is_some() {
+            let admitted = SocketScan {
+                sockets: scan
+                    .sockets
+                    .iter()
+                    .filter(|s| {
+                        self.filter
+                            .admits_ports(s.netns, s.local.port(), s.remote.port())
+                    })
+                    .cloned()
+                    .collect(),
+                ..*scan
+            };
+            self.live.seen(&admitted)
+        } else {
+            self.live.seen(scan)
+        };
         let kind = match scan.purpose {
             Purpose::Update => RecordKind::Update,
             Purpose::Final => RecordKind::Shutdown,
@@ -275,7 +291,7 @@ impl Tracker {
 
     fn closed(&mut self, closed: &ConnClosed) {
         let st = &closed.state;
-        if st.flags & conn_flag::ROLE_LISTENER != 0 {
+        if live::is_listener(st) {
             self.live.unlisten(st.netns, st.tuple.local_port);
             return;
         }
