@@ -13,17 +13,20 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
+mod snapshot;
+
 use crate::{
     check,
+    control,
     cli::{Cli, Command, DEFAULT_MAX_CONNECTIONS, Filters, ReplayArgs, RunArgs},
     decode::{self, Counters, Event},
-    facts::{Fact, Purpose, Tracked},
+    facts::{Fact, Purpose, SocketScan, Tracked},
     gather::{self, Resolver},
     kernel,
     probe::{Probe, ProbeConfig},
     recording::{Header, Recorder, Replay},
     sink::{
-        Sink, SinkError,
+        self, Sink, SinkError,
         ndjson::{AgentRecord, Encoder},
     },
     track::{Filter, Tracker, record::Output},
@@ -44,6 +47,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Check) => return check::run(),
         Some(Command::Replay(args)) => replay(&args),
+        Some(Command::Snapshot(args)) => snapshot::run(&args),
         Some(Command::Run(args)) => run(&args),
         None => run(&cli.run),
     };
@@ -165,8 +169,8 @@ impl Pipeline {
         self.event(&Event::Tracked(Tracked { ts_ns, states }));
     }
 
-    /// Every TCP socket of the host, listed now for `purpose`.
-    fn scan(&mut self, purpose: Purpose, ring: &mut Ring) {
+    /// Every TCP socket of the host, listed now for `purpose`; returned for a snapshot.
+    fn scan(&mut self, purpose: Purpose, ring: &mut Ring) -> Option<SocketScan> {
         let ts_ns = kernel::boottime_ns();
         // Holders name the owners the kernel does not know yet (a server socket before its
         // process touched it, a socket older than the observer).
@@ -179,7 +183,26 @@ impl Pipeline {
             resolver.scan(&scan, &mut self.facts);
         }
         self.record_facts();
+        let kept = (purpose == Purpose::Snapshot).then(|| scan.clone());
         self.event(&Event::Fact(Box::new(Fact::Sockets(scan))));
+        kept
+    }
+
+    /// The answer to `observer snapshot`: NDJSON, a line per socket.
+    fn snapshot(&mut self, probe: &Probe, ring: &mut Ring) -> Vec<u8> {
+        self.table(probe, ring);
+        let Some(scan) = self.scan(Purpose::Snapshot, ring) else {
+            return Vec::new();
+        };
+        let now = scan.ts_ns;
+        let mut out = Vec::new();
+        for row in self.tracker.snapshot(&scan, now) {
+            let line = sink::snapshot::json(&row, self.encoder.host(), now, self.encoder.offset());
+            // Serialising a Value into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut out, &line);
+            out.push(b'\n');
+        }
+        out
     }
 
     fn event(&mut self, event: &Event) {
@@ -324,6 +347,17 @@ async fn live(
     let updates = Duration::from_secs(args.update_interval.max(1));
     let mut update_tick = tokio::time::interval_at(tokio::time::Instant::now() + updates, updates);
     let mut last_table = Instant::now();
+    let control = if args.control_socket.as_os_str() == "none" {
+        None
+    } else {
+        match control::listen(&args.control_socket) {
+            Ok(listener) => Some(listener),
+            Err(err) => {
+                eprintln!("observer: warning: no `observer snapshot` from this agent: {err}");
+                None
+            }
+        }
+    };
     let deadline = tokio::time::sleep(args.duration.map_or(Duration::MAX / 4, Duration::from_secs));
     tokio::pin!(deadline);
 
@@ -374,6 +408,10 @@ async fn live(
                 pipeline.event(&Event::Counters(counters));
                 pipeline.write()
             }
+            Ok((stream, _)) = accept(control.as_ref()) => {
+                answer(stream, probe, pipeline, ring.get_mut());
+                pipeline.flush(kernel::boottime_ns())
+            }
             _ = sigusr1.recv() => toggle(probe, pipeline, &mut agent, false),
             _ = sigusr2.recv() => toggle(probe, pipeline, &mut agent, true),
             _ = sigint.recv() => break "SIGINT",
@@ -418,6 +456,34 @@ async fn live(
         }
     );
     Ok(())
+}
+
+/// The next client of the control socket; never, without one.
+async fn accept(
+    listener: Option<&tokio::net::UnixListener>,
+) -> std::io::Result<(tokio::net::UnixStream, tokio::net::unix::SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Answers one `observer snapshot` (blocking, bounded by `control::TIMEOUT` each way).
+fn answer(stream: tokio::net::UnixStream, probe: &Probe, pipeline: &mut Pipeline, ring: &mut Ring) {
+    let result = stream.into_std().and_then(|stream| {
+        stream.set_nonblocking(false)?;
+        let request = control::read_request(&stream)?;
+        let body = if request == "snapshot" {
+            pipeline.snapshot(probe, ring)
+        } else {
+            format!("{{\"error\":\"unknown request {request:?}\"}}\n").into_bytes()
+        };
+        stream.set_write_timeout(Some(control::TIMEOUT))?;
+        std::io::Write::write_all(&mut &stream, &body)
+    });
+    if let Err(err) = result {
+        eprintln!("observer: warning: a snapshot request failed: {err}");
+    }
 }
 
 /// SIGUSR1 pauses capture (every hook detached: the kernel runs none of observer's code) and

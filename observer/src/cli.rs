@@ -28,6 +28,25 @@ pub enum Command {
     Check,
     /// Run a recording (`run --record FILE`) through the same tracker and output offline.
     Replay(ReplayArgs),
+    /// Print every TCP socket now, with owner, state, age, time in state, bytes, RTT and
+    /// retransmits: from the running agent, or (without one) from the kernel's socket lists.
+    Snapshot(SnapshotArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SnapshotArgs {
+    /// NDJSON (`event.dataset` = observer.snapshot), one line per socket.
+    #[arg(long)]
+    pub json: bool,
+    /// The agent's control socket.
+    #[arg(long, value_name = "PATH", default_value = crate::control::DEFAULT_SOCKET)]
+    pub control_socket: PathBuf,
+    /// Only sockets with this port on either end.
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Only sockets in this network namespace (/run/netns/NAME or /proc/PID/ns/net).
+    #[arg(long, value_name = "PATH")]
+    pub netns: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -73,6 +92,9 @@ pub struct RunArgs {
                 the host while attached"
     )]
     pub accept_hook: bool,
+    /// Where `observer snapshot` reaches this agent; "none" for nowhere.
+    #[arg(long, value_name = "PATH", default_value = crate::control::DEFAULT_SOCKET)]
+    pub control_socket: PathBuf,
     /// Stop after this many seconds (default: run until SIGINT or SIGTERM).
     #[arg(long, value_name = "SECONDS")]
     pub duration: Option<u64>,

@@ -54,6 +54,8 @@ pub struct Observer {
     child: Option<Child>,
     pub output: PathBuf,
     stderr: PathBuf,
+    /// When it was spawned.
+    pub started: std::time::Instant,
 }
 
 /// What a stopped observer left behind.
@@ -130,6 +132,11 @@ impl Observer {
         if given.is_none() {
             command.arg("--output").arg(&output);
         }
+        // Tests run side by side: each agent gets its own control socket.
+        if args.first() == Some(&"run") && !args.contains(&"--control-socket") {
+            command.arg("--control-socket").arg(scratch("sock"));
+        }
+        let started = std::time::Instant::now();
         let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -140,6 +147,7 @@ impl Observer {
             child: Some(child),
             output,
             stderr,
+            started,
         };
         wait_for(
             Duration::from_secs(30),
@@ -221,7 +229,9 @@ impl Drop for Observer {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = fs::remove_file(&self.output);
-        let _ = fs::remove_file(&self.stderr);
+        if std::env::var_os("OBSERVER_KEEP").is_none() {
+            let _ = fs::remove_file(&self.output);
+            let _ = fs::remove_file(&self.stderr);
+        }
     }
 }

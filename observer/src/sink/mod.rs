@@ -8,6 +8,7 @@
 pub mod community_id;
 mod conn_line;
 pub mod ndjson;
+pub mod snapshot;
 pub mod timefmt;
 
 use std::{

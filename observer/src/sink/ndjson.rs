@@ -226,6 +226,17 @@ impl Encoder {
         }
     }
 
+    #[must_use]
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// `CLOCK_BOOTTIME` to Unix time, in nanoseconds.
+    #[must_use]
+    pub fn offset(&self) -> i64 {
+        self.boot_to_unix_ns
+    }
+
     fn ts(&self, boot_ns: u64) -> Rfc3339 {
         Rfc3339::from_unix_ns(wall(boot_ns, self.boot_to_unix_ns))
     }

@@ -10,6 +10,7 @@ pub mod lifecycle;
 pub mod live;
 pub mod procs;
 pub mod record;
+pub mod snapshot;
 pub mod zeek;
 
 use std::collections::{HashMap, VecDeque};

@@ -1,0 +1,101 @@
+//! The agent's control socket: `observer snapshot` asks a running `observer run` for its
+//! table of sockets over a unix socket (root only: mode 0600 in a 0700 directory).
+//!
+//! The protocol is one request line (`snapshot`), answered by NDJSON lines and end of file.
+
+use std::{
+    fs,
+    io::{self, BufRead as _, BufReader, Read as _, Write as _},
+    os::unix::{fs::PermissionsExt as _, net::UnixStream},
+    path::Path,
+    time::Duration,
+};
+
+use thiserror::Error;
+
+/// Where the agent listens unless told otherwise (`--control-socket`).
+pub const DEFAULT_SOCKET: &str = "/run/observer/observer.sock";
+/// How long either side waits for the other.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Error)]
+pub enum ControlError {
+    #[error(
+        "cannot listen on {path}: {err} (another observer running? pass --control-socket PATH, or \"none\")"
+    )]
+    Listen { path: String, err: io::Error },
+    #[error("the agent at {path} did not answer: {err}")]
+    Request { path: String, err: io::Error },
+}
+
+/// Binds the control socket; a stale socket file (no one listening) is replaced.
+///
+/// # Errors
+/// The directory cannot be made, or another agent listens there.
+pub fn listen(path: &Path) -> Result<tokio::net::UnixListener, ControlError> {
+    let fail = |err| ControlError::Listen {
+        path: path.display().to_string(),
+        err,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(fail)?;
+        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(fail(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "an agent already answers there",
+            )));
+        }
+        fs::remove_file(path).map_err(fail)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(fail)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(fail)?;
+    Ok(listener)
+}
+
+/// Asks the agent at `path` for a snapshot; `None` when no agent listens there.
+///
+/// # Errors
+/// An agent listens but did not answer in time.
+pub fn request(path: &Path) -> Result<Option<String>, ControlError> {
+    let mut stream = match UnixStream::connect(path) {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(err) => {
+            return Err(ControlError::Request {
+                path: path.display().to_string(),
+                err,
+            });
+        }
+    };
+    let fail = |err| ControlError::Request {
+        path: path.display().to_string(),
+        err,
+    };
+    stream.set_read_timeout(Some(TIMEOUT)).map_err(fail)?;
+    stream.set_write_timeout(Some(TIMEOUT)).map_err(fail)?;
+    stream.write_all(b"snapshot\n").map_err(fail)?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).map_err(fail)?;
+    Ok(Some(answer))
+}
+
+/// Reads the request line of a client (blocking, bounded by [`TIMEOUT`]).
+///
+/// # Errors
+/// The client sent nothing usable in time.
+pub fn read_request(stream: &UnixStream) -> io::Result<String> {
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    let mut line = String::new();
+    BufReader::new(stream).take(256).read_line(&mut line)?;
+    Ok(line.trim().to_owned())
+}
