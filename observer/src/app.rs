@@ -17,8 +17,8 @@ mod snapshot;
 
 use crate::{
     check,
-    control,
     cli::{Cli, Command, DEFAULT_MAX_CONNECTIONS, Filters, ReplayArgs, RunArgs},
+    control,
     decode::{self, Counters, Event},
     facts::{Fact, Purpose, SocketScan, Tracked},
     gather::{self, Resolver},

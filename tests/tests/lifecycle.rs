@@ -121,8 +121,16 @@ fn pair(records: &[Value]) -> (&Value, &Value) {
     // Both ends are on this host: each names the other.
     for (me, other) in [(client, server), (server, client)] {
         assert_eq!(field(me, "conn.peer_uid"), field(other, "conn.uid"), "{me}");
-        assert_eq!(field(me, "peer.process.pid"), field(other, "process.pid"), "{me}");
-        assert_eq!(field(me, "peer.process.name"), field(other, "process.name"), "{me}");
+        assert_eq!(
+            field(me, "peer.process.pid"),
+            field(other, "process.pid"),
+            "{me}"
+        );
+        assert_eq!(
+            field(me, "peer.process.name"),
+            field(other, "process.name"),
+            "{me}"
+        );
     }
     (client, server)
 }
@@ -348,7 +356,11 @@ fn d_connect_to_a_closed_port_is_refused() {
         "only the client socket exists: {records:#?}"
     );
     let c = &records[0];
-    assert_eq!(field(c, "conn.peer_uid"), &Value::Null, "no socket ever answered: {c}");
+    assert_eq!(
+        field(c, "conn.peer_uid"),
+        &Value::Null,
+        "no socket ever answered: {c}"
+    );
     assert_eq!(field(c, "peer"), &Value::Null, "{c}");
     // The client's port is not known to the test (connect failed); take it from the record.
     let cport = u16::try_from(field(c, "source.port").as_u64().expect("port")).expect("u16");

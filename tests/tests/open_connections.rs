@@ -34,7 +34,11 @@ fn by_role<'a>(records: &'a [Value], role: &str) -> &'a Value {
 fn assert_peers(client: &Value, server: &Value) {
     for (me, other) in [(client, server), (server, client)] {
         assert_eq!(field(me, "conn.peer_uid"), field(other, "conn.uid"), "{me}");
-        assert_eq!(field(me, "peer.process.pid"), field(other, "process.pid"), "{me}");
+        assert_eq!(
+            field(me, "peer.process.pid"),
+            field(other, "process.pid"),
+            "{me}"
+        );
     }
     assert_eq!(
         field(client, "network.community_id"),
@@ -92,7 +96,10 @@ fn connections_open_before_start_are_seeded_with_their_owners() {
         // The true start is unknown: the observer's start is its lower bound.
         let start = parse_ts(field(r, "event.start").as_str().expect("start"));
         assert!(before <= start && start <= closing, "{r}");
-        assert!(start >= started, "start {start} before the observer started {started}: {r}");
+        assert!(
+            start >= started,
+            "start {start} before the observer started {started}: {r}"
+        );
         assert_eq!(field(r, "tcp.handshake_rtt_us"), &Value::Null, "{r}");
     }
     assert_eq!(field(c, "conn.close_initiator"), "local");
@@ -156,7 +163,11 @@ fn open_connections_get_update_records_and_a_last_record_at_shutdown() {
     };
     let (c, s) = updates(&obs, 100);
     for r in [&c, &s] {
-        assert_eq!(field(r, "event.type"), &serde_json::json!(["connection", "info"]), "{r}");
+        assert_eq!(
+            field(r, "event.type"),
+            &serde_json::json!(["connection", "info"]),
+            "{r}"
+        );
         assert_eq!(field(r, "event.dataset"), "observer.connection", "{r}");
         assert_eq!(field(r, "event.end"), &Value::Null, "{r}");
         assert_eq!(field(r, "conn.state"), "S1", "{r}");
@@ -184,7 +195,11 @@ fn open_connections_get_update_records_and_a_last_record_at_shutdown() {
     assert_eq!(last.len(), 2, "{last:#?}");
     let (c3, s3) = (by_role(&last, "client"), by_role(&last, "server"));
     for r in [c3, s3] {
-        assert_eq!(field(r, "event.type"), &serde_json::json!(["connection", "info"]), "{r}");
+        assert_eq!(
+            field(r, "event.type"),
+            &serde_json::json!(["connection", "info"]),
+            "{r}"
+        );
         assert_eq!(field(r, "conn.state"), "S1", "{r}");
         assert_eq!(field(r, "source.bytes"), 111, "{r}");
         assert_eq!(field(r, "destination.bytes"), 2000, "{r}");
@@ -230,15 +245,11 @@ sys.stdin.read()
     .expect("port");
     assert!(line.trim().parse::<u16>().is_ok(), "{line}");
     let obs = Observer::start(&ns, &["--max-connections", "1024"]);
-    let loss = wait_for(
-        std::time::Duration::from_secs(10),
-        "a loss record",
-        || {
-            obs.lines()
-                .into_iter()
-                .find(|l| field(l, "event.dataset") == "observer.loss")
-        },
-    );
+    let loss = wait_for(std::time::Duration::from_secs(10), "a loss record", || {
+        obs.lines()
+            .into_iter()
+            .find(|l| field(l, "event.dataset") == "observer.loss")
+    });
     // 1400 open sockets, 1024 kept.
     assert_eq!(field(&loss, "loss.table_full"), 376, "{loss}");
     // Closing every socket: all 1400 close records, whatever the table kept.
@@ -248,7 +259,11 @@ sys.stdin.read()
     let stopped = obs.stop();
     assert!(stopped.status.success(), "{}", stopped.stderr);
     assert_eq!(records.len(), 1400);
-    assert!(records.iter().all(|r| field(r, "conn.pre_existing") == true));
+    assert!(
+        records
+            .iter()
+            .all(|r| field(r, "conn.pre_existing") == true)
+    );
     let summary = stopped
         .dataset("observer.loss")
         .into_iter()

@@ -42,12 +42,23 @@ fn from_ss(text: &str) -> BTreeSet<Socket> {
 fn from_snapshot(rows: &[Value]) -> BTreeSet<Socket> {
     rows.iter()
         .map(|r| {
-            let addr = |side: &str| format!("{}:{}", field(r, &format!("{side}.ip")).as_str().expect("ip"), field(r, &format!("{side}.port")));
+            let addr = |side: &str| {
+                format!(
+                    "{}:{}",
+                    field(r, &format!("{side}.ip")).as_str().expect("ip"),
+                    field(r, &format!("{side}.port"))
+                )
+            };
             (
                 ss_name(field(r, "conn.state").as_str().expect("state")).to_owned(),
                 addr("local"),
                 addr("remote"),
-                u32::try_from(field(r, "process.pid").as_u64().unwrap_or_else(|| panic!("no owner: {r}"))).expect("pid"),
+                u32::try_from(
+                    field(r, "process.pid")
+                        .as_u64()
+                        .unwrap_or_else(|| panic!("no owner: {r}")),
+                )
+                .expect("pid"),
             )
         })
         .collect()
@@ -84,7 +95,14 @@ fn snapshot_matches_ss_and_adds_age_and_bytes() {
     let netns = ns.path();
     let netns = netns.to_str().expect("utf-8");
     let out = Command::new(bin())
-        .args(["snapshot", "--json", "--control-socket", control, "--netns", netns])
+        .args([
+            "snapshot",
+            "--json",
+            "--control-socket",
+            control,
+            "--netns",
+            netns,
+        ])
         .output()
         .expect("snapshot");
     let ss = sh("ip", &["netns", "exec", &ns.name, "ss", "-tanpH"]);
@@ -92,9 +110,17 @@ fn snapshot_matches_ss_and_adds_age_and_bytes() {
         .args(["snapshot", "--control-socket", control, "--netns", netns])
         .output()
         .expect("snapshot table");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rows = parse_lines(&String::from_utf8_lossy(&out.stdout));
-    assert_eq!(rows.len(), 6, "two listeners, four connected sockets: {rows:#?}");
+    assert_eq!(
+        rows.len(),
+        6,
+        "two listeners, four connected sockets: {rows:#?}"
+    );
     assert_eq!(from_snapshot(&rows), from_ss(&ss), "snapshot vs ss:\n{ss}");
 
     let row = |lport: u16, rport: u16| {
@@ -116,16 +142,29 @@ fn snapshot_matches_ss_and_adds_age_and_bytes() {
         assert_eq!(field(r, "tcp.bytes_sent"), sent, "{r}");
         assert_eq!(field(r, "tcp.bytes_received"), received, "{r}");
         assert_eq!(field(r, "tcp.retransmits"), 0, "{r}");
-        let age = field(r, "conn.age_ms").as_f64().unwrap_or_else(|| panic!("no age: {r}"));
-        assert!(age > 0.0 && age < elapsed_ms, "age {age} ms, observer up {elapsed_ms} ms: {r}");
-        let in_state = field(r, "conn.in_state_ms").as_f64().unwrap_or_else(|| panic!("{r}"));
+        let age = field(r, "conn.age_ms")
+            .as_f64()
+            .unwrap_or_else(|| panic!("no age: {r}"));
+        assert!(
+            age > 0.0 && age < elapsed_ms,
+            "age {age} ms, observer up {elapsed_ms} ms: {r}"
+        );
+        let in_state = field(r, "conn.in_state_ms")
+            .as_f64()
+            .unwrap_or_else(|| panic!("{r}"));
         assert!(in_state <= age, "{r}");
-        assert!(field(r, "tcp.srtt_us").as_u64().is_some_and(|us| us > 0), "{r}");
+        assert!(
+            field(r, "tcp.srtt_us").as_u64().is_some_and(|us| us > 0),
+            "{r}"
+        );
     }
     // Both ends of the half-closed connection entered their state after the shutdown.
     for r in [row(cp2, p2), row(p2, cp2)] {
         let in_state = field(r, "conn.in_state_ms").as_f64().expect("in state");
-        assert!(in_state < since_shutdown.as_secs_f64() * 1000.0 + 5_000.0, "{r}");
+        assert!(
+            in_state < since_shutdown.as_secs_f64() * 1000.0 + 5_000.0,
+            "{r}"
+        );
     }
     // The table shows the same sockets, one line each, owner first.
     let table = String::from_utf8_lossy(&table.stdout);
@@ -136,7 +175,11 @@ fn snapshot_matches_ss_and_adds_age_and_bytes() {
         .unwrap_or_else(|| panic!("{table}"));
     let cols: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(cols[0], format!("{}/{}", c1.pid, c1.comm));
-    assert_eq!((cols[3], cols[6], cols[7], cols[9]), ("ESTABLISHED", "100", "2000", "0"), "{line}");
+    assert_eq!(
+        (cols[3], cols[6], cols[7], cols[9]),
+        ("ESTABLISHED", "100", "2000", "0"),
+        "{line}"
+    );
     obs.stop().assert_clean();
 }
 
@@ -154,7 +197,13 @@ fn without_an_agent_snapshot_lists_the_kernels_sockets() {
     assert_eq!(s.ok("recv 7")["got"], 7);
     let netns = ns.path();
     let out = Command::new(bin())
-        .args(["snapshot", "--json", "--control-socket", "/nonexistent/observer.sock", "--netns"])
+        .args([
+            "snapshot",
+            "--json",
+            "--control-socket",
+            "/nonexistent/observer.sock",
+            "--netns",
+        ])
         .arg(&netns)
         .output()
         .expect("snapshot");
@@ -171,7 +220,11 @@ fn without_an_agent_snapshot_lists_the_kernels_sockets() {
         .iter()
         .find(|r| field(r, "local.port") == cp)
         .expect("client row");
-    assert_eq!(field(r, "conn.age_ms"), &Value::Null, "unknown without an agent: {r}");
+    assert_eq!(
+        field(r, "conn.age_ms"),
+        &Value::Null,
+        "unknown without an agent: {r}"
+    );
     assert_eq!(field(r, "conn.owner_source"), "procfs", "{r}");
     assert_eq!(field(r, "tcp.bytes_sent"), 7, "{r}");
 }

@@ -80,5 +80,7 @@ pub fn read_all<K: Copy + Default>(
         first = false;
         debug_assert!(size_of::<K>() <= size_of::<[u64; 2]>());
     }
-    Err(io::Error::other("the batch lookup did not reach the end of the map"))
+    Err(io::Error::other(
+        "the batch lookup did not reach the end of the map",
+    ))
 }

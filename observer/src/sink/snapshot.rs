@@ -65,7 +65,16 @@ pub fn json(row: &Row, host: &str, now_ns: u64, boot_to_unix_ns: i64) -> Value {
 pub fn table(rows: &[Value]) -> String {
     let mut out = format!(
         "{:<22} {:<28} {:<28} {:<12} {:>9} {:>9} {:>10} {:>10} {:>9} {:>7}\n",
-        "OWNER", "LOCAL", "REMOTE", "STATE", "AGE", "IN STATE", "SENT", "RECEIVED", "RTT", "RETRANS"
+        "OWNER",
+        "LOCAL",
+        "REMOTE",
+        "STATE",
+        "AGE",
+        "IN STATE",
+        "SENT",
+        "RECEIVED",
+        "RTT",
+        "RETRANS"
     );
     let get = |v: &Value, path: &str| path.split('.').fold(v, |v, k| &v[k]).clone();
     let num = |v: Value| v.as_u64().map_or_else(|| "-".to_owned(), |n| n.to_string());
@@ -84,7 +93,10 @@ pub fn table(rows: &[Value]) -> String {
                 format!("{ip}:{port}")
             }
         };
-        let age = match (get(r, "conn.age_ms").as_f64(), get(r, "conn.age_min_ms").as_f64()) {
+        let age = match (
+            get(r, "conn.age_ms").as_f64(),
+            get(r, "conn.age_min_ms").as_f64(),
+        ) {
             (Some(ms), _) => duration(ms),
             (None, Some(min)) => format!(">{}", duration(min)),
             (None, None) => "-".to_owned(),
@@ -155,7 +167,18 @@ mod tests {
         let cols: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(
             cols,
-            ["7/nginx", "[::1]:80", "[::1]:40000", "ESTABLISHED", "1.5s", "1.5s", "10", "20", "30µs", "0"]
+            [
+                "7/nginx",
+                "[::1]:80",
+                "[::1]:40000",
+                "ESTABLISHED",
+                "1.5s",
+                "1.5s",
+                "10",
+                "20",
+                "30µs",
+                "0"
+            ]
         );
     }
 }
