@@ -1,0 +1,216 @@
+//! Hook map: TLS handshakes as the libraries run them (timing, outcome, error, socket).
+//!
+//! - **Hooks:** uprobes, attached by userspace to every copy of the libraries it finds (by file,
+//!   so every process mapping that file is covered, including ones started later). The attach
+//!   cookie says which function fired (`tls_op`):
+//!   - `SSL_do_handshake` (libssl.so.3) and `gnutls_handshake` (libgnutls.so.30), entry and
+//!     return. `SSL_connect` and `SSL_accept` call `SSL_do_handshake`, so one pair covers all
+//!     three; their entries only record the role the application asked for.
+//!   - `SSL_free` and `gnutls_deinit`, entry: a handshake still pending is abandoned (a peer
+//!     that reset or closed mid-handshake leaves the library waiting for data).
+//!   - `ERR_set_error` and `ERR_vset_error` (libcrypto.so.3; libssl's `SSLfatal` uses the
+//!     second), entry, only while a handshake call is in flight on the thread: OpenSSL's own
+//!     reason code (e.g. certificate verify failed, alert received).
+//! - **Why uprobes on the API, not library structs:** the arguments and return values of these
+//!   public functions are stable across versions; struct offsets are not, and Rust eBPF has no
+//!   CO-RE. Negotiated values (version, cipher, SNI, ALPN) come from the cleartext hellos on the
+//!   wire instead (`tls_wire.rs`), which works for every TLS stack.
+//! - **Joining the socket:** a handshake call writes its flight (`ClientHello`, `ServerHello`,
+//!   an alert) from the calling thread, so `cgroup_skb` egress, which runs in the sender's
+//!   context, finds the thread's in-flight session in `TLS_ACTIVE` and stores its socket cookie
+//!   there. No fd, BIO or struct is read: curl's custom BIOs and nginx's fds work the same.
+//! - **Cost:** a uprobe hit is a trap, about a microsecond; a handshake makes a few calls (one
+//!   per flight on a non-blocking socket). Nothing is attached to `SSL_read`/`SSL_write`, so the
+//!   data path costs nothing. Application data is never read.
+//! - **Fallback:** a statically linked or unusual library with none of these symbols gives no
+//!   handshake event; its connections still get version, cipher, SNI and ALPN from the wire.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns,
+        generated::bpf_get_attach_cookie,
+    },
+    macros::map,
+    maps::{HashMap, LruHashMap},
+    programs::{ProbeContext, RetProbeContext},
+};
+use observer_common::{
+    TlsHandshake, TlsSession, counter, kind, tls_lib, tls_op, tls_outcome, tls_role,
+};
+
+use crate::runtime::{EVENTS, count, header, submit_flags};
+
+/// Sessions between their first handshake call and their report (or `SSL_free`), by
+/// `[tgid, session pointer]`. LRU: a process that dies mid-handshake leaves no leak.
+#[map]
+pub static TLS_SESSIONS: LruHashMap<[u64; 2], TlsSession> = LruHashMap::with_max_entries(16_384, 0);
+
+/// The session whose handshake call is running on each thread, by tid.
+#[map]
+pub static TLS_ACTIVE: HashMap<u32, u64> = HashMap::with_max_entries(16_384, 0);
+
+/// GnuTLS's non-fatal returns: `GNUTLS_E_AGAIN`, `GNUTLS_E_INTERRUPTED`.
+const GNUTLS_E_AGAIN: i32 = -28;
+const GNUTLS_E_INTERRUPTED: i32 = -52;
+
+fn now() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_ktime_get_boot_ns() }
+}
+
+pub fn on_call(ctx: &ProbeContext) {
+    // SAFETY: the context of a perf-event-attached uprobe, as the helper requires.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let (op, lib_file) = (cookie & 0xff, (cookie >> 8) as u8);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = pid_tgid >> 32;
+    let tid = pid_tgid as u32;
+    if op == tls_op::ERROR_OPENSSL {
+        on_error(ctx, tgid, tid);
+        return;
+    }
+    let Some(session) = ctx.arg::<u64>(0) else {
+        return;
+    };
+    let key = [tgid, session];
+    if op == tls_op::FREE {
+        if let Some(st) = TLS_SESSIONS.get_ptr(key) {
+            // SAFETY: a value pointer returned by the map.
+            let st = unsafe { *st };
+            if st.done == 0 {
+                report(&st, session, pid_tgid, 0, tls_outcome::ABANDONED);
+            }
+            let _ = TLS_SESSIONS.remove(key);
+        }
+        return;
+    }
+    let (library, role) = match op {
+        tls_op::HANDSHAKE_OPENSSL => (tls_lib::OPENSSL, tls_role::UNKNOWN),
+        tls_op::HANDSHAKE_GNUTLS => (tls_lib::GNUTLS, tls_role::UNKNOWN),
+        tls_op::ROLE_CLIENT => (tls_lib::OPENSSL, tls_role::CLIENT),
+        tls_op::ROLE_SERVER => (tls_lib::OPENSSL, tls_role::SERVER),
+        _ => return,
+    };
+    match TLS_SESSIONS.get_ptr_mut(key) {
+        Some(st) => {
+            if role != tls_role::UNKNOWN {
+                // SAFETY: a value pointer returned by the map.
+                unsafe { (*st).api_role = role };
+            }
+        }
+        None => {
+            let st = TlsSession {
+                start_ns: now(),
+                library,
+                api_role: role,
+                lib_file,
+                ..TlsSession::default()
+            };
+            if TLS_SESSIONS.insert(key, st, 0).is_err() {
+                count(counter::TLS_MAP_FULL);
+                return;
+            }
+        }
+    }
+    if role == tls_role::UNKNOWN {
+        let _ = TLS_ACTIVE.insert(tid, session, 0);
+    }
+}
+
+/// `ERR_LIB_SSL`: a failing handshake raises its fatal error in this library (`SSLfatal`).
+/// Other libraries' errors during a handshake (decoders trying formats, X509 store lookups)
+/// are often pushed and popped again by the caller, and mean nothing.
+const ERR_LIB_SSL: u32 = 20;
+
+/// `ERR_set_error(int lib, int reason, const char *fmt, ...)` and `ERR_vset_error` (same first
+/// two arguments): keeps the first SSL error a
+/// handshake raised; later ones are usually the generic consequences of the first.
+fn on_error(ctx: &ProbeContext, tgid: u64, tid: u32) {
+    // SAFETY: a value pointer returned by the map.
+    let Some(session) = TLS_ACTIVE.get_ptr(tid).map(|s| unsafe { *s }) else {
+        return;
+    };
+    let (Some(lib), Some(reason)) = (ctx.arg::<u32>(0), ctx.arg::<u32>(1)) else {
+        return;
+    };
+    if lib != ERR_LIB_SSL {
+        return;
+    }
+    if let Some(st) = TLS_SESSIONS.get_ptr_mut([tgid, session]) {
+        // SAFETY: a value pointer returned by the map.
+        unsafe {
+            if (*st).lib_error == 0 {
+                (*st).lib_error = (lib & 0xff) << 24 | (reason & 0x00ff_ffff);
+            }
+        }
+    }
+}
+
+pub fn on_return(ctx: &RetProbeContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    // SAFETY: a value pointer returned by the map.
+    let Some(session) = TLS_ACTIVE.get_ptr(tid).map(|s| unsafe { *s }) else {
+        return;
+    };
+    let _ = TLS_ACTIVE.remove(tid);
+    let key = [pid_tgid >> 32, session];
+    let Some(st) = TLS_SESSIONS.get_ptr_mut(key) else {
+        return;
+    };
+    // SAFETY: a value pointer returned by the map; this thread owns the session's call.
+    let st = unsafe { &mut *st };
+    if st.done != 0 {
+        return;
+    }
+    st.calls += 1;
+    let ret = ctx.ret::<i64>() as i32;
+    let outcome = if st.library == tls_lib::GNUTLS {
+        match ret {
+            0 => tls_outcome::ESTABLISHED,
+            GNUTLS_E_AGAIN | GNUTLS_E_INTERRUPTED => return,
+            _ => tls_outcome::FAILED,
+        }
+    } else {
+        match ret {
+            1 => tls_outcome::ESTABLISHED,
+            // WANT_READ/WANT_WRITE raise no error; a fatal failure raises an SSL one.
+            r if r < 0 && st.lib_error == 0 => return,
+            _ => tls_outcome::FAILED,
+        }
+    };
+    st.done = 1;
+    let copy = *st;
+    report(&copy, session, pid_tgid, ret, outcome);
+}
+
+fn report(st: &TlsSession, session: u64, pid_tgid: u64, ret: i32, outcome: u8) {
+    let Some(mut entry) = EVENTS.reserve::<TlsHandshake>(0) else {
+        count(counter::RING_FULL);
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points at reserved ring memory large enough for a TlsHandshake; every
+    // field is written before submit.
+    unsafe {
+        (*event).header = header(
+            kind::TLS_HANDSHAKE,
+            size_of::<TlsHandshake>(),
+            now(),
+            pid_tgid,
+        );
+        (*event).session = session;
+        (*event).cookie = st.cookie;
+        (*event).start_ns = st.start_ns;
+        (*event).calls = st.calls;
+        (*event).ret = ret;
+        (*event).lib_error = st.lib_error;
+        (*event).library = st.library;
+        (*event).outcome = outcome;
+        (*event).api_role = st.api_role;
+        (*event).lib_file = st.lib_file;
+        (*event).comm = bpf_get_current_comm().unwrap_or_default();
+    }
+    entry.submit(submit_flags());
+}

@@ -1,0 +1,177 @@
+//! Hook map: the cleartext TLS hellos on the wire (version, cipher, SNI, ALPN, alerts).
+//!
+//! - **Hook:** `cgroup_skb` ingress and egress on the cgroup v2 root, which sees every TCP
+//!   segment of every socket in every network namespace, with its socket cookie.
+//! - **Why the wire, not library structs:** `ClientHello` and `ServerHello` are cleartext and
+//!   standard, so their fields (SNI, offered ALPN, chosen version, cipher and group, session
+//!   resumption, TLS 1.2's chosen ALPN) need no per-version offsets, and they come from any
+//!   TLS stack (Go, rustls, Java) with no uprobe at all. The library uprobes (`tls.rs`) add what
+//!   the wire cannot show after TLS 1.3 encrypts the rest: timing, outcome and error.
+//! - **Bounded, never payload:** per socket and direction, only the first two segments that
+//!   start a handshake (22) or alert (21) record are copied, at most `TLS_CAPTURE_LEN` bytes
+//!   each. The first segment starting with anything else (application data is 23, a
+//!   `ChangeCipherSpec` 20, plaintext protocols anything) ends capture in that direction for
+//!   good. Userspace parses the hellos and alerts and discards the bytes.
+//! - **Egress join:** an egress segment is sent in the writing thread's context, so a
+//!   handshake flight written inside `SSL_do_handshake`/`gnutls_handshake` names the thread's
+//!   in-flight session (`TLS_ACTIVE`), which gets this socket's cookie.
+//! - **Cost:** segments without payload (pure ACKs) return after three one-byte loads; a
+//!   payload segment costs one LRU hash lookup, and the first ones of a socket an insert and,
+//!   for TLS, a ring-buffer event.
+//! - **Fallback:** none needed on cgroup v2 hosts; without it, handshakes still get timing,
+//!   outcome and socket, but no negotiated values.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns,
+        generated::{bpf_get_socket_cookie, bpf_skb_load_bytes},
+    },
+    macros::map,
+    maps::LruHashMap,
+    programs::SkBuffContext,
+};
+use observer_common::{TLS_CAPTURE_LEN, TlsHello, conn_flag, counter, kind, tls_dir};
+
+use crate::{
+    kernel,
+    runtime::{EVENTS, count, header, submit_flags},
+    tls::{TLS_ACTIVE, TLS_SESSIONS},
+};
+
+/// Capture state per socket cookie: one nibble per direction (egress low, ingress high):
+/// bits 0–1 count the segments captured, bit 3 means done.
+#[map]
+pub static TLS_WIRE: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65_536, 0);
+
+const DONE: u8 = 8;
+/// Segments captured per direction.
+const MAX_SEGMENTS: u8 = 2;
+const TLS_ALERT: u8 = 21;
+const TLS_HANDSHAKE: u8 = 22;
+const IPPROTO_TCP: u8 = 6;
+
+pub fn on_skb(ctx: &SkBuffContext, direction: u8) {
+    let _ = try_on_skb(ctx, direction);
+}
+
+fn try_on_skb(ctx: &SkBuffContext, direction: u8) -> Option<()> {
+    // cgroup_skb data starts at the network header.
+    let first: u8 = ctx.load(0).ok()?;
+    let (ip_len, proto) = match first >> 4 {
+        4 => (u32::from(first & 0xf) * 4, ctx.load::<u8>(9).ok()?),
+        // Extension headers before TCP are not followed: TLS over them is not captured.
+        6 => (40, ctx.load::<u8>(6).ok()?),
+        _ => return None,
+    };
+    if proto != IPPROTO_TCP {
+        return None;
+    }
+    let doff: u8 = ctx.load(ip_len as usize + 12).ok()?;
+    let off = ip_len + u32::from(doff >> 4) * 4;
+    let len = ctx.len();
+    if len <= off {
+        return None;
+    }
+    let seg_len = len - off;
+    // SAFETY: the program's own skb context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let shift = u32::from(direction) * 4;
+    let state = TLS_WIRE.get_ptr_mut(cookie);
+    // SAFETY: a value pointer returned by the map.
+    let all = state.map_or(0, |s| unsafe { *s });
+    let mine = (all >> shift) & 0xf;
+    if mine & DONE != 0 {
+        return None;
+    }
+    let content_type: u8 = ctx.load(off as usize).ok()?;
+    let next = if content_type == TLS_HANDSHAKE || content_type == TLS_ALERT {
+        let index = mine & 3;
+        capture(ctx, direction, cookie, off, seg_len, index);
+        if index + 1 >= MAX_SEGMENTS {
+            DONE
+        } else {
+            index + 1
+        }
+    } else {
+        DONE
+    };
+    let all = (all & !(0xf << shift)) | (next << shift);
+    match state {
+        // SAFETY: as above.
+        Some(s) => unsafe { *s = all },
+        None => {
+            let _ = TLS_WIRE.insert(cookie, all, 0);
+        }
+    }
+    Some(())
+}
+
+fn capture(ctx: &SkBuffContext, direction: u8, cookie: u64, off: u32, seg_len: u32, index: u8) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if direction == tls_dir::EGRESS {
+        join(pid_tgid, cookie);
+    }
+    let Some(mut entry) = EVENTS.reserve::<TlsHello>(0) else {
+        count(counter::RING_FULL);
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    // 1..=TLS_CAPTURE_LEN, in a form the verifier can bound (TLS_CAPTURE_LEN is a power of two).
+    let n = if seg_len > TLS_CAPTURE_LEN as u32 {
+        TLS_CAPTURE_LEN as u32
+    } else {
+        seg_len
+    };
+    let n = ((n - 1) & (TLS_CAPTURE_LEN as u32 - 1)) + 1;
+    // SAFETY: `event` points at reserved ring memory large enough for a TlsHello; every field
+    // is written before submit, and the load is bounded by the buffer's size.
+    unsafe {
+        // SAFETY: no preconditions.
+        let now = bpf_ktime_get_boot_ns();
+        (*event).header = header(kind::TLS_HELLO, size_of::<TlsHello>(), now, pid_tgid);
+        (*event).cookie = cookie;
+        (*event).direction = direction;
+        (*event).index = index;
+        (*event).seg_len = seg_len;
+        match kernel::find(cookie) {
+            Some(st) => {
+                (*event).birth_ns = (*st).birth_ns;
+                (*event).tuple = (*st).tuple;
+                (*event).netns = (*st).netns;
+                (*event).flags = (*st).flags
+                    & (conn_flag::TUPLE_VALID | conn_flag::ROLE_CLIENT | conn_flag::ROLE_SERVER);
+            }
+            None => {
+                (*event).birth_ns = 0;
+                (*event).tuple = observer_common::Endpoints::default();
+                (*event).netns = 0;
+                (*event).flags = 0;
+            }
+        }
+        let data = (&raw mut (*event).data).cast::<core::ffi::c_void>();
+        if bpf_skb_load_bytes(ctx.as_ptr(), off, data, n) < 0 {
+            (*event).captured = 0;
+        } else {
+            (*event).captured = n;
+        }
+    }
+    entry.submit(submit_flags());
+}
+
+/// Gives the thread's in-flight TLS session (if any) this socket, once.
+fn join(pid_tgid: u64, cookie: u64) {
+    let tid = pid_tgid as u32;
+    // SAFETY: a value pointer returned by the map.
+    let Some(session) = TLS_ACTIVE.get_ptr(tid).map(|s| unsafe { *s }) else {
+        return;
+    };
+    if let Some(st) = TLS_SESSIONS.get_ptr_mut([pid_tgid >> 32, session]) {
+        // SAFETY: a value pointer returned by the map.
+        unsafe {
+            if (*st).cookie == 0 {
+                (*st).cookie = cookie;
+            }
+        }
+    }
+}
