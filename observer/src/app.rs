@@ -25,6 +25,8 @@ use crate::{
 
 /// How often the ring is drained when the kernel did not wake us.
 const DRAIN_EVERY: Duration = Duration::from_millis(50);
+/// How often every process is searched for TLS libraries loaded with `dlopen()`.
+const TLS_RESCAN_EVERY: Duration = Duration::from_secs(5);
 /// How often the kernel's loss counters are read.
 const COUNTERS_EVERY: Duration = Duration::from_secs(1);
 
@@ -79,6 +81,9 @@ struct Pipeline {
     buf: Vec<u8>,
     scratch: Vec<u8>,
     warned_decode: bool,
+    /// Processes that exec'd since the last drain: their TLS libraries are looked for one
+    /// drain later, once the dynamic loader has mapped them.
+    execs: Vec<u32>,
 }
 
 impl Pipeline {
@@ -92,6 +97,7 @@ impl Pipeline {
             buf: Vec::with_capacity(1 << 20),
             scratch: Vec::new(),
             warned_decode: false,
+            execs: Vec::new(),
         }
     }
 
@@ -101,7 +107,12 @@ impl Pipeline {
             rec.frame(bytes);
         }
         match decode::decode(bytes) {
-            Ok(event) => self.tracker.ingest(&event, &mut self.outputs),
+            Ok(event) => {
+                if let Event::Exec(e) = &event {
+                    self.execs.push((e.header.pid_tgid >> 32) as u32);
+                }
+                self.tracker.ingest(&event, &mut self.outputs);
+            }
             Err(err) => {
                 self.tracker.note_decode_error();
                 if !self.warned_decode {
@@ -172,6 +183,7 @@ fn run(args: &RunArgs) -> Result<()> {
         ring_bytes: args.ring_mib << 20,
         transitions: args.filters.transitions,
         accept_hook: args.accept_hook,
+        tls: !args.no_tls,
     };
     let (mut probe, ring) = Probe::load(config)
         .context("cannot start capture (`observer check` shows what is missing)")?;
@@ -191,6 +203,7 @@ fn run(args: &RunArgs) -> Result<()> {
         .transpose()?;
     let encoder = Encoder::new(header.host.clone(), header.boot_to_unix_ns);
     let mut pipeline = Pipeline::new(Tracker::new(boot_id, filter), encoder, sink, recorder);
+    pipeline.tracker.tls.libraries = probe.tls_libraries();
     eprintln!(
         "observer: capturing on {} ({})",
         header.kernel,
@@ -246,6 +259,8 @@ async fn live(
         mut sigusr2,
     } = signals;
     let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
+    let mut tls_tick = tokio::time::interval(TLS_RESCAN_EVERY);
+    let mut exec_ready: Vec<u32> = Vec::new();
     let mut counter_tick = tokio::time::interval(COUNTERS_EVERY);
     let deadline = tokio::time::sleep(args.duration.map_or(Duration::MAX / 4, Duration::from_secs));
     tokio::pin!(deadline);
@@ -276,7 +291,15 @@ async fn live(
             }
             _ = drain_tick.tick() => {
                 drain(ring.get_mut(), pipeline);
+                let new = probe.tls_scan_pids(&exec_ready);
+                exec_ready = std::mem::take(&mut pipeline.execs);
+                tls_attached(probe, pipeline, &new);
                 pipeline.flush(kernel::boottime_ns())
+            }
+            _ = tls_tick.tick() => {
+                let new = probe.tls_scan_all();
+                tls_attached(probe, pipeline, &new);
+                Ok(())
             }
             _ = counter_tick.tick() => {
                 let counters = Counters { ts_ns: kernel::boottime_ns(), values: probe.counters() };
@@ -323,6 +346,15 @@ async fn live(
         }
     );
     Ok(())
+}
+
+/// Reports TLS library files that just got uprobes, and tells the tracker their names.
+fn tls_attached(probe: &Probe, pipeline: &mut Pipeline, new: &[String]) {
+    if new.is_empty() {
+        return;
+    }
+    eprintln!("observer: TLS uprobes attached to {}", new.join(", "));
+    pipeline.tracker.tls.libraries = probe.tls_libraries();
 }
 
 /// SIGUSR1 pauses capture (every hook detached: the kernel runs none of observer's code) and

@@ -69,6 +69,9 @@ pub struct RunArgs {
                 the host while attached"
     )]
     pub accept_hook: bool,
+    /// Do not observe TLS handshakes (library uprobes and the `cgroup_skb` hello capture).
+    #[arg(long)]
+    pub no_tls: bool,
     /// Stop after this many seconds (default: run until SIGINT or SIGTERM).
     #[arg(long, value_name = "SECONDS")]
     pub duration: Option<u64>,

@@ -7,8 +7,8 @@
 use std::mem::size_of;
 
 use observer_common::{
-    ConnClosed, EventHeader, ProcessExec, ProcessExit, Reset, SynackRetransmit, Transition,
-    counter, kind,
+    ConnClosed, EventHeader, ProcessExec, ProcessExit, Reset, SynackRetransmit, TlsHandshake,
+    TlsHello, Transition, counter, kind,
 };
 use thiserror::Error;
 
@@ -24,6 +24,10 @@ pub struct Counters {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "events are decoded one at a time and consumed at once; a TLS hello is 1128 bytes"
+)]
 pub enum Event {
     Closed(ConnClosed),
     Transition(Transition),
@@ -32,6 +36,8 @@ pub enum Event {
     Counters(Counters),
     Exec(ProcessExec),
     Exit(ProcessExit),
+    TlsHello(TlsHello),
+    TlsHandshake(TlsHandshake),
 }
 
 impl Event {
@@ -46,6 +52,8 @@ impl Event {
             Event::Counters(c) => c.ts_ns,
             Event::Exec(e) => e.header.ts_ns,
             Event::Exit(e) => e.header.ts_ns,
+            Event::TlsHello(e) => e.header.ts_ns,
+            Event::TlsHandshake(e) => e.header.ts_ns,
         }
     }
 }
@@ -103,6 +111,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         kind::SYNACK_RETRANSMIT => exact(&header, bytes).map(Event::SynackRetransmit),
         kind::PROCESS_EXEC => exact(&header, bytes).map(Event::Exec),
         kind::PROCESS_EXIT => exact(&header, bytes).map(Event::Exit),
+        kind::TLS_HELLO => exact(&header, bytes).map(Event::TlsHello),
+        kind::TLS_HANDSHAKE => exact(&header, bytes).map(Event::TlsHandshake),
         KIND_COUNTERS => {
             let frame: CountersFrame = exact(&header, bytes)?;
             Ok(Event::Counters(Counters {
@@ -138,6 +148,8 @@ pub fn encode_into(event: &Event, out: &mut Vec<u8>) {
         Event::SynackRetransmit(e) => bytes(e, out),
         Event::Exec(e) => bytes(e, out),
         Event::Exit(e) => bytes(e, out),
+        Event::TlsHello(e) => bytes(e, out),
+        Event::TlsHandshake(e) => bytes(e, out),
         Event::Counters(c) => bytes(
             &CountersFrame {
                 header: EventHeader {

@@ -9,6 +9,7 @@ pub mod community_id;
 mod conn_line;
 pub mod ndjson;
 pub mod timefmt;
+mod tls_line;
 
 use std::{
     fs::File,

@@ -22,7 +22,10 @@ use self::{
         ends_of, ip_of,
     },
 };
-use crate::decode::{Counters, Event};
+use crate::{
+    decode::{Counters, Event},
+    tls::{TlsRecord, TlsTable},
+};
 
 /// Late facts join a closed socket's record when they happened at most this long after its
 /// CLOSE. The decision depends only on event timestamps, so live capture and replay agree.
@@ -85,6 +88,8 @@ pub struct Tracker {
     pub unattributed_resets: u64,
     /// Records emitted.
     pub records: u64,
+    /// TLS handshakes by socket cookie (`crate::tls`).
+    pub tls: TlsTable,
 }
 
 impl Tracker {
@@ -102,6 +107,7 @@ impl Tracker {
             reported: Losses::default(),
             unattributed_resets: 0,
             records: 0,
+            tls: TlsTable::default(),
         }
     }
 
@@ -118,6 +124,11 @@ impl Tracker {
             Event::SynackRetransmit(s) => self.synack(s),
             Event::Counters(c) => self.counters(c, out),
             Event::Exec(_) | Event::Exit(_) => {}
+            Event::TlsHello(h) => self.tls.hello(h),
+            Event::TlsHandshake(h) => {
+                let record = self.tls.handshake(h);
+                self.push_tls(record, out);
+            }
         }
     }
 
@@ -130,6 +141,7 @@ impl Tracker {
             self.order.pop_front();
             self.emit(sk, end, out);
         }
+        self.tls.expire(now_ns);
         if self.synacks.len() > 1024 {
             self.synacks
                 .retain(|_, &mut (_, last)| last.saturating_add(SYNACK_TTL_NS) > now_ns);
@@ -243,6 +255,7 @@ impl Tracker {
             self.latest.remove(&sk);
         }
         let st = &p.closed.state;
+        let tls = self.tls.closed(st.key);
         if !self.filter.admits(st.netns, &st.tuple) {
             return;
         }
@@ -255,7 +268,28 @@ impl Tracker {
             0
         };
         self.records += 1;
-        out.push(Output::Connection(self.record(&p, role, synack)));
+        let mut record = self.record(&p, role, synack);
+        if let Some((facts, wire_only)) = tls {
+            record.tls = Some(Box::new(facts));
+            if let Some(tls) = wire_only {
+                self.push_tls(tls, out);
+            }
+        }
+        out.push(Output::Connection(record));
+    }
+
+    /// An `observer.tls` record, with its connection's uid when the socket is tracked.
+    fn push_tls(&self, mut record: TlsRecord, out: &mut Vec<Output>) {
+        if let Some(tuple) = &record.tuple
+            && !self.filter.admits(record.netns, tuple)
+        {
+            return;
+        }
+        if record.tuple.is_none() && (self.filter.port.is_some() || self.filter.netns.is_some()) {
+            return;
+        }
+        record.uid = record.cookie_birth.map(|(c, b)| self.uid(c, b));
+        out.push(Output::Tls(Box::new(record)));
     }
 
     fn record(&self, p: &Pending, role: Role, synack: u32) -> ConnRecord {
@@ -341,6 +375,7 @@ impl Tracker {
             close_initiator: zeek::close_initiator(&facts),
             close_reason: zeek::close_reason(&facts),
             handshake_rtt_us,
+            tls: None,
             accept_wait_us: match (st.accept_ns, established_ns) {
                 (0, _) | (_, None) => None,
                 (accept, Some(est)) => Some(accept.saturating_sub(est) / 1_000),
