@@ -63,6 +63,8 @@ pub mod kind {
     /// [`crate::TlsHandshake`]: a TLS library's handshake call completed, failed or was
     /// abandoned.
     pub const TLS_HANDSHAKE: u16 = 8;
+    /// [`crate::TlsAlpn`]: the ALPN protocol a TLS library reported as negotiated.
+    pub const TLS_ALPN: u16 = 9;
 }
 
 /// The header every event starts with. It never moves.
@@ -424,7 +426,9 @@ pub struct TlsSession {
     pub done: u8,
     /// `TlsHandshake::lib_file`.
     pub lib_file: u8,
-    pub _pad: [u8; 4],
+    /// Non-zero once its ALPN protocol was reported.
+    pub alpn_done: u8,
+    pub _pad: [u8; 3],
 }
 
 /// Attach cookies of the TLS uprobes: the low byte is what the probed function is, the second
@@ -440,6 +444,29 @@ pub mod tls_op {
     pub const FREE: u64 = 5;
     /// `ERR_set_error(lib, reason, ...)` / `ERR_vset_error` entry in libcrypto.
     pub const ERROR_OPENSSL: u64 = 6;
+    /// `SSL_get0_alpn_selected(ssl, &data, &len)`, entry and return.
+    pub const ALPN_OPENSSL: u64 = 7;
+    /// `gnutls_alpn_get_selected_protocol(session, &datum)`, entry and return.
+    pub const ALPN_GNUTLS: u64 = 8;
+}
+
+/// Bytes of an ALPN protocol id kept in [`TlsAlpn`] (ids are at most 255 bytes; the registered
+/// ones are far shorter).
+pub const TLS_ALPN_LEN: usize = 32;
+
+/// [`kind::TLS_ALPN`]: the negotiated ALPN protocol, as the application asked its library for it
+/// after the handshake (TLS 1.3 encrypts the server's choice, so the wire cannot tell). Sent once
+/// per session.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsAlpn {
+    pub header: EventHeader,
+    /// `TlsHandshake::session`: with the process, joins the handshake.
+    pub session: u64,
+    /// Length of the protocol id; only the first [`TLS_ALPN_LEN`] bytes are in `protocol`.
+    pub len: u32,
+    pub _pad: u32,
+    pub protocol: [u8; TLS_ALPN_LEN],
 }
 
 /// Indexes of the per-CPU counter array `COUNTERS`.
@@ -607,6 +634,7 @@ const _: () = {
     assert!(size_of::<TlsHello>() == 24 + 16 + 40 + 8 + 8 + TLS_CAPTURE_LEN);
     assert!(size_of::<TlsHandshake>() == 24 + 24 + 16 + 16);
     assert!(size_of::<TlsSession>() == 32);
+    assert!(size_of::<TlsAlpn>() == 24 + 16 + TLS_ALPN_LEN);
     assert!(size_of::<Layout>() == 57 * 4);
     assert!(size_of::<Settings>() == 16);
 };

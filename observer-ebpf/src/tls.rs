@@ -8,6 +8,9 @@
 //!     three; their entries only record the role the application asked for.
 //!   - `SSL_free` and `gnutls_deinit`, entry: a handshake still pending is abandoned (a peer
 //!     that reset or closed mid-handshake leaves the library waiting for data).
+//!   - `SSL_get0_alpn_selected` and `gnutls_alpn_get_selected_protocol`, entry and return,
+//!     once per session: the ALPN protocol the application learnt after the handshake (TLS 1.3
+//!     encrypts the server's choice). Its out-parameters are read from user memory at return.
 //!   - `ERR_set_error` and `ERR_vset_error` (libcrypto.so.3; libssl's `SSLfatal` uses the
 //!     second), entry, only while a handshake call is in flight on the thread: OpenSSL's own
 //!     reason code (e.g. certificate verify failed, alert received).
@@ -28,15 +31,16 @@
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns,
-        generated::bpf_get_attach_cookie,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_probe_read_user,
+        generated::{self, bpf_get_attach_cookie},
     },
     macros::map,
     maps::{HashMap, LruHashMap},
     programs::{ProbeContext, RetProbeContext},
 };
 use observer_common::{
-    TlsHandshake, TlsSession, counter, kind, tls_lib, tls_op, tls_outcome, tls_role,
+    TLS_ALPN_LEN, TlsAlpn, TlsHandshake, TlsSession, counter, kind, tls_lib, tls_op, tls_outcome,
+    tls_role,
 };
 
 use crate::runtime::{EVENTS, count, header, submit_flags};
@@ -49,6 +53,10 @@ pub static TLS_SESSIONS: LruHashMap<[u64; 2], TlsSession> = LruHashMap::with_max
 /// The session whose handshake call is running on each thread, by tid.
 #[map]
 pub static TLS_ACTIVE: HashMap<u32, u64> = HashMap::with_max_entries(16_384, 0);
+
+/// Arguments of an ALPN query in flight, by tid: [session, out-pointer, out-pointer, op].
+#[map]
+pub static TLS_ALPN_ARGS: HashMap<u32, [u64; 4]> = HashMap::with_max_entries(16_384, 0);
 
 /// GnuTLS's non-fatal returns: `GNUTLS_E_AGAIN`, `GNUTLS_E_INTERRUPTED`.
 const GNUTLS_E_AGAIN: i32 = -28;
@@ -74,6 +82,19 @@ pub fn on_call(ctx: &ProbeContext) {
         return;
     };
     let key = [tgid, session];
+    if op == tls_op::ALPN_OPENSSL || op == tls_op::ALPN_GNUTLS {
+        // Only sessions whose handshake was followed, and once each.
+        // SAFETY: a value pointer returned by the map.
+        if TLS_SESSIONS
+            .get_ptr(key)
+            .is_some_and(|st| unsafe { (*st).alpn_done } == 0)
+            && let Some(out) = ctx.arg::<u64>(1)
+        {
+            let len_out = ctx.arg::<u64>(2).unwrap_or(0);
+            let _ = TLS_ALPN_ARGS.insert(tid, [session, out, len_out, op], 0);
+        }
+        return;
+    }
     if op == tls_op::FREE {
         if let Some(st) = TLS_SESSIONS.get_ptr(key) {
             // SAFETY: a value pointer returned by the map.
@@ -150,6 +171,12 @@ fn on_error(ctx: &ProbeContext, tgid: u64, tid: u32) {
 pub fn on_return(ctx: &RetProbeContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
+    // SAFETY: the context of a perf-event-attached uretprobe, as the helper requires.
+    let op = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } & 0xff;
+    if op == tls_op::ALPN_OPENSSL || op == tls_op::ALPN_GNUTLS {
+        let _ = on_alpn_return(ctx, pid_tgid);
+        return;
+    }
     // SAFETY: a value pointer returned by the map.
     let Some(session) = TLS_ACTIVE.get_ptr(tid).map(|s| unsafe { *s }) else {
         return;
@@ -213,4 +240,70 @@ fn report(st: &TlsSession, session: u64, pid_tgid: u64, ret: i32, outcome: u8) {
         (*event).comm = bpf_get_current_comm().unwrap_or_default();
     }
     entry.submit(submit_flags());
+}
+
+/// The query returned: reads the protocol id it handed out and reports it once.
+fn on_alpn_return(ctx: &RetProbeContext, pid_tgid: u64) -> Option<()> {
+    let tid = pid_tgid as u32;
+    // SAFETY: a value pointer returned by the map.
+    let [session, out, len_out, op] = TLS_ALPN_ARGS.get_ptr(tid).map(|a| unsafe { *a })?;
+    let _ = TLS_ALPN_ARGS.remove(tid);
+    // SAFETY: reads of the caller's out-parameters in its own address space; a bad pointer
+    // makes the helper fail, not fault.
+    let (data, len) = unsafe {
+        if op == tls_op::ALPN_OPENSSL {
+            // (const unsigned char **data, unsigned int *len)
+            (
+                bpf_probe_read_user(out as *const u64).ok()?,
+                bpf_probe_read_user(len_out as *const u32).ok()?,
+            )
+        } else {
+            // gnutls_datum_t { unsigned char *data; unsigned int size; }, 0 on success.
+            if ctx.ret::<i64>() as i32 != 0 {
+                return None;
+            }
+            (
+                bpf_probe_read_user(out as *const u64).ok()?,
+                bpf_probe_read_user((out + 8) as *const u32).ok()?,
+            )
+        }
+    };
+    if data == 0 || len == 0 {
+        return None;
+    }
+    let st = TLS_SESSIONS.get_ptr_mut([pid_tgid >> 32, session])?;
+    // SAFETY: a value pointer returned by the map.
+    unsafe {
+        if (*st).alpn_done != 0 {
+            return None;
+        }
+        (*st).alpn_done = 1;
+    }
+    let Some(mut entry) = EVENTS.reserve::<TlsAlpn>(0) else {
+        count(counter::RING_FULL);
+        return None;
+    };
+    let event = entry.as_mut_ptr();
+    let n = if len > TLS_ALPN_LEN as u32 {
+        TLS_ALPN_LEN as u32
+    } else {
+        len
+    };
+    // 1..=TLS_ALPN_LEN in a form the verifier can bound (a power of two).
+    let n = ((n - 1) & (TLS_ALPN_LEN as u32 - 1)) + 1;
+    // SAFETY: `event` points at reserved ring memory large enough for a TlsAlpn; every field is
+    // written before submit, and the read is bounded by the buffer's size.
+    unsafe {
+        (*event).header = header(kind::TLS_ALPN, size_of::<TlsAlpn>(), now(), pid_tgid);
+        (*event).session = session;
+        (*event).len = len;
+        (*event)._pad = 0;
+        (*event).protocol = [0; TLS_ALPN_LEN];
+        let dst = (&raw mut (*event).protocol).cast::<core::ffi::c_void>();
+        if generated::bpf_probe_read_user(dst, n, data as *const core::ffi::c_void) < 0 {
+            (*event).len = 0;
+        }
+    }
+    entry.submit(submit_flags());
+    Some(())
 }

@@ -7,8 +7,8 @@
 use std::mem::size_of;
 
 use observer_common::{
-    ConnClosed, EventHeader, ProcessExec, ProcessExit, Reset, SynackRetransmit, TlsHandshake,
-    TlsHello, Transition, counter, kind,
+    ConnClosed, EventHeader, ProcessExec, ProcessExit, Reset, SynackRetransmit, TlsAlpn,
+    TlsHandshake, TlsHello, Transition, counter, kind,
 };
 use thiserror::Error;
 
@@ -38,6 +38,7 @@ pub enum Event {
     Exit(ProcessExit),
     TlsHello(TlsHello),
     TlsHandshake(TlsHandshake),
+    TlsAlpn(TlsAlpn),
 }
 
 impl Event {
@@ -54,6 +55,7 @@ impl Event {
             Event::Exit(e) => e.header.ts_ns,
             Event::TlsHello(e) => e.header.ts_ns,
             Event::TlsHandshake(e) => e.header.ts_ns,
+            Event::TlsAlpn(e) => e.header.ts_ns,
         }
     }
 }
@@ -113,6 +115,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         kind::PROCESS_EXIT => exact(&header, bytes).map(Event::Exit),
         kind::TLS_HELLO => exact(&header, bytes).map(Event::TlsHello),
         kind::TLS_HANDSHAKE => exact(&header, bytes).map(Event::TlsHandshake),
+        kind::TLS_ALPN => exact(&header, bytes).map(Event::TlsAlpn),
         KIND_COUNTERS => {
             let frame: CountersFrame = exact(&header, bytes)?;
             Ok(Event::Counters(Counters {
@@ -150,6 +153,7 @@ pub fn encode_into(event: &Event, out: &mut Vec<u8>) {
         Event::Exit(e) => bytes(e, out),
         Event::TlsHello(e) => bytes(e, out),
         Event::TlsHandshake(e) => bytes(e, out),
+        Event::TlsAlpn(e) => bytes(e, out),
         Event::Counters(c) => bytes(
             &CountersFrame {
                 header: EventHeader {

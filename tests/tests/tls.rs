@@ -118,7 +118,7 @@ fn curl_to_nginx_tls13_and_tls12_both_ends() {
             "1.3",
             "TLS_CHACHA20_POLY1305_SHA256",
             ["h2", "http/1.1"].as_slice(),
-            None,
+            Some("h2"),
         ),
         (
             &v12,
@@ -368,10 +368,10 @@ fn client_started_later_from_a_new_library_path() {
 
 #[test]
 fn no_payload_in_output_or_maps() {
+    const MARKER: &str = "OBSERVER-PRIVACY-MARKER-7f3a";
     if !privileged("no_payload_in_output_or_maps") {
         return;
     }
-    const MARKER: &str = "OBSERVER-PRIVACY-MARKER-7f3a";
     let ns = NetNs::new("tls-priv");
     let pki = Pki::new();
     let obs = Observer::start(&ns, &[]);
@@ -396,15 +396,18 @@ fn no_payload_in_output_or_maps() {
     let (out, _) = tls::run(&ns, "/usr/bin/python3", &["-c", &script]);
     assert!(out.status.success(), "{out:?}");
     let _ = obs.wait_records("observer.tls", 2);
-    let maps = observer_tests::sh("bpftool", &["map", "dump", "name", "TLS_SESSIONS"])
-        + &observer_tests::sh("bpftool", &["map", "dump", "name", "TLS_WIRE"])
-        + &observer_tests::sh("bpftool", &["map", "dump", "name", "TLS_ACTIVE"]);
-    let hex: String = MARKER
+    // Every TLS map of every loaded observer (values printed as hex bytes).
+    let mut maps = String::new();
+    for map in ["TLS_SESSIONS", "TLS_WIRE", "TLS_ACTIVE", "TLS_ALPN_ARGS"] {
+        maps += &observer_tests::sh("bpftool", &["map", "dump", "name", map]);
+    }
+    let hex = MARKER
         .bytes()
         .take(8)
-        .map(|b| format!("{b:02x} "))
-        .collect();
-    assert!(!maps.contains(hex.trim_end()), "marker bytes in a TLS map");
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(!maps.contains(&hex), "marker bytes in a TLS map");
     let stopped = obs.stop();
     let records = tls_records(&stopped);
     assert!(!records.is_empty());

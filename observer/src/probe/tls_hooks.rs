@@ -31,6 +31,8 @@ fn points(kind: LibKind) -> &'static [(&'static str, &'static str, u64)] {
         (CALL, "SSL_connect", tls_op::ROLE_CLIENT),
         (CALL, "SSL_accept", tls_op::ROLE_SERVER),
         (CALL, "SSL_free", tls_op::FREE),
+        (CALL, "SSL_get0_alpn_selected", tls_op::ALPN_OPENSSL),
+        (RETURN, "SSL_get0_alpn_selected", tls_op::ALPN_OPENSSL),
     ];
     // libssl's SSLfatal raises through ERR_vset_error, ERR_raise through ERR_set_error.
     const CRYPTO: &[(&str, &str, u64)] = &[
@@ -41,6 +43,16 @@ fn points(kind: LibKind) -> &'static [(&'static str, &'static str, u64)] {
         (CALL, "gnutls_handshake", tls_op::HANDSHAKE_GNUTLS),
         (RETURN, "gnutls_handshake", 0),
         (CALL, "gnutls_deinit", tls_op::FREE),
+        (
+            CALL,
+            "gnutls_alpn_get_selected_protocol",
+            tls_op::ALPN_GNUTLS,
+        ),
+        (
+            RETURN,
+            "gnutls_alpn_get_selected_protocol",
+            tls_op::ALPN_GNUTLS,
+        ),
     ];
     const STATIC: &[(&str, &str, u64)] = &[
         (CALL, "SSL_do_handshake", tls_op::HANDSHAKE_OPENSSL),
@@ -48,6 +60,8 @@ fn points(kind: LibKind) -> &'static [(&'static str, &'static str, u64)] {
         (CALL, "SSL_connect", tls_op::ROLE_CLIENT),
         (CALL, "SSL_accept", tls_op::ROLE_SERVER),
         (CALL, "SSL_free", tls_op::FREE),
+        (CALL, "SSL_get0_alpn_selected", tls_op::ALPN_OPENSSL),
+        (RETURN, "SSL_get0_alpn_selected", tls_op::ALPN_OPENSSL),
         (CALL, "ERR_set_error", tls_op::ERROR_OPENSSL),
         (CALL, "ERR_vset_error", tls_op::ERROR_OPENSSL),
     ];

@@ -34,7 +34,7 @@ pub struct LibFile {
 
 /// Executables larger than this are not searched for a static OpenSSL (each inode is read
 /// once).
-const MAX_EXE_BYTES: u64 = 128 << 20;
+const MAX_EXE_BYTES: u64 = 64 << 20;
 
 const STANDARD_DIRS: &[&str] = &[
     "/usr/lib/x86_64-linux-gnu",
@@ -84,7 +84,9 @@ pub struct Finder {
 }
 
 impl Finder {
-    /// New library files at the standard paths and in every running process.
+    /// New library files at the standard paths and mapped by any running process. Executables
+    /// are not searched for a static OpenSSL here (reading every one at start-up takes seconds);
+    /// `scan_pid` does it for processes that start later.
     pub fn scan_all(&mut self) -> Vec<LibFile> {
         let mut out = Vec::new();
         for dir in STANDARD_DIRS {
@@ -98,7 +100,7 @@ impl Finder {
         if let Ok(entries) = fs::read_dir("/proc") {
             for entry in entries.flatten() {
                 if let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) {
-                    out.extend(self.scan_pid(pid));
+                    self.scan_maps(pid, &mut out);
                 }
             }
         }
@@ -109,12 +111,8 @@ impl Finder {
     /// it statically.
     pub fn scan_pid(&mut self, pid: u32) -> Vec<LibFile> {
         let mut out = Vec::new();
+        self.scan_maps(pid, &mut out);
         let root = PathBuf::from(format!("/proc/{pid}/root"));
-        if let Ok(maps) = fs::read_to_string(format!("/proc/{pid}/maps")) {
-            for (path, kind) in mapped_libraries(&maps) {
-                self.add(root.join(path.trim_start_matches('/')), kind, &mut out);
-            }
-        }
         let exe = PathBuf::from(format!("/proc/{pid}/exe"));
         if let Ok(meta) = fs::metadata(&exe)
             && self.seen.insert((meta.dev(), meta.ino()))
@@ -135,6 +133,15 @@ impl Finder {
             });
         }
         out
+    }
+
+    fn scan_maps(&mut self, pid: u32, out: &mut Vec<LibFile>) {
+        let root = PathBuf::from(format!("/proc/{pid}/root"));
+        if let Ok(maps) = fs::read_to_string(format!("/proc/{pid}/maps")) {
+            for (path, kind) in mapped_libraries(&maps) {
+                self.add(root.join(path.trim_start_matches('/')), kind, out);
+            }
+        }
     }
 
     fn add(&mut self, path: PathBuf, kind: LibKind, out: &mut Vec<LibFile>) {

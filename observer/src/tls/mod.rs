@@ -9,7 +9,7 @@ pub mod names;
 use std::collections::HashMap;
 
 use observer_common::{
-    Endpoints, TlsHandshake, TlsHello, conn_flag, tls_dir, tls_lib, tls_outcome, tls_role,
+    Endpoints, TlsAlpn, TlsHandshake, TlsHello, conn_flag, tls_dir, tls_lib, tls_outcome, tls_role,
 };
 
 use self::hello::{Alert, ClientHello, Message, ServerHello};
@@ -17,6 +17,10 @@ use self::hello::{Alert, ClientHello, Message, ServerHello};
 /// Wire facts older than this with no socket close are forgotten (a socket the kernel map
 /// never tracked, so no close event comes).
 const FORGET_NS: u64 = 600_000_000_000;
+/// How long a TLS 1.3 handshake's record waits for the application to ask its library for the
+/// negotiated ALPN protocol (encrypted on the wire). Clients and servers that use ALPN ask right
+/// after the handshake; the wait is measured on event timestamps, so replay agrees.
+pub const ALPN_WAIT_NS: u64 = 200_000_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsRole {
@@ -103,6 +107,8 @@ struct Socket {
     /// The sender of the first egress hello.
     egress_pid_tgid: u64,
     handshake: Option<TlsHandshake>,
+    /// The ALPN protocol the library reported (`TlsAlpn`).
+    alpn: Option<String>,
     reported: bool,
 }
 
@@ -110,6 +116,10 @@ struct Socket {
 #[derive(Default)]
 pub struct TlsTable {
     sockets: HashMap<u64, Socket>,
+    /// Socket cookie of each library session, by (pid, session), for ALPN reports.
+    sessions: HashMap<(u32, u64), u64>,
+    /// Records waiting for their ALPN protocol: (due, session key, record).
+    held: Vec<(u64, (u32, u64), TlsRecord)>,
     /// Names of the library files the uprobes were attached to, by `lib_file`.
     pub libraries: Vec<String>,
 }
@@ -147,8 +157,58 @@ impl TlsTable {
         }
     }
 
-    /// A library's handshake ended: its record, joined to its socket's hellos.
-    pub fn handshake(&mut self, h: &TlsHandshake) -> TlsRecord {
+    /// A library's handshake ended: its record, joined to its socket's hellos; `None` while
+    /// it waits for its ALPN protocol (`alpn`, `due`).
+    pub fn handshake(&mut self, h: &TlsHandshake) -> Option<TlsRecord> {
+        let key = (split(h.header.pid_tgid).0, h.session);
+        let record = self.handshake_record(h);
+        if h.cookie != 0 {
+            if self.sessions.len() > 4096 {
+                self.sessions.clear();
+            }
+            self.sessions.insert(key, h.cookie);
+        }
+        let f = &record.facts;
+        if f.established
+            && f.version.is_some_and(|v| v >= 0x0304)
+            && !f.alpn_offered.is_empty()
+            && f.next_protocol.is_none()
+        {
+            self.held
+                .push((h.header.ts_ns.saturating_add(ALPN_WAIT_NS), key, record));
+            return None;
+        }
+        Some(record)
+    }
+
+    /// The application learnt its ALPN protocol: a held record is complete.
+    pub fn alpn(&mut self, a: &TlsAlpn) -> Option<TlsRecord> {
+        let key = (split(a.header.pid_tgid).0, a.session);
+        let n = usize::try_from(a.len).unwrap_or(0).min(a.protocol.len());
+        let protocol = String::from_utf8_lossy(&a.protocol[..n]).into_owned();
+        if let Some(s) = self
+            .sessions
+            .remove(&key)
+            .and_then(|cookie| self.sockets.get_mut(&cookie))
+        {
+            s.alpn = Some(protocol.clone());
+        }
+        let i = self.held.iter().position(|(_, k, _)| *k == key)?;
+        let (_, _, mut record) = self.held.remove(i);
+        record.facts.next_protocol = Some(protocol);
+        Some(record)
+    }
+
+    /// Held records whose wait ended by `now_ns`.
+    pub fn due(&mut self, now_ns: u64) -> Vec<TlsRecord> {
+        let (ready, waiting) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|(due, _, _)| *due <= now_ns);
+        self.held = waiting;
+        ready.into_iter().map(|(_, _, record)| record).collect()
+    }
+
+    fn handshake_record(&mut self, h: &TlsHandshake) -> TlsRecord {
         let process = Some(TlsProcess {
             pid: split(h.header.pid_tgid).0,
             tid: split(h.header.pid_tgid).1,
@@ -222,7 +282,7 @@ impl TlsTable {
             cipher: sh.map(|sh| sh.cipher),
             curve: sh.and_then(|sh| sh.group),
             server_name: ch.and_then(|(_, ch)| ch.server_name.clone()),
-            next_protocol: sh.and_then(|sh| sh.alpn.clone()),
+            next_protocol: sh.and_then(|sh| sh.alpn.clone()).or_else(|| s.alpn.clone()),
             alpn_offered: ch.map(|(_, ch)| ch.alpn.clone()).unwrap_or_default(),
             resumed: sh.map(|sh| resumed(ch.map(|(_, ch)| ch), sh)),
             role: ch.map(|(dir, _)| {

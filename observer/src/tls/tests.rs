@@ -54,6 +54,43 @@ fn handshake(cookie: u64, outcome: u8, ret: i32, lib_error: u32) -> TlsHandshake
     }
 }
 
+fn alpn(protocol: &[u8]) -> TlsAlpn {
+    let mut out = TlsAlpn {
+        header: EventHeader {
+            kind: kind::TLS_ALPN,
+            len: 0,
+            _pad: 0,
+            ts_ns: 3_600_000,
+            pid_tgid: 10 << 32 | 0xc,
+        },
+        session: 0xdead,
+        len: u32::try_from(protocol.len()).expect("fits"),
+        _pad: 0,
+        protocol: [0; observer_common::TLS_ALPN_LEN],
+    };
+    out.protocol[..protocol.len()].copy_from_slice(protocol);
+    out
+}
+
+#[test]
+fn held_records_go_out_when_due_without_alpn() {
+    let mut t = TlsTable::default();
+    let (ch, sh) = hellos();
+    t.hello(&hello(7, tls_dir::EGRESS, 1_100_000, &ch));
+    t.hello(&hello(7, tls_dir::INGRESS, 2_000_000, &sh));
+    assert_eq!(
+        t.handshake(&handshake(7, tls_outcome::ESTABLISHED, 1, 0)),
+        None
+    );
+    let due = t.due(3_500_000 + ALPN_WAIT_NS);
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].facts.next_protocol, None);
+    // A late report still reaches the connection record.
+    assert_eq!(t.alpn(&alpn(b"http/1.1")), None);
+    let (facts, _) = t.closed(7).expect("tls socket");
+    assert_eq!(facts.next_protocol.as_deref(), Some("http/1.1"));
+}
+
 /// A TLS 1.3 `ClientHello` for "x.test" offering h2, and the `ServerHello` choosing
 /// `TLS_AES_256_GCM_SHA384` with x25519.
 fn hellos() -> (Vec<u8>, Vec<u8>) {
@@ -93,7 +130,15 @@ fn handshake_joins_the_wire_facts_of_its_socket() {
     let (ch, sh) = hellos();
     t.hello(&hello(7, tls_dir::EGRESS, 1_100_000, &ch));
     t.hello(&hello(7, tls_dir::INGRESS, 2_000_000, &sh));
-    let r = t.handshake(&handshake(7, tls_outcome::ESTABLISHED, 1, 0));
+    // TLS 1.3 with ALPN offered: the record waits for the library's ALPN report.
+    assert_eq!(
+        t.handshake(&handshake(7, tls_outcome::ESTABLISHED, 1, 0)),
+        None
+    );
+    assert_eq!(t.due(3_500_000 + ALPN_WAIT_NS - 1), vec![]);
+    let r = t.alpn(&alpn(b"h2")).expect("the held record");
+    assert_eq!(t.due(u64::MAX), vec![]);
+    assert_eq!(r.facts.next_protocol.as_deref(), Some("h2"));
     assert_eq!(r.cookie_birth, Some((7, 5)));
     assert_eq!(r.process.map(|p| (p.pid, p.tid)), Some((10, 12)));
     assert_eq!(r.process.as_ref().map(TlsProcess::name), Some("curl"));
@@ -122,7 +167,9 @@ fn failures_name_their_reason() {
     let mut t = TlsTable::default();
     let (ch, _) = hellos();
     t.hello(&hello(8, tls_dir::EGRESS, 1_100_000, &ch));
-    let r = t.handshake(&handshake(8, tls_outcome::FAILED, -1, 20 << 24 | 0x86));
+    let r = t
+        .handshake(&handshake(8, tls_outcome::FAILED, -1, 20 << 24 | 0x86))
+        .expect("failures are not held");
     assert!(!r.facts.established);
     assert_eq!(r.facts.error.as_deref(), Some("certificate verify failed"));
     assert_eq!(r.facts.library.as_deref(), Some("openssl"));
@@ -134,7 +181,9 @@ fn failures_name_their_reason() {
         1_200_000,
         &[21, 3, 3, 0, 2, 2, 70],
     ));
-    let r = t.handshake(&handshake(9, tls_outcome::ABANDONED, 0, 0));
+    let r = t
+        .handshake(&handshake(9, tls_outcome::ABANDONED, 0, 0))
+        .expect("failures are not held");
     assert_eq!(
         r.facts.error.as_deref(),
         Some("alert received: protocol_version")

@@ -126,8 +126,14 @@ impl Tracker {
             Event::Exec(_) | Event::Exit(_) => {}
             Event::TlsHello(h) => self.tls.hello(h),
             Event::TlsHandshake(h) => {
-                let record = self.tls.handshake(h);
-                self.push_tls(record, out);
+                if let Some(record) = self.tls.handshake(h) {
+                    self.push_tls(record, out);
+                }
+            }
+            Event::TlsAlpn(a) => {
+                if let Some(record) = self.tls.alpn(a) {
+                    self.push_tls(record, out);
+                }
             }
         }
     }
@@ -142,6 +148,9 @@ impl Tracker {
             self.emit(sk, end, out);
         }
         self.tls.expire(now_ns);
+        for record in self.tls.due(now_ns) {
+            self.push_tls(record, out);
+        }
         if self.synacks.len() > 1024 {
             self.synacks
                 .retain(|_, &mut (_, last)| last.saturating_add(SYNACK_TTL_NS) > now_ns);
@@ -150,6 +159,9 @@ impl Tracker {
 
     /// Emits everything still held, then the loss summary. For shutdown and the end of a replay.
     pub fn finish(&mut self, now_ns: u64, out: &mut Vec<Output>) {
+        for record in self.tls.due(u64::MAX) {
+            self.push_tls(record, out);
+        }
         while let Some((end, sk)) = self.order.pop_front() {
             self.emit(sk, end, out);
         }
