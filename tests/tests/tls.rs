@@ -317,6 +317,74 @@ fn failed_handshakes_wrong_ca_and_version_mismatch() {
     );
 }
 
+/// A server that reads the `ClientHello` and answers with a RST (`SO_LINGER` 0).
+const RST_SERVER: &str = "
+import socket, struct
+s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(4)
+print(s.getsockname()[1], flush=True)
+c, _ = s.accept()
+c.recv(4096)
+c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+c.close()
+";
+
+#[test]
+fn reset_mid_handshake() {
+    use std::io::BufRead as _;
+    if !privileged("reset_mid_handshake") {
+        return;
+    }
+    let ns = NetNs::new("tls-rst");
+    let pki = Pki::new();
+    let obs = Observer::start(&ns, &[]);
+    let mut server = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "/usr/bin/python3",
+            "-c",
+            RST_SERVER,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("rst server");
+    let mut line = String::new();
+    std::io::BufReader::new(server.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("port");
+    let port: u16 = line.trim().parse().expect("port");
+    let (code, _, _, curl) = tls::curl(&ns, port, &pki.path("ca.pem"), &[]);
+    assert_eq!(code, 35, "curl: TLS handshake failed");
+    let _ = server.wait();
+    let _ = obs.wait_records("observer.connection", 2);
+    let stopped = obs.stop();
+    let records = tls_records(&stopped);
+    let c = one(&records, "client", curl);
+    assert_eq!(field(c, "tls.established"), false);
+    assert_eq!(
+        field(c, "tls.error"),
+        "handshake abandoned: the connection ended before it completed"
+    );
+    assert_eq!(field(c, "tls.client.server_name"), "tls.test");
+    assert_eq!(field(c, "tls.version").as_str(), None, "no ServerHello");
+    assert_joined(&stopped, c);
+    let conn = stopped
+        .dataset("observer.connection")
+        .into_iter()
+        .find(|r| field(r, "conn.uid") == field(c, "conn.uid"))
+        .expect("the connection");
+    assert_eq!(field(&conn, "conn.error"), "ECONNRESET");
+    // The server end had no TLS library: its record comes from the wire alone, at close.
+    let s = records
+        .iter()
+        .find(|r| field(r, "tls.role") == "server")
+        .expect("the server's wire-only record");
+    assert_eq!(field(s, "tls.source"), "wire");
+    assert_eq!(field(s, "tls.established"), false);
+    assert_eq!(field(s, "tls.client.server_name"), "tls.test");
+}
+
 #[test]
 fn client_started_later_from_a_new_library_path() {
     if !privileged("client_started_later_from_a_new_library_path") {
