@@ -375,13 +375,6 @@ pub mod tls_outcome {
     pub const ABANDONED: u8 = 3;
 }
 
-/// `TlsHandshake::api_role`: what the application asked for, when it said.
-pub mod tls_role {
-    pub const UNKNOWN: u8 = 0;
-    pub const CLIENT: u8 = 1;
-    pub const SERVER: u8 = 2;
-}
-
 /// [`kind::TLS_HANDSHAKE`]: one TLS session's handshake, from its library's calls.
 /// `header.ts_ns` is its end, `header.pid_tgid` the thread that made the last call.
 #[repr(C)]
@@ -398,16 +391,13 @@ pub struct TlsHandshake {
     pub calls: u32,
     /// Return value of the last call (`OpenSSL`: 1 success; `GnuTLS`: 0 success, else an error).
     pub ret: i32,
-    /// The last error the library raised on this thread during the handshake
-    /// (OpenSSL `ERR_set_error`: `lib << 24 | reason`), or 0.
-    pub lib_error: u32,
-    /// One of [`tls_lib`], [`tls_outcome`], [`tls_role`].
+    /// One of [`tls_lib`] and [`tls_outcome`].
     pub library: u8,
     pub outcome: u8,
-    pub api_role: u8,
     /// Which library file the uprobe fired in: an index into userspace's list of attached
     /// files (the attach cookie's second byte).
     pub lib_file: u8,
+    pub _pad: [u8; 5],
     pub comm: [u8; COMM_LEN],
 }
 
@@ -418,9 +408,7 @@ pub struct TlsSession {
     pub start_ns: u64,
     pub cookie: u64,
     pub calls: u32,
-    pub lib_error: u32,
     pub library: u8,
-    pub api_role: u8,
     /// Non-zero once reported: later handshake calls on an established session (which return
     /// at once) are not new handshakes.
     pub done: u8,
@@ -428,7 +416,6 @@ pub struct TlsSession {
     pub lib_file: u8,
     /// Non-zero once its ALPN protocol was reported.
     pub alpn_done: u8,
-    pub _pad: [u8; 3],
 }
 
 /// Attach cookies of the TLS uprobes: the low byte is what the probed function is, the second
@@ -437,13 +424,11 @@ pub mod tls_op {
     /// `SSL_do_handshake` / `gnutls_handshake` entry (library in `TlsSession::library`).
     pub const HANDSHAKE_OPENSSL: u64 = 1;
     pub const HANDSHAKE_GNUTLS: u64 = 2;
-    /// `SSL_connect` / `SSL_accept` entry: the role the application asked for.
-    pub const ROLE_CLIENT: u64 = 3;
-    pub const ROLE_SERVER: u64 = 4;
+    // 3, 4 (`SSL_connect`/`SSL_accept`: the role, which the wire tells) and 6
+    // (`ERR_vset_error`: it also fires for the dozens of errors OpenSSL 3 raises and pops in
+    // every successful handshake) were tried and dropped: each uprobe hit costs ~14 µs here.
     /// `SSL_free` / `gnutls_deinit` entry: a pending handshake is abandoned.
     pub const FREE: u64 = 5;
-    /// `ERR_set_error(lib, reason, ...)` / `ERR_vset_error` entry in libcrypto.
-    pub const ERROR_OPENSSL: u64 = 6;
     /// `SSL_get0_alpn_selected(ssl, &data, &len)`, entry and return.
     pub const ALPN_OPENSSL: u64 = 7;
     /// `gnutls_alpn_get_selected_protocol(session, &datum)`, entry and return.
@@ -633,7 +618,8 @@ const _: () = {
     assert!(size_of::<ProcessExit>() == 24);
     assert!(size_of::<TlsHello>() == 24 + 16 + 40 + 8 + 8 + TLS_CAPTURE_LEN);
     assert!(size_of::<TlsHandshake>() == 24 + 24 + 16 + 16);
-    assert!(size_of::<TlsSession>() == 32);
+    assert!(align_of::<TlsHandshake>() == 8);
+    assert!(size_of::<TlsSession>() == 24);
     assert!(size_of::<TlsAlpn>() == 24 + 16 + TLS_ALPN_LEN);
     assert!(size_of::<Layout>() == 57 * 4);
     assert!(size_of::<Settings>() == 16);

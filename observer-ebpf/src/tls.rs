@@ -5,15 +5,18 @@
 //!   cookie says which function fired (`tls_op`):
 //!   - `SSL_do_handshake` (libssl.so.3) and `gnutls_handshake` (libgnutls.so.30), entry and
 //!     return. `SSL_connect` and `SSL_accept` call `SSL_do_handshake`, so one pair covers all
-//!     three; their entries only record the role the application asked for.
+//!     three. GnuTLS's return value says fatal or not; OpenSSL's -1 means either "try again"
+//!     or failure, so a -1 counts as failure only when the socket carried a TLS alert
+//!     (`tls_wire::alerted`), which every OpenSSL handshake failure sends or receives.
 //!   - `SSL_free` and `gnutls_deinit`, entry: a handshake still pending is abandoned (a peer
 //!     that reset or closed mid-handshake leaves the library waiting for data).
 //!   - `SSL_get0_alpn_selected` and `gnutls_alpn_get_selected_protocol`, entry and return,
 //!     once per session: the ALPN protocol the application learnt after the handshake (TLS 1.3
 //!     encrypts the server's choice). Its out-parameters are read from user memory at return.
-//!   - `ERR_set_error` and `ERR_vset_error` (libcrypto.so.3; libssl's `SSLfatal` uses the
-//!     second), entry, only while a handshake call is in flight on the thread: OpenSSL's own
-//!     reason code (e.g. certificate verify failed, alert received).
+//!   - Not hooked, after measuring: `SSL_connect`/`SSL_accept` (the role comes from the
+//!     hellos' direction) and `ERR_vset_error` (OpenSSL's reason for a failure, but it fires for
+//!     the dozens of errors OpenSSL 3 raises and pops in every successful handshake). A uprobe
+//!     hit costs ~14 µs on this machine (`bench/tls_handshakes.sh`).
 //! - **Why uprobes on the API, not library structs:** the arguments and return values of these
 //!   public functions are stable across versions; struct offsets are not, and Rust eBPF has no
 //!   CO-RE. Negotiated values (version, cipher, SNI, ALPN) come from the cleartext hellos on the
@@ -40,7 +43,6 @@ use aya_ebpf::{
 };
 use observer_common::{
     TLS_ALPN_LEN, TlsAlpn, TlsHandshake, TlsSession, counter, kind, tls_lib, tls_op, tls_outcome,
-    tls_role,
 };
 
 use crate::runtime::{EVENTS, count, header, submit_flags};
@@ -74,10 +76,6 @@ pub fn on_call(ctx: &ProbeContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = pid_tgid >> 32;
     let tid = pid_tgid as u32;
-    if op == tls_op::ERROR_OPENSSL {
-        on_error(ctx, tgid, tid);
-        return;
-    }
     let Some(session) = ctx.arg::<u64>(0) else {
         return;
     };
@@ -106,66 +104,24 @@ pub fn on_call(ctx: &ProbeContext) {
         }
         return;
     }
-    let (library, role) = match op {
-        tls_op::HANDSHAKE_OPENSSL => (tls_lib::OPENSSL, tls_role::UNKNOWN),
-        tls_op::HANDSHAKE_GNUTLS => (tls_lib::GNUTLS, tls_role::UNKNOWN),
-        tls_op::ROLE_CLIENT => (tls_lib::OPENSSL, tls_role::CLIENT),
-        tls_op::ROLE_SERVER => (tls_lib::OPENSSL, tls_role::SERVER),
+    let library = match op {
+        tls_op::HANDSHAKE_OPENSSL => tls_lib::OPENSSL,
+        tls_op::HANDSHAKE_GNUTLS => tls_lib::GNUTLS,
         _ => return,
     };
-    match TLS_SESSIONS.get_ptr_mut(key) {
-        Some(st) => {
-            if role != tls_role::UNKNOWN {
-                // SAFETY: a value pointer returned by the map.
-                unsafe { (*st).api_role = role };
-            }
-        }
-        None => {
-            let st = TlsSession {
-                start_ns: now(),
-                library,
-                api_role: role,
-                lib_file,
-                ..TlsSession::default()
-            };
-            if TLS_SESSIONS.insert(key, st, 0).is_err() {
-                count(counter::TLS_MAP_FULL);
-                return;
-            }
+    if TLS_SESSIONS.get_ptr(key).is_none() {
+        let st = TlsSession {
+            start_ns: now(),
+            library,
+            lib_file,
+            ..TlsSession::default()
+        };
+        if TLS_SESSIONS.insert(key, st, 0).is_err() {
+            count(counter::TLS_MAP_FULL);
+            return;
         }
     }
-    if role == tls_role::UNKNOWN {
-        let _ = TLS_ACTIVE.insert(tid, session, 0);
-    }
-}
-
-/// `ERR_LIB_SSL`: a failing handshake raises its fatal error in this library (`SSLfatal`).
-/// Other libraries' errors during a handshake (decoders trying formats, X509 store lookups)
-/// are often pushed and popped again by the caller, and mean nothing.
-const ERR_LIB_SSL: u32 = 20;
-
-/// `ERR_set_error(int lib, int reason, const char *fmt, ...)` and `ERR_vset_error` (same first
-/// two arguments): keeps the first SSL error a
-/// handshake raised; later ones are usually the generic consequences of the first.
-fn on_error(ctx: &ProbeContext, tgid: u64, tid: u32) {
-    // SAFETY: a value pointer returned by the map.
-    let Some(session) = TLS_ACTIVE.get_ptr(tid).map(|s| unsafe { *s }) else {
-        return;
-    };
-    let (Some(lib), Some(reason)) = (ctx.arg::<u32>(0), ctx.arg::<u32>(1)) else {
-        return;
-    };
-    if lib != ERR_LIB_SSL {
-        return;
-    }
-    if let Some(st) = TLS_SESSIONS.get_ptr_mut([tgid, session]) {
-        // SAFETY: a value pointer returned by the map.
-        unsafe {
-            if (*st).lib_error == 0 {
-                (*st).lib_error = (lib & 0xff) << 24 | (reason & 0x00ff_ffff);
-            }
-        }
-    }
+    let _ = TLS_ACTIVE.insert(tid, session, 0);
 }
 
 pub fn on_return(ctx: &RetProbeContext) {
@@ -202,8 +158,8 @@ pub fn on_return(ctx: &RetProbeContext) {
     } else {
         match ret {
             1 => tls_outcome::ESTABLISHED,
-            // WANT_READ/WANT_WRITE raise no error; a fatal failure raises an SSL one.
-            r if r < 0 && st.lib_error == 0 => return,
+            // -1 is also WANT_READ/WANT_WRITE; a failure sent or received an alert.
+            r if r < 0 && !crate::tls_wire::alerted(st.cookie) => return,
             _ => tls_outcome::FAILED,
         }
     };
@@ -232,10 +188,9 @@ fn report(st: &TlsSession, session: u64, pid_tgid: u64, ret: i32, outcome: u8) {
         (*event).start_ns = st.start_ns;
         (*event).calls = st.calls;
         (*event).ret = ret;
-        (*event).lib_error = st.lib_error;
         (*event).library = st.library;
         (*event).outcome = outcome;
-        (*event).api_role = st.api_role;
+        (*event)._pad = [0; 5];
         (*event).lib_file = st.lib_file;
         (*event).comm = bpf_get_current_comm().unwrap_or_default();
     }

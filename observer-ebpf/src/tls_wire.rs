@@ -40,10 +40,12 @@ use crate::{
 };
 
 /// Capture state per socket cookie: one nibble per direction (egress low, ingress high):
-/// bits 0–1 count the segments captured, bit 3 means done.
+/// bits 0–1 count the segments captured, bit 2 says one started with an alert, bit 3 means
+/// done.
 #[map]
 pub static TLS_WIRE: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65_536, 0);
 
+const ALERT: u8 = 4;
 const DONE: u8 = 8;
 /// Segments captured per direction.
 const MAX_SEGMENTS: u8 = 2;
@@ -85,17 +87,20 @@ fn try_on_skb(ctx: &SkBuffContext, direction: u8) -> Option<()> {
         return None;
     }
     let content_type: u8 = ctx.load(off as usize).ok()?;
-    let next = if content_type == TLS_HANDSHAKE || content_type == TLS_ALERT {
-        let index = mine & 3;
-        capture(ctx, direction, cookie, off, seg_len, index);
-        if index + 1 >= MAX_SEGMENTS {
-            DONE
+    let alert = if content_type == TLS_ALERT { ALERT } else { 0 };
+    let next = alert
+        | (mine & ALERT)
+        | if content_type == TLS_HANDSHAKE || content_type == TLS_ALERT {
+            let index = mine & 3;
+            capture(ctx, direction, cookie, off, seg_len, index);
+            if index + 1 >= MAX_SEGMENTS {
+                DONE
+            } else {
+                index + 1
+            }
         } else {
-            index + 1
-        }
-    } else {
-        DONE
-    };
+            DONE
+        };
     let all = (all & !(0xf << shift)) | (next << shift);
     match state {
         // SAFETY: as above.
@@ -174,4 +179,13 @@ fn join(pid_tgid: u64, cookie: u64) {
             }
         }
     }
+}
+
+/// Whether a segment of this socket, either way, started with a TLS alert: a handshake call
+/// that then returns an error has failed (it raised no `WANT_READ`/`WANT_WRITE`).
+pub fn alerted(cookie: u64) -> bool {
+    // SAFETY: a value pointer returned by the map.
+    TLS_WIRE
+        .get_ptr(cookie)
+        .is_some_and(|s| unsafe { *s } & (ALERT | ALERT << 4) != 0)
 }

@@ -28,16 +28,9 @@ fn points(kind: LibKind) -> &'static [(&'static str, &'static str, u64)] {
     const SSL: &[(&str, &str, u64)] = &[
         (CALL, "SSL_do_handshake", tls_op::HANDSHAKE_OPENSSL),
         (RETURN, "SSL_do_handshake", 0),
-        (CALL, "SSL_connect", tls_op::ROLE_CLIENT),
-        (CALL, "SSL_accept", tls_op::ROLE_SERVER),
         (CALL, "SSL_free", tls_op::FREE),
         (CALL, "SSL_get0_alpn_selected", tls_op::ALPN_OPENSSL),
         (RETURN, "SSL_get0_alpn_selected", tls_op::ALPN_OPENSSL),
-    ];
-    // libssl's SSLfatal raises through ERR_vset_error, ERR_raise through ERR_set_error.
-    const CRYPTO: &[(&str, &str, u64)] = &[
-        (CALL, "ERR_set_error", tls_op::ERROR_OPENSSL),
-        (CALL, "ERR_vset_error", tls_op::ERROR_OPENSSL),
     ];
     const GNUTLS: &[(&str, &str, u64)] = &[
         (CALL, "gnutls_handshake", tls_op::HANDSHAKE_GNUTLS),
@@ -57,17 +50,12 @@ fn points(kind: LibKind) -> &'static [(&'static str, &'static str, u64)] {
     const STATIC: &[(&str, &str, u64)] = &[
         (CALL, "SSL_do_handshake", tls_op::HANDSHAKE_OPENSSL),
         (RETURN, "SSL_do_handshake", 0),
-        (CALL, "SSL_connect", tls_op::ROLE_CLIENT),
-        (CALL, "SSL_accept", tls_op::ROLE_SERVER),
         (CALL, "SSL_free", tls_op::FREE),
         (CALL, "SSL_get0_alpn_selected", tls_op::ALPN_OPENSSL),
         (RETURN, "SSL_get0_alpn_selected", tls_op::ALPN_OPENSSL),
-        (CALL, "ERR_set_error", tls_op::ERROR_OPENSSL),
-        (CALL, "ERR_vset_error", tls_op::ERROR_OPENSSL),
     ];
     match kind {
         LibKind::OpenSsl => SSL,
-        LibKind::Crypto => CRYPTO,
         LibKind::GnuTls => GNUTLS,
         LibKind::StaticOpenSsl => STATIC,
     }

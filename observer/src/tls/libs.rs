@@ -15,8 +15,6 @@ use std::{
 pub enum LibKind {
     /// libssl: the handshake functions.
     OpenSsl,
-    /// libcrypto: `ERR_set_error`.
-    Crypto,
     GnuTls,
     /// An executable with OpenSSL linked in statically (both sets of symbols).
     StaticOpenSsl,
@@ -49,8 +47,6 @@ const STANDARD_DIRS: &[&str] = &[
 pub fn kind_of(file_name: &str) -> Option<LibKind> {
     if file_name.starts_with("libssl.so.3") {
         Some(LibKind::OpenSsl)
-    } else if file_name.starts_with("libcrypto.so.3") {
-        Some(LibKind::Crypto)
     } else if file_name.starts_with("libgnutls.so.30") {
         Some(LibKind::GnuTls)
     } else {
@@ -90,7 +86,7 @@ impl Finder {
     pub fn scan_all(&mut self) -> Vec<LibFile> {
         let mut out = Vec::new();
         for dir in STANDARD_DIRS {
-            for name in ["libssl.so.3", "libcrypto.so.3", "libgnutls.so.30"] {
+            for name in ["libssl.so.3", "libgnutls.so.30"] {
                 let path = Path::new(dir).join(name);
                 if let Some(kind) = kind_of(name) {
                     self.add(path, kind, &mut out);
@@ -119,7 +115,6 @@ impl Finder {
             && meta.len() <= MAX_EXE_BYTES
             && let Ok(bytes) = fs::read(&exe)
             && exports(&bytes, b"SSL_do_handshake")
-            && exports(&bytes, b"ERR_set_error")
         {
             let name = version_in(&bytes, b"OpenSSL ")
                 .map_or_else(|| "openssl".to_owned(), |v| format!("openssl/{v}"));
@@ -221,7 +216,6 @@ mod tests {
             mapped_libraries(maps),
             vec![
                 ("/usr/lib/x86_64-linux-gnu/libssl.so.3", LibKind::OpenSsl),
-                ("/opt/x/libcrypto.so.3", LibKind::Crypto),
                 ("/usr/lib/libgnutls.so.30.34.3", LibKind::GnuTls),
             ]
         );

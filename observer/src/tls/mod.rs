@@ -9,7 +9,7 @@ pub mod names;
 use std::collections::HashMap;
 
 use observer_common::{
-    Endpoints, TlsAlpn, TlsHandshake, TlsHello, conn_flag, tls_dir, tls_lib, tls_outcome, tls_role,
+    Endpoints, TlsAlpn, TlsHandshake, TlsHello, conn_flag, tls_dir, tls_lib, tls_outcome,
 };
 
 use self::hello::{Alert, ClientHello, Message, ServerHello};
@@ -310,15 +310,16 @@ impl TlsTable {
             f.handshake_duration_us = Some(h.header.ts_ns.saturating_sub(h.start_ns) / 1000);
             f.library = Some(self.library(h));
             if f.role.is_none() {
-                f.role = match h.api_role {
-                    tls_role::CLIENT => Some(TlsRole::Client),
-                    tls_role::SERVER => Some(TlsRole::Server),
-                    _ => role_of_conn(s.flags),
-                };
+                f.role = role_of_conn(s.flags);
             }
             if !f.established {
-                f.error = Some(library_error(h).or(alert_error).unwrap_or_else(|| {
-                    "handshake abandoned: the connection ended before it completed".to_owned()
+                // The alert names the cause best; GnuTLS's error code says the rest.
+                f.error = Some(alert_error.or_else(|| gnutls_error(h)).unwrap_or_else(|| {
+                    if h.outcome == tls_outcome::ABANDONED {
+                        "handshake abandoned: the connection ended before it completed".to_owned()
+                    } else {
+                        format!("handshake failed: the library returned {}", h.ret)
+                    }
                 }));
             }
         } else {
@@ -374,14 +375,9 @@ fn resumed(ch: Option<&ClientHello>, sh: &ServerHello) -> bool {
     }
 }
 
-fn library_error(h: &TlsHandshake) -> Option<String> {
-    if h.outcome == tls_outcome::ABANDONED {
-        return None;
-    }
-    if h.library == tls_lib::GNUTLS {
-        return Some(names::gnutls_error(h.ret));
-    }
-    (h.lib_error != 0).then(|| names::openssl_error(h.lib_error))
+fn gnutls_error(h: &TlsHandshake) -> Option<String> {
+    (h.library == tls_lib::GNUTLS && h.outcome == tls_outcome::FAILED)
+        .then(|| names::gnutls_error(h.ret))
 }
 
 #[cfg(test)]

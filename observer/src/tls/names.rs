@@ -1,6 +1,6 @@
 //! Names for the numbers of TLS and its libraries: IANA cipher suites, groups and alerts
-//! (the TLS parameters registry), OpenSSL 3 reason codes (`include/openssl/sslerr.h`) and
-//! `GnuTLS` error codes (`gnutls/gnutls.h`). Unknown numbers come out as hex or as the number.
+//! (the TLS parameters registry) and `GnuTLS` error codes (`gnutls/gnutls.h`). Unknown numbers
+//! come out as hex or as the number.
 
 /// `tls.version`: "1.3", "1.2", …
 #[must_use]
@@ -109,38 +109,6 @@ pub fn alert(description: u8) -> String {
     .to_owned()
 }
 
-/// `ERR_LIB_SSL`.
-const LIB_SSL: u32 = 20;
-/// OpenSSL's reasons for a received alert are 1000 + its description (`SSL_AD_REASON_OFFSET`).
-const ALERT_REASON_OFFSET: u32 = 1000;
-
-/// An OpenSSL error (`lib << 24 | reason`) as OpenSSL's own reason string says it.
-#[must_use]
-pub fn openssl_error(code: u32) -> String {
-    let (lib, reason) = (code >> 24, code & 0x00ff_ffff);
-    if lib != LIB_SSL {
-        return format!("openssl error lib {lib} reason {reason}");
-    }
-    if let Some(d) = reason
-        .checked_sub(ALERT_REASON_OFFSET)
-        .and_then(|d| u8::try_from(d).ok())
-    {
-        return format!("alert received: {}", alert(d));
-    }
-    match reason {
-        134 => "certificate verify failed".to_owned(),
-        258 => "unsupported protocol".to_owned(),
-        102 => "version too low".to_owned(),
-        166 => "version too high".to_owned(),
-        193 => "no shared cipher".to_owned(),
-        294 => "unexpected eof while reading".to_owned(),
-        156 => "wrong version number".to_owned(),
-        325 => "no suitable signature algorithm".to_owned(),
-        239 => "no shared signature algorithms".to_owned(),
-        other => format!("openssl ssl reason {other}"),
-    }
-}
-
 /// A `GnuTLS` error code as `gnutls_strerror_name` spells it.
 #[must_use]
 pub fn gnutls_error(code: i32) -> String {
@@ -178,11 +146,6 @@ mod tests {
         assert_eq!(cipher(0x1234), "0x1234");
         assert_eq!(group(0x001d), "x25519");
         assert_eq!(alert(48), "unknown_ca");
-        assert_eq!(openssl_error(20 << 24 | 0x86), "certificate verify failed");
-        assert_eq!(
-            openssl_error(20 << 24 | 0x42e),
-            "alert received: protocol_version"
-        );
         assert_eq!(gnutls_error(-12), "GNUTLS_E_FATAL_ALERT_RECEIVED");
     }
 }

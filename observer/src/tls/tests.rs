@@ -31,7 +31,7 @@ fn hello(cookie: u64, direction: u8, ts: u64, bytes: &[u8]) -> TlsHello {
     }
 }
 
-fn handshake(cookie: u64, outcome: u8, ret: i32, lib_error: u32) -> TlsHandshake {
+fn handshake(cookie: u64, outcome: u8, ret: i32, library: u8) -> TlsHandshake {
     TlsHandshake {
         header: EventHeader {
             kind: kind::TLS_HANDSHAKE,
@@ -45,11 +45,10 @@ fn handshake(cookie: u64, outcome: u8, ret: i32, lib_error: u32) -> TlsHandshake
         start_ns: 1_000_000,
         calls: 2,
         ret,
-        lib_error,
-        library: tls_lib::OPENSSL,
+        library,
         outcome,
-        api_role: tls_role::CLIENT,
         lib_file: 0,
+        _pad: [0; 5],
         comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
     }
 }
@@ -79,7 +78,7 @@ fn held_records_go_out_when_due_without_alpn() {
     t.hello(&hello(7, tls_dir::EGRESS, 1_100_000, &ch));
     t.hello(&hello(7, tls_dir::INGRESS, 2_000_000, &sh));
     assert_eq!(
-        t.handshake(&handshake(7, tls_outcome::ESTABLISHED, 1, 0)),
+        t.handshake(&handshake(7, tls_outcome::ESTABLISHED, 1, tls_lib::OPENSSL)),
         None
     );
     let due = t.due(3_500_000 + ALPN_WAIT_NS);
@@ -132,7 +131,7 @@ fn handshake_joins_the_wire_facts_of_its_socket() {
     t.hello(&hello(7, tls_dir::INGRESS, 2_000_000, &sh));
     // TLS 1.3 with ALPN offered: the record waits for the library's ALPN report.
     assert_eq!(
-        t.handshake(&handshake(7, tls_outcome::ESTABLISHED, 1, 0)),
+        t.handshake(&handshake(7, tls_outcome::ESTABLISHED, 1, tls_lib::OPENSSL)),
         None
     );
     assert_eq!(t.due(3_500_000 + ALPN_WAIT_NS - 1), vec![]);
@@ -167,12 +166,29 @@ fn failures_name_their_reason() {
     let mut t = TlsTable::default();
     let (ch, _) = hellos();
     t.hello(&hello(8, tls_dir::EGRESS, 1_100_000, &ch));
+    // The client rejected the certificate: it sent an alert, then its call failed.
+    t.hello(&hello(
+        8,
+        tls_dir::EGRESS,
+        1_150_000,
+        &[21, 3, 3, 0, 2, 2, 48],
+    ));
     let r = t
-        .handshake(&handshake(8, tls_outcome::FAILED, -1, 20 << 24 | 0x86))
+        .handshake(&handshake(8, tls_outcome::FAILED, -1, tls_lib::OPENSSL))
         .expect("failures are not held");
     assert!(!r.facts.established);
-    assert_eq!(r.facts.error.as_deref(), Some("certificate verify failed"));
+    assert_eq!(r.facts.error.as_deref(), Some("alert sent: unknown_ca"));
     assert_eq!(r.facts.library.as_deref(), Some("openssl"));
+    // GnuTLS says why in its return value.
+    t.hello(&hello(10, tls_dir::EGRESS, 1_100_000, &ch));
+    let r = t
+        .handshake(&handshake(10, tls_outcome::FAILED, -110, tls_lib::GNUTLS))
+        .expect("failures are not held");
+    assert_eq!(
+        r.facts.error.as_deref(),
+        Some("GNUTLS_E_PREMATURE_TERMINATION")
+    );
+    assert_eq!(r.facts.library.as_deref(), Some("gnutls"));
     // Abandoned, with an alert on the wire: the alert is the reason.
     t.hello(&hello(9, tls_dir::EGRESS, 1_100_000, &ch));
     t.hello(&hello(
@@ -182,7 +198,7 @@ fn failures_name_their_reason() {
         &[21, 3, 3, 0, 2, 2, 70],
     ));
     let r = t
-        .handshake(&handshake(9, tls_outcome::ABANDONED, 0, 0))
+        .handshake(&handshake(9, tls_outcome::ABANDONED, 0, tls_lib::OPENSSL))
         .expect("failures are not held");
     assert_eq!(
         r.facts.error.as_deref(),
