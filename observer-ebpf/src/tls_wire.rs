@@ -8,16 +8,19 @@
 //!   TLS stack (Go, rustls, Java) with no uprobe at all. The library uprobes (`tls.rs`) add what
 //!   the wire cannot show after TLS 1.3 encrypts the rest: timing, outcome and error.
 //! - **Bounded, never payload:** per socket and direction, only the first two segments that
-//!   start a handshake (22) or alert (21) record are copied, at most `TLS_CAPTURE_LEN` bytes
-//!   each. The first segment starting with anything else (application data is 23, a
-//!   `ChangeCipherSpec` 20, plaintext protocols anything) ends capture in that direction for
-//!   good. Userspace parses the hellos and alerts and discards the bytes.
+//!   start with a handshake (22) or alert (21) record header (version 3.x) are copied, at most
+//!   `TLS_CAPTURE_LEN` bytes each: the `ClientHello`, the server's first flight, an alert.
+//!   Segments starting with anything else (TLS application data is 23, `ChangeCipherSpec` 20)
+//!   are never copied. A plaintext protocol whose segment happens to start with such a header
+//!   (say 0x16 0x03 0x01) gets at most two segments copied; userspace parses hellos and alerts
+//!   out of them and discards the bytes, and prints only SNI and ALPN names from a well-formed
+//!   hello.
 //! - **Egress join:** an egress segment is sent in the writing thread's context, so a
 //!   handshake flight written inside `SSL_do_handshake`/`gnutls_handshake` names the thread's
 //!   in-flight session (`TLS_ACTIVE`), which gets this socket's cookie.
-//! - **Cost:** segments without payload (pure ACKs) return after three one-byte loads; a
-//!   payload segment costs one LRU hash lookup, and the first ones of a socket an insert and,
-//!   for TLS, a ring-buffer event.
+//! - **Cost:** every segment costs the program run and three header loads; a payload segment one
+//!   more load of 3 bytes. Only the hellos and alerts of TLS sockets touch the LRU map and the
+//!   ring buffer (a 1.1 KiB event each).
 //! - **Fallback:** none needed on cgroup v2 hosts; without it, handshakes still get timing,
 //!   outcome and socket, but no negotiated values.
 
@@ -39,14 +42,13 @@ use crate::{
     tls::{TLS_ACTIVE, TLS_SESSIONS},
 };
 
-/// Capture state per socket cookie: one nibble per direction (egress low, ingress high):
-/// bits 0–1 count the segments captured, bit 2 says one started with an alert, bit 3 means
-/// done.
+/// Capture state of TLS sockets by cookie: one nibble per direction (egress low, ingress high):
+/// bits 0–1 count the segments captured, bit 2 says one started with an alert. Sockets that
+/// never carry a TLS handshake or alert record get no entry.
 #[map]
 pub static TLS_WIRE: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65_536, 0);
 
 const ALERT: u8 = 4;
-const DONE: u8 = 8;
 /// Segments captured per direction.
 const MAX_SEGMENTS: u8 = 2;
 const TLS_ALERT: u8 = 21;
@@ -76,6 +78,15 @@ fn try_on_skb(ctx: &SkBuffContext, direction: u8) -> Option<()> {
         return None;
     }
     let seg_len = len - off;
+    // A TLS record header: content type, then version 3.0–3.4 (the record layer says 3.1 or
+    // 3.3 in practice). Only segments starting with a handshake or alert record go further:
+    // plaintext protocols and TLS application data cost these loads and no map access.
+    let head: [u8; 3] = ctx.load(off as usize).ok()?;
+    let content_type = head[0];
+    if (content_type != TLS_HANDSHAKE && content_type != TLS_ALERT) || head[1] != 3 || head[2] > 4
+    {
+        return None;
+    }
     // SAFETY: the program's own skb context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let shift = u32::from(direction) * 4;
@@ -83,24 +94,13 @@ fn try_on_skb(ctx: &SkBuffContext, direction: u8) -> Option<()> {
     // SAFETY: a value pointer returned by the map.
     let all = state.map_or(0, |s| unsafe { *s });
     let mine = (all >> shift) & 0xf;
-    if mine & DONE != 0 {
+    let index = mine & 3;
+    if index >= MAX_SEGMENTS {
         return None;
     }
-    let content_type: u8 = ctx.load(off as usize).ok()?;
+    capture(ctx, direction, cookie, off, seg_len, index);
     let alert = if content_type == TLS_ALERT { ALERT } else { 0 };
-    let next = alert
-        | (mine & ALERT)
-        | if content_type == TLS_HANDSHAKE || content_type == TLS_ALERT {
-            let index = mine & 3;
-            capture(ctx, direction, cookie, off, seg_len, index);
-            if index + 1 >= MAX_SEGMENTS {
-                DONE
-            } else {
-                index + 1
-            }
-        } else {
-            DONE
-        };
+    let next = (mine & ALERT) | alert | (index + 1);
     let all = (all & !(0xf << shift)) | (next << shift);
     match state {
         // SAFETY: as above.
