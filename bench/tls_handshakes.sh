@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Handshakes per second against nginx (TLS 1.3, one worker) with `openssl s_time -new`, without
-# the observer, with it, and without it again, in one run; then the TLS programs' run counts and
-# run times from bpf_stats. Usage (root): bench/tls_handshakes.sh [SECONDS] (default 5).
+# and with the observer, in alternating rounds of one run; then the TLS programs' run counts and
+# run times from bpf_stats. Usage (root): bench/tls_handshakes.sh [SECONDS] [ROUNDS]
+# (default 5 s, 3 rounds).
 # Needs the release build (`cargo build --release -p observer`), nginx, openssl, bpftool.
 set -euo pipefail
 secs=${1:-5}
+rounds=${2:-3}
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=$root/target/release/observer
 dir=$(mktemp -d)
@@ -38,22 +40,35 @@ rate() {
   end=$(date +%s.%N)
   awk -v n="$n" -v s="$start" -v e="$end" 'BEGIN { printf "%.0f", n / (e - s) }'
 }
-none1=$(rate)
+start_observer() {
+  rm -f "$dir/out.ndjson"
+  "$bin" run --netns "/run/netns/$ns" --output "$dir/out.ndjson" 2>"$dir/obs.err" &
+  obs=$!
+  until grep -q '"started"' "$dir/out.ndjson" 2>/dev/null; do sleep 0.1; done
+}
+stop_observer() { kill -INT "$obs"; wait "$obs" || true; obs=; }
+# Rounds alternate the order (none, observer; then observer, none; ...) on a shared machine.
 sysctl -q -w kernel.bpf_stats_enabled=1
-"$bin" run --netns "/run/netns/$ns" --output "$dir/out.ndjson" 2>"$dir/obs.err" &
-obs=$!
-until grep -q '"started"' "$dir/out.ndjson" 2>/dev/null; do sleep 0.1; done
-with=$(rate)
+without=(); with=()
+for round in $(seq "$rounds"); do
+  if [ $((round % 2)) = 1 ]; then
+    without+=("$(rate)"); start_observer; with+=("$(rate)"); stop_observer
+  else
+    start_observer; with+=("$(rate)"); stop_observer; without+=("$(rate)")
+  fi
+done
+start_observer
+rate >/dev/null
 stats=$(bpftool prog show 2>/dev/null | awk '
   /name tls_/ { name=$4; for (i=1;i<=NF;i++) { if ($i=="run_time_ns") t=$(i+1); if ($i=="run_cnt") c=$(i+1) }
     if (c > 0) printf "%s runs=%d avg_ns=%.0f\n", name, c, t/c }')
 records=$(grep -c '"observer.tls"' "$dir/out.ndjson" || true)
-kill -INT "$obs"; wait "$obs" || true; obs=
+stop_observer
 sysctl -q -w kernel.bpf_stats_enabled=0
-none2=$(rate)
-echo "handshakes/s without: $none1 and $none2; with observer: $with"
-echo "ratio with / mean(without): $(awk -v a="$with" -v b="$none1" -v c="$none2" 'BEGIN { printf "%.3f", a / ((b + c) / 2) }')"
-echo "observer.tls records: $records"
+mean() { printf '%s\n' "$@" | awk '{ s += $1 } END { printf "%.0f", s / NR }'; }
+echo "handshakes/s without: ${without[*]} (mean $(mean "${without[@]}")); with observer: ${with[*]} (mean $(mean "${with[@]}"))"
+echo "ratio of means with / without: $(awk -v a="$(mean "${with[@]}")" -v b="$(mean "${without[@]}")" 'BEGIN { printf "%.3f", a / b }')"
+echo "last round with bpf_stats: $records observer.tls records; programs:"
 echo "$stats"
 
 # Per-hit cost of a uprobe: SSL_free(NULL) returns at once, so a loop of calls costs the call
