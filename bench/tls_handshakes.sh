@@ -42,7 +42,7 @@ rate() {
 }
 start_observer() {
   rm -f "$dir/out.ndjson"
-  "$bin" run --netns "/run/netns/$ns" --output "$dir/out.ndjson" 2>"$dir/obs.err" &
+  "$bin" run --tls --netns "/run/netns/$ns" --output "$dir/out.ndjson" 2>"$dir/obs.err" &
   obs=$!
   until grep -q '"started"' "$dir/out.ndjson" 2>/dev/null; do sleep 0.1; done
 }
@@ -86,7 +86,7 @@ print((time.perf_counter() - t) / n * 1e9)
 PY
 }
 bare=$(hit_loop)
-"$bin" run --output /dev/null 2>/dev/null &
+"$bin" run --tls --output /dev/null 2>/dev/null &
 obs=$!
 sleep 3
 hooked=$(hit_loop)

@@ -183,7 +183,7 @@ fn run(args: &RunArgs) -> Result<()> {
         ring_bytes: args.ring_mib << 20,
         transitions: args.filters.transitions,
         accept_hook: args.accept_hook,
-        tls: !args.no_tls,
+        tls: args.tls,
     };
     let (mut probe, ring) = Probe::load(config)
         .context("cannot start capture (`observer check` shows what is missing)")?;

@@ -135,7 +135,7 @@ pub struct ProbeConfig {
     pub transitions: bool,
     /// Attach the optional accept hook (`--accept-hook`).
     pub accept_hook: bool,
-    /// Observe TLS handshakes (off with `--no-tls`).
+    /// Observe TLS handshakes (`--tls`).
     pub tls: bool,
 }
 
@@ -144,7 +144,7 @@ pub struct Probe {
     ebpf: Ebpf,
     links: Vec<Link>,
     accept_hook: bool,
-    /// `None` with `--no-tls`.
+    /// `None` without `--tls`.
     tls: Option<tls_hooks::TlsHooks>,
     counters: PerCpuArray<MapData, u64>,
     pub choices: Choices,

@@ -86,7 +86,7 @@ fn curl_to_nginx_tls13_and_tls12_both_ends() {
     }
     let ns = NetNs::new("tls-nginx");
     let pki = Pki::new();
-    let obs = Observer::start(&ns, &[]);
+    let obs = Observer::start(&ns, &["--tls"]);
     let v13 = tls::nginx(
         &ns,
         &pki,
@@ -167,7 +167,7 @@ fn python_ssl_client_and_server() {
     }
     let ns = NetNs::new("tls-py");
     let pki = Pki::new();
-    let obs = Observer::start(&ns, &[]);
+    let obs = Observer::start(&ns, &["--tls"]);
     let server = tls::python_server(&ns, &pki, &["--alpn", "x-obs", "--max", "1.2"]);
     let client = PythonClient::spawn(
         &ns,
@@ -210,7 +210,7 @@ fn gnutls_cli_to_openssl_and_curl_to_gnutls_serv() {
     }
     let ns = NetNs::new("tls-gnu");
     let pki = Pki::new();
-    let obs = Observer::start(&ns, &[]);
+    let obs = Observer::start(&ns, &["--tls"]);
     let py = tls::python_server(&ns, &pki, &[]);
     let port = py.port.to_string();
     let (out, cli_pid) = tls::run(
@@ -270,7 +270,7 @@ fn failed_handshakes_wrong_ca_and_version_mismatch() {
     }
     let ns = NetNs::new("tls-fail");
     let pki = Pki::new();
-    let obs = Observer::start(&ns, &[]);
+    let obs = Observer::start(&ns, &["--tls"]);
     let nginx = tls::nginx(&ns, &pki, 8443, "TLSv1.3", "");
     let (code, _, _, wrong_ca) = tls::curl(&ns, nginx.port, &pki.path("other.pem"), &[]);
     assert_eq!(code, 60, "curl: peer certificate cannot be authenticated");
@@ -334,7 +334,7 @@ fn reset_mid_handshake() {
     }
     let ns = NetNs::new("tls-rst");
     let pki = Pki::new();
-    let obs = Observer::start(&ns, &[]);
+    let obs = Observer::start(&ns, &["--tls"]);
     let mut server = std::process::Command::new("ip")
         .args([
             "netns",
@@ -391,7 +391,7 @@ fn client_started_later_from_a_new_library_path() {
     let ns = NetNs::new("tls-late");
     let pki = Pki::new();
     let libs = tls::copied_openssl();
-    let obs = Observer::start(&ns, &[]);
+    let obs = Observer::start(&ns, &["--tls"]);
     let server = tls::python_server(&ns, &pki, &[]);
     let dir = libs.to_string_lossy().into_owned();
     let client = PythonClient::spawn(
@@ -440,7 +440,7 @@ fn no_payload_in_output_or_maps() {
     }
     let ns = NetNs::new("tls-priv");
     let pki = Pki::new();
-    let obs = Observer::start(&ns, &[]);
+    let obs = Observer::start(&ns, &["--tls"]);
     let server = tls::python_server(&ns, &pki, &[]);
     let client = PythonClient::spawn(
         &ns,

@@ -216,6 +216,7 @@ impl TlsHooks {
 
     /// Detaches everything (pause); `attach` restores it, files included.
     pub fn detach(&mut self, ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+        // Each removal waits ~90 ms for the kernel, which serialises them (BENCHMARKS.md).
         for (name, id) in self.uprobes.drain(..) {
             let p: &mut UProbe = super::program_mut(ebpf, name)?
                 .try_into()
