@@ -484,3 +484,34 @@ fn no_payload_in_output_or_maps() {
     );
     assert!(!all.contains("PRIVACY"), "part of the marker in the output");
 }
+
+#[test]
+fn without_tls_flag_nothing_is_attached_or_reported() {
+    if !privileged("without_tls_flag_nothing_is_attached_or_reported") {
+        return;
+    }
+    let ns = NetNs::new("tls-off");
+    let pki = Pki::new();
+    let obs = Observer::start(&ns, &[]);
+    let server = tls::python_server(&ns, &pki, &[]);
+    let client = PythonClient::spawn(&ns, server.port, &pki.path("ca.pem"), &[], &[]);
+    let (report, _) = client.go();
+    assert_eq!(report["ok"], true, "{report}");
+    let _ = obs.wait_records("observer.connection", 2);
+    let stopped = obs.stop();
+    stopped.assert_clean();
+    assert!(stopped.dataset("observer.tls").is_empty());
+    for c in stopped.dataset("observer.connection") {
+        assert!(c.get("tls").is_none(), "{c}");
+    }
+    let started = stopped
+        .dataset("observer.agent")
+        .into_iter()
+        .find(|a| field(a, "event.action") == "started")
+        .expect("started record");
+    let hooks = field(&started, "observer.hooks").to_string();
+    assert!(
+        !hooks.contains("uprobe") && !hooks.contains("cgroup_skb"),
+        "{hooks}"
+    );
+}
