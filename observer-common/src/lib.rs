@@ -14,7 +14,7 @@
 use core::mem::{align_of, size_of};
 
 /// Bumped whenever a layout below changes. Recordings carry it, and replay refuses a mismatch.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 /// Transitions kept per socket in the kernel. Beyond this the last slot is overwritten, so the
 /// final state is never lost, and `ConnState::n_transitions` tells how many there were.
@@ -57,6 +57,14 @@ pub mod kind {
     pub const PROCESS_EXEC: u16 = 5;
     /// [`crate::ProcessExit`]: a process (its thread-group leader) exited.
     pub const PROCESS_EXIT: u16 = 6;
+    /// [`crate::TlsHello`]: the first bytes of a TLS handshake segment (`ClientHello`,
+    /// `ServerHello` or an alert), cleartext on the wire.
+    pub const TLS_HELLO: u16 = 7;
+    /// [`crate::TlsHandshake`]: a TLS library's handshake call completed, failed or was
+    /// abandoned.
+    pub const TLS_HANDSHAKE: u16 = 8;
+    /// [`crate::TlsAlpn`]: the ALPN protocol a TLS library reported as negotiated.
+    pub const TLS_ALPN: u16 = 9;
 }
 
 /// The header every event starts with. It never moves.
@@ -315,6 +323,137 @@ pub struct ProcessExit {
     pub header: EventHeader,
 }
 
+/// Bytes of a handshake segment kept in [`TlsHello`]: enough for a `ServerHello` and for the
+/// `ClientHello`s of `OpenSSL` 3, `GnuTLS`, Go and rustls up to their SNI and ALPN extensions.
+pub const TLS_CAPTURE_LEN: usize = 1024;
+
+/// `TlsHello::direction`.
+pub mod tls_dir {
+    pub const EGRESS: u8 = 0;
+    pub const INGRESS: u8 = 1;
+}
+
+/// [`kind::TLS_HELLO`]: the first payload bytes of one of a socket's first segments in one
+/// direction, captured only when they start a TLS handshake (22) or alert (21) record. Never
+/// application data (content type 23): capture of a direction stops at the first segment that
+/// does not start with one of those two.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsHello {
+    pub header: EventHeader,
+    /// The socket's `SO_COOKIE`; with `birth_ns`, its connection's uid.
+    pub cookie: u64,
+    /// `ConnState::birth_ns`, or 0 when the socket is not tracked.
+    pub birth_ns: u64,
+    /// `ConnState::tuple` and `netns`, when tracked (`conn_flag::TUPLE_VALID` in `flags`).
+    pub tuple: Endpoints,
+    pub netns: u32,
+    pub flags: u16,
+    /// One of [`tls_dir`].
+    pub direction: u8,
+    /// Which of this direction's captured segments it is (0, 1).
+    pub index: u8,
+    /// Payload bytes of the segment (only the first [`TLS_CAPTURE_LEN`] are in `data`).
+    pub seg_len: u32,
+    pub captured: u32,
+    pub data: [u8; TLS_CAPTURE_LEN],
+}
+
+/// `TlsHandshake::library`.
+pub mod tls_lib {
+    pub const OPENSSL: u8 = 1;
+    pub const GNUTLS: u8 = 2;
+}
+
+/// `TlsHandshake::outcome`.
+pub mod tls_outcome {
+    /// The handshake call returned success.
+    pub const ESTABLISHED: u8 = 1;
+    /// It returned a fatal error.
+    pub const FAILED: u8 = 2;
+    /// The session was freed while its handshake was still pending.
+    pub const ABANDONED: u8 = 3;
+}
+
+/// [`kind::TLS_HANDSHAKE`]: one TLS session's handshake, from its library's calls.
+/// `header.ts_ns` is its end, `header.pid_tgid` the thread that made the last call.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsHandshake {
+    pub header: EventHeader,
+    /// The library's session object (`SSL *`, `gnutls_session_t`) in the process.
+    pub session: u64,
+    /// The socket the handshake wrote to (joined by thread in `cgroup_skb` egress), or 0.
+    pub cookie: u64,
+    /// Entry of the first handshake call.
+    pub start_ns: u64,
+    /// Handshake calls made (non-blocking sockets make several).
+    pub calls: u32,
+    /// Return value of the last call (`OpenSSL`: 1 success; `GnuTLS`: 0 success, else an error).
+    pub ret: i32,
+    /// One of [`tls_lib`] and [`tls_outcome`].
+    pub library: u8,
+    pub outcome: u8,
+    /// Which library file the uprobe fired in: an index into userspace's list of attached
+    /// files (the attach cookie's second byte).
+    pub lib_file: u8,
+    pub _pad: [u8; 5],
+    pub comm: [u8; COMM_LEN],
+}
+
+/// State of a TLS session between its handshake calls (map value, kernel only).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsSession {
+    pub start_ns: u64,
+    pub cookie: u64,
+    pub calls: u32,
+    pub library: u8,
+    /// Non-zero once reported: later handshake calls on an established session (which return
+    /// at once) are not new handshakes.
+    pub done: u8,
+    /// `TlsHandshake::lib_file`.
+    pub lib_file: u8,
+    /// Non-zero once its ALPN protocol was reported.
+    pub alpn_done: u8,
+}
+
+/// Attach cookies of the TLS uprobes: the low byte is what the probed function is, the second
+/// byte which library file it is in (`TlsHandshake::lib_file`).
+pub mod tls_op {
+    /// `SSL_do_handshake` / `gnutls_handshake` entry (library in `TlsSession::library`).
+    pub const HANDSHAKE_OPENSSL: u64 = 1;
+    pub const HANDSHAKE_GNUTLS: u64 = 2;
+    // 3, 4 (`SSL_connect`/`SSL_accept`: the role, which the wire tells) and 6
+    // (`ERR_vset_error`: it also fires for the dozens of errors OpenSSL 3 raises and pops in
+    // every successful handshake) were tried and dropped: each uprobe hit costs ~14 µs here.
+    /// `SSL_free` / `gnutls_deinit` entry: a pending handshake is abandoned.
+    pub const FREE: u64 = 5;
+    /// `SSL_get0_alpn_selected(ssl, &data, &len)`, entry and return.
+    pub const ALPN_OPENSSL: u64 = 7;
+    /// `gnutls_alpn_get_selected_protocol(session, &datum)`, entry and return.
+    pub const ALPN_GNUTLS: u64 = 8;
+}
+
+/// Bytes of an ALPN protocol id kept in [`TlsAlpn`] (ids are at most 255 bytes; the registered
+/// ones are far shorter).
+pub const TLS_ALPN_LEN: usize = 32;
+
+/// [`kind::TLS_ALPN`]: the negotiated ALPN protocol, as the application asked its library for it
+/// after the handshake (TLS 1.3 encrypts the server's choice, so the wire cannot tell). Sent once
+/// per session.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsAlpn {
+    pub header: EventHeader,
+    /// `TlsHandshake::session`: with the process, joins the handshake.
+    pub session: u64,
+    /// Length of the protocol id; only the first [`TLS_ALPN_LEN`] bytes are in `protocol`.
+    pub len: u32,
+    pub _pad: u32,
+    pub protocol: [u8; TLS_ALPN_LEN],
+}
+
 /// Indexes of the per-CPU counter array `COUNTERS`.
 pub mod counter {
     /// Events dropped because the ring buffer was full.
@@ -327,6 +466,8 @@ pub mod counter {
     pub const EVENTS: u32 = 3;
     /// Kernel memory reads (`bpf_probe_read_kernel`) that failed.
     pub const READ_FAILED: u32 = 4;
+    /// TLS sessions not followed because the in-flight handshake map was full.
+    pub const TLS_MAP_FULL: u32 = 5;
     pub const COUNT: u32 = 8;
 }
 
@@ -475,6 +616,11 @@ const _: () = {
     assert!(size_of::<SynackRetransmit>() == 80);
     assert!(size_of::<ProcessExec>() == 24 + EXEC_PATH_LEN);
     assert!(size_of::<ProcessExit>() == 24);
+    assert!(size_of::<TlsHello>() == 24 + 16 + 40 + 8 + 8 + TLS_CAPTURE_LEN);
+    assert!(size_of::<TlsHandshake>() == 24 + 24 + 16 + 16);
+    assert!(align_of::<TlsHandshake>() == 8);
+    assert!(size_of::<TlsSession>() == 24);
+    assert!(size_of::<TlsAlpn>() == 24 + 16 + TLS_ALPN_LEN);
     assert!(size_of::<Layout>() == 57 * 4);
     assert!(size_of::<Settings>() == 16);
 };
@@ -485,4 +631,5 @@ mod pod {
     unsafe impl aya::Pod for super::ConnState {}
     unsafe impl aya::Pod for super::Layout {}
     unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::TlsSession {}
 }

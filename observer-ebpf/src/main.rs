@@ -24,13 +24,20 @@ mod process;
 mod runtime;
 #[cfg(target_arch = "bpf")]
 mod tcp_events;
+#[cfg(target_arch = "bpf")]
+mod tls;
+#[cfg(target_arch = "bpf")]
+mod tls_wire;
 
 #[cfg(target_arch = "bpf")]
 mod programs {
     use aya_ebpf::{
-        macros::{btf_tracepoint, tracepoint},
-        programs::{BtfTracePointContext, TracePointContext},
+        macros::{btf_tracepoint, cgroup_skb, tracepoint, uprobe, uretprobe},
+        programs::{
+            BtfTracePointContext, ProbeContext, RetProbeContext, SkBuffContext, TracePointContext,
+        },
     };
+    use observer_common::tls_dir;
 
     #[btf_tracepoint(function = "inet_sock_set_state")]
     pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
@@ -72,6 +79,33 @@ mod programs {
     pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
         crate::process::on_exit();
         0
+    }
+
+    /// Entry of every TLS library function observed; the attach cookie says which (`tls_op`).
+    #[uprobe]
+    pub fn tls_call(ctx: ProbeContext) -> u32 {
+        crate::tls::on_call(&ctx);
+        0
+    }
+
+    /// Return of `SSL_do_handshake` and `gnutls_handshake`.
+    #[uretprobe]
+    pub fn tls_return(ctx: RetProbeContext) -> u32 {
+        crate::tls::on_return(&ctx);
+        0
+    }
+
+    /// Always lets the packet through (1).
+    #[cgroup_skb(egress)]
+    pub fn tls_wire_egress(ctx: SkBuffContext) -> i32 {
+        crate::tls_wire::on_skb(&ctx, tls_dir::EGRESS);
+        1
+    }
+
+    #[cgroup_skb(ingress)]
+    pub fn tls_wire_ingress(ctx: SkBuffContext) -> i32 {
+        crate::tls_wire::on_skb(&ctx, tls_dir::INGRESS);
+        1
     }
 
     /// Attached to both `syscalls:sys_exit_accept4` and `syscalls:sys_exit_accept`.

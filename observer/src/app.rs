@@ -34,6 +34,8 @@ use crate::{
 
 /// How often the ring is drained when the kernel did not wake us.
 const DRAIN_EVERY: Duration = Duration::from_millis(50);
+/// How often every process is searched for TLS libraries loaded with `dlopen()`.
+const TLS_RESCAN_EVERY: Duration = Duration::from_secs(5);
 /// How often the kernel's loss counters are read.
 const COUNTERS_EVERY: Duration = Duration::from_secs(1);
 /// The least time between two reads of the kernel's socket table for records waiting for
@@ -95,6 +97,9 @@ struct Pipeline {
     /// Looks up owners' executables and cgroups (live runs only: a replay has them recorded).
     resolver: Option<Resolver>,
     facts: Vec<Fact>,
+    /// Processes that exec'd since the last drain: their TLS libraries are looked for one
+    /// drain later, once the dynamic loader has mapped them.
+    execs: Vec<u32>,
 }
 
 impl Pipeline {
@@ -110,6 +115,7 @@ impl Pipeline {
             warned_decode: false,
             resolver: None,
             facts: Vec::new(),
+            execs: Vec::new(),
         }
     }
 
@@ -128,7 +134,12 @@ impl Pipeline {
             rec.frame(bytes);
         }
         match decoded {
-            Ok(event) => self.tracker.ingest(&event, &mut self.outputs),
+            Ok(event) => {
+                if let Event::Exec(e) = &event {
+                    self.execs.push((e.header.pid_tgid >> 32) as u32);
+                }
+                self.tracker.ingest(&event, &mut self.outputs);
+            }
             Err(err) => {
                 self.tracker.note_decode_error();
                 if !self.warned_decode {
@@ -263,6 +274,7 @@ fn run(args: &RunArgs) -> Result<()> {
         ring_bytes: args.ring_mib << 20,
         transitions: args.filters.transitions,
         accept_hook: args.accept_hook,
+        tls: args.tls,
     };
     let (mut probe, ring) = Probe::load(config)
         .context("cannot start capture (`observer check` shows what is missing)")?;
@@ -286,6 +298,7 @@ fn run(args: &RunArgs) -> Result<()> {
     let tracker = Tracker::new(boot_id, filter, args.max_connections as usize);
     let mut pipeline = Pipeline::new(tracker, encoder, sink, recorder);
     pipeline.resolver = Some(Resolver::new());
+    pipeline.tracker.tls.libraries = probe.tls_libraries();
     eprintln!(
         "observer: capturing on {} ({})",
         header.kernel,
@@ -343,6 +356,8 @@ async fn live(
         mut sigusr2,
     } = signals;
     let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
+    let mut tls_tick = tokio::time::interval(TLS_RESCAN_EVERY);
+    let mut exec_ready: Vec<u32> = Vec::new();
     let mut counter_tick = tokio::time::interval(COUNTERS_EVERY);
     let updates = Duration::from_secs(args.update_interval.max(1));
     let mut update_tick = tokio::time::interval_at(tokio::time::Instant::now() + updates, updates);
@@ -391,6 +406,9 @@ async fn live(
             }
             _ = drain_tick.tick() => {
                 drain(ring.get_mut(), pipeline);
+                let new = probe.tls_scan_pids(&exec_ready);
+                exec_ready = std::mem::take(&mut pipeline.execs);
+                tls_attached(probe, pipeline, &new);
                 if pipeline.tracker.wants_table() && last_table.elapsed() >= TABLE_EVERY {
                     pipeline.table(probe, ring.get_mut());
                     last_table = Instant::now();
@@ -402,6 +420,11 @@ async fn live(
                 last_table = Instant::now();
                 pipeline.scan(Purpose::Update, ring.get_mut());
                 pipeline.flush(kernel::boottime_ns())
+            }
+            _ = tls_tick.tick() => {
+                let new = probe.tls_scan_all();
+                tls_attached(probe, pipeline, &new);
+                Ok(())
             }
             _ = counter_tick.tick() => {
                 let counters = Counters { ts_ns: kernel::boottime_ns(), values: probe.counters() };
@@ -484,6 +507,15 @@ fn answer(stream: tokio::net::UnixStream, probe: &Probe, pipeline: &mut Pipeline
     if let Err(err) = result {
         eprintln!("observer: warning: a snapshot request failed: {err}");
     }
+}
+
+/// Reports TLS library files that just got uprobes, and tells the tracker their names.
+fn tls_attached(probe: &Probe, pipeline: &mut Pipeline, new: &[String]) {
+    if new.is_empty() {
+        return;
+    }
+    eprintln!("observer: TLS uprobes attached to {}", new.join(", "));
+    pipeline.tracker.tls.libraries = probe.tls_libraries();
 }
 
 /// SIGUSR1 pauses capture (every hook detached: the kernel runs none of observer's code) and

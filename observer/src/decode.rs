@@ -8,7 +8,7 @@ use std::mem::size_of;
 
 use observer_common::{
     ConnClosed, ConnState, EventHeader, ProcessExec, ProcessExit, Reset, SynackRetransmit,
-    Transition, counter, kind,
+    TlsAlpn, TlsHandshake, TlsHello, Transition, counter, kind,
 };
 use thiserror::Error;
 
@@ -30,6 +30,10 @@ pub struct Counters {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "events are decoded one at a time and consumed at once; a TLS hello is 1128 bytes"
+)]
 pub enum Event {
     Closed(ConnClosed),
     Transition(Transition),
@@ -42,6 +46,9 @@ pub enum Event {
     Tracked(Tracked),
     /// Userspace learnt something outside the ring.
     Fact(Box<Fact>),
+    TlsHello(TlsHello),
+    TlsHandshake(TlsHandshake),
+    TlsAlpn(TlsAlpn),
 }
 
 impl Event {
@@ -62,6 +69,9 @@ impl Event {
                 Fact::Sockets(s) => s.ts_ns,
                 Fact::Cgroup { .. } => 0,
             },
+            Event::TlsHello(e) => e.header.ts_ns,
+            Event::TlsHandshake(e) => e.header.ts_ns,
+            Event::TlsAlpn(e) => e.header.ts_ns,
         }
     }
 }
@@ -123,6 +133,9 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         kind::SYNACK_RETRANSMIT => exact(&header, bytes).map(Event::SynackRetransmit),
         kind::PROCESS_EXEC => exact(&header, bytes).map(Event::Exec),
         kind::PROCESS_EXIT => exact(&header, bytes).map(Event::Exit),
+        kind::TLS_HELLO => exact(&header, bytes).map(Event::TlsHello),
+        kind::TLS_HANDSHAKE => exact(&header, bytes).map(Event::TlsHandshake),
+        kind::TLS_ALPN => exact(&header, bytes).map(Event::TlsAlpn),
         KIND_COUNTERS => {
             let frame: CountersFrame = exact(&header, bytes)?;
             Ok(Event::Counters(Counters {
@@ -197,6 +210,9 @@ pub fn encode_into(event: &Event, out: &mut Vec<u8>) {
             // Serialising these plain types cannot fail.
             let _ = serde_json::to_writer(&mut *out, &**fact);
         }
+        Event::TlsHello(e) => bytes(e, out),
+        Event::TlsHandshake(e) => bytes(e, out),
+        Event::TlsAlpn(e) => bytes(e, out),
         Event::Counters(c) => bytes(
             &CountersFrame {
                 header: EventHeader {

@@ -16,4 +16,5 @@ pub mod probe;
 pub mod procs;
 pub mod recording;
 pub mod sink;
+pub mod tls;
 pub mod track;

@@ -25,6 +25,8 @@ use crate::kernel::{
     tracefs::{self, TracefsError},
 };
 
+mod tls_hooks;
+
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
 
 /// Where a hook attaches, for loading and for `observer check`.
@@ -144,6 +146,8 @@ pub struct ProbeConfig {
     pub transitions: bool,
     /// Attach the optional accept hook (`--accept-hook`).
     pub accept_hook: bool,
+    /// Observe TLS handshakes (`--tls`).
+    pub tls: bool,
 }
 
 pub struct Probe {
@@ -151,6 +155,8 @@ pub struct Probe {
     ebpf: Ebpf,
     links: Vec<Link>,
     accept_hook: bool,
+    /// `None` without `--tls`.
+    tls: Option<tls_hooks::TlsHooks>,
     counters: PerCpuArray<MapData, u64>,
     pub choices: Choices,
     /// "category:name" of every attached hook.
@@ -203,6 +209,9 @@ impl Probe {
             .load(OBJECT)
             .map_err(ProbeError::Load)?;
         load_all(&mut ebpf)?;
+        if config.tls {
+            tls_hooks::load(&mut ebpf)?;
+        }
         let ring = take_map(&mut ebpf, "EVENTS")?;
         let ring = RingBuf::try_from(ring).map_err(|source| ProbeError::Map {
             name: "EVENTS",
@@ -217,6 +226,7 @@ impl Probe {
             ebpf,
             links: Vec::new(),
             accept_hook: config.accept_hook,
+            tls: config.tls.then(tls_hooks::TlsHooks::default),
             counters,
             choices,
             attached: Vec::new(),
@@ -264,7 +274,37 @@ impl Probe {
                 }
             }
         }
+        if let Some(tls) = &mut self.tls {
+            tls.attach(&mut self.ebpf)?;
+            self.attached.extend(tls.attached.iter().cloned());
+        }
         Ok(())
+    }
+
+    /// TLS libraries mapped by these (newly started) processes get their uprobes; returns
+    /// the files that were new.
+    pub fn tls_scan_pids(&mut self, pids: &[u32]) -> Vec<String> {
+        match &mut self.tls {
+            Some(tls) if !self.links.is_empty() => tls.scan_pids(&mut self.ebpf, pids),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The same for every running process (libraries loaded later with `dlopen()`).
+    pub fn tls_scan_all(&mut self) -> Vec<String> {
+        match &mut self.tls {
+            Some(tls) if !self.links.is_empty() => tls.scan_all(&mut self.ebpf),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Names of the TLS library files by the index their uprobes report.
+    #[must_use]
+    pub fn tls_libraries(&self) -> Vec<String> {
+        self.tls
+            .as_ref()
+            .map(|t| t.names.clone())
+            .unwrap_or_default()
     }
 
     /// Detaches every hook, so that none runs (a paused observer costs the kernel nothing), and
@@ -275,6 +315,9 @@ impl Probe {
     pub fn pause(&mut self) -> Result<(), ProbeError> {
         for link in std::mem::take(&mut self.links) {
             detach(&mut self.ebpf, link)?;
+        }
+        if let Some(tls) = &mut self.tls {
+            tls.detach(&mut self.ebpf)?;
         }
         self.attached.clear();
         self.forget_sockets()

@@ -13,6 +13,7 @@
 
 pub mod observer;
 pub mod peer;
+pub mod tls;
 
 use std::{
     io::Write as _,

@@ -180,6 +180,11 @@ fn tail(c: &ConnRecord, buf: &mut Vec<u8>) {
         escaped(buf, peer.name());
         raw(buf, "}}");
     }
+    if let Some(tls) = &c.tls {
+        raw(buf, r#","tls":"#);
+        // Serialising these types cannot fail.
+        let _ = serde_json::to_writer(&mut *buf, &super::tls_line::fields(tls));
+    }
     buf.push(b'}');
 }
 

@@ -10,6 +10,7 @@ mod conn_line;
 pub mod ndjson;
 pub mod snapshot;
 pub mod timefmt;
+mod tls_line;
 
 use std::{
     fs::File,

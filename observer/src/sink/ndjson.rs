@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use super::{conn_line, timefmt::Rfc3339};
+use super::{conn_line, timefmt::Rfc3339, tls_line};
 use crate::track::{
     lifecycle::state_name,
     record::{LossRecord, Losses, Output, Role, StateRecord},
@@ -250,6 +250,7 @@ impl Encoder {
             Output::Connection(c) => conn_line::write(c, &self.host, self.boot_to_unix_ns, buf),
             Output::State(s) => self.state(s, buf)?,
             Output::Loss(l) => self.loss(l, buf)?,
+            Output::Tls(t) => tls_line::write(t, &self.host, self.boot_to_unix_ns, buf)?,
         }
         buf.push(b'\n');
         Ok(())

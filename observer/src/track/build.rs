@@ -122,6 +122,7 @@ impl Tracker {
             close_initiator: zeek::close_initiator(&facts),
             close_reason: zeek::close_reason(&facts),
             handshake_rtt_us,
+            tls: None,
             accept_wait_us: match (st.accept_ns, established_ns) {
                 (0, _) | (_, None) => None,
                 (accept, Some(est)) => Some(accept.saturating_sub(est) / 1_000),

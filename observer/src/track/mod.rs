@@ -31,6 +31,7 @@ use crate::{
     decode::{Counters, Event},
     facts::{Fact, Purpose, SocketScan},
 };
+use crate::tls::{TlsRecord, TlsTable};
 
 /// Late facts join a closed socket's record when they happened at most this long after its
 /// CLOSE. The decision depends only on event timestamps, so live capture and replay agree.
@@ -113,6 +114,8 @@ pub struct Tracker {
     pub unattributed_resets: u64,
     /// Records emitted.
     pub records: u64,
+    /// TLS handshakes by socket cookie (`crate::tls`).
+    pub tls: TlsTable,
 }
 
 impl Tracker {
@@ -135,6 +138,7 @@ impl Tracker {
             reported: Losses::default(),
             unattributed_resets: 0,
             records: 0,
+            tls: TlsTable::default(),
         }
     }
 
@@ -156,6 +160,17 @@ impl Tracker {
                 .exit((e.header.pid_tgid >> 32) as u32, e.header.ts_ns),
             Event::Tracked(t) => self.live.tracked(t),
             Event::Fact(f) => self.fact(f, out),
+            Event::TlsHello(h) => self.tls.hello(h),
+            Event::TlsHandshake(h) => {
+                if let Some(record) = self.tls.handshake(h) {
+                    self.push_tls(record, out);
+                }
+            }
+            Event::TlsAlpn(a) => {
+                if let Some(record) = self.tls.alpn(a) {
+                    self.push_tls(record, out);
+                }
+            }
         }
     }
 
@@ -261,6 +276,10 @@ impl Tracker {
             self.emit(sk, end, false, out);
         }
         self.procs.expire(now_ns);
+        self.tls.expire(now_ns);
+        for record in self.tls.due(now_ns) {
+            self.push_tls(record, out);
+        }
         if self.synacks.len() > 1024 {
             self.synacks
                 .retain(|_, &mut (_, last)| last.saturating_add(SYNACK_TTL_NS) > now_ns);
@@ -269,6 +288,9 @@ impl Tracker {
 
     /// Emits everything still held, then the loss summary. For shutdown and the end of a replay.
     pub fn finish(&mut self, now_ns: u64, out: &mut Vec<Output>) {
+        for record in self.tls.due(u64::MAX) {
+            self.push_tls(record, out);
+        }
         while let Some((end, sk)) = self.held.pop_front() {
             self.emit(sk, end, true, out);
         }
@@ -409,6 +431,7 @@ impl Tracker {
             self.latest.remove(&sk);
         }
         let st = &p.closed.state;
+        let tls = self.tls.closed(st.key);
         if !self.filter.admits(st.netns, &st.tuple) {
             return;
         }
@@ -423,7 +446,27 @@ impl Tracker {
         let mut record =
             self.closed_record(&p.closed, p.late, p.late_reason, synack, p.open.as_ref());
         record.peer = p.peer;
+        if let Some((facts, wire_only)) = tls {
+            record.tls = Some(Box::new(facts));
+            if let Some(tls) = wire_only {
+                self.push_tls(tls, out);
+            }
+        }
         out.push(Output::Connection(record));
+    }
+
+    /// An `observer.tls` record, with its connection's uid when the socket is tracked.
+    fn push_tls(&self, mut record: TlsRecord, out: &mut Vec<Output>) {
+        if let Some(tuple) = &record.tuple
+            && !self.filter.admits(record.netns, tuple)
+        {
+            return;
+        }
+        if record.tuple.is_none() && (self.filter.port.is_some() || self.filter.netns.is_some()) {
+            return;
+        }
+        record.uid = record.cookie_birth.map(|(c, _)| self.uid(c));
+        out.push(Output::Tls(Box::new(record)));
     }
 
     /// The other end among the closed sockets waiting: each learns the other.

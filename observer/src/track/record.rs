@@ -160,6 +160,8 @@ pub struct ConnRecord {
     pub handshake_rtt_us: Option<u64>,
     /// Server, with `--accept-hook`: `ESTABLISHED` → `accept()` returned.
     pub accept_wait_us: Option<u64>,
+    /// The TLS handshake the socket carried (`tls.*`).
+    pub tls: Option<Box<crate::tls::TlsFacts>>,
 }
 
 /// One state change (`--transitions`).
@@ -251,6 +253,7 @@ pub enum Output {
     Connection(ConnRecord),
     State(StateRecord),
     Loss(LossRecord),
+    Tls(Box<crate::tls::TlsRecord>),
 }
 
 /// An address from the kernel's 16-byte form. IPv4-mapped IPv6 addresses (an IPv6 socket

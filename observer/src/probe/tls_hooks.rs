@@ -1,0 +1,235 @@
+//! Attaching the TLS hooks: the `cgroup_skb` pair on the cgroup v2 root, and the library
+//! uprobes on every library file `crate::tls::libs` finds, now and as processes start.
+//! Each uprobe carries an attach cookie: which function (`tls_op`) and which file (its index
+//! in `TlsHooks::names`, so records name the library's version).
+
+use std::{fs::File, path::Path};
+
+use aya::{
+    Ebpf,
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, UProbe,
+        cgroup_skb::CgroupSkbLinkId,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
+    },
+};
+use observer_common::tls_op;
+
+use super::ProbeError;
+use crate::tls::libs::{Finder, LibFile, LibKind};
+
+const CALL: &str = "tls_call";
+const RETURN: &str = "tls_return";
+const EGRESS: &str = "tls_wire_egress";
+const INGRESS: &str = "tls_wire_ingress";
+
+/// (program, symbol, op) per library kind.
+fn points(kind: LibKind) -> &'static [(&'static str, &'static str, u64)] {
+    const SSL: &[(&str, &str, u64)] = &[
+        (CALL, "SSL_do_handshake", tls_op::HANDSHAKE_OPENSSL),
+        (RETURN, "SSL_do_handshake", 0),
+        (CALL, "SSL_free", tls_op::FREE),
+        (CALL, "SSL_get0_alpn_selected", tls_op::ALPN_OPENSSL),
+        (RETURN, "SSL_get0_alpn_selected", tls_op::ALPN_OPENSSL),
+    ];
+    const GNUTLS: &[(&str, &str, u64)] = &[
+        (CALL, "gnutls_handshake", tls_op::HANDSHAKE_GNUTLS),
+        (RETURN, "gnutls_handshake", 0),
+        (CALL, "gnutls_deinit", tls_op::FREE),
+        (
+            CALL,
+            "gnutls_alpn_get_selected_protocol",
+            tls_op::ALPN_GNUTLS,
+        ),
+        (
+            RETURN,
+            "gnutls_alpn_get_selected_protocol",
+            tls_op::ALPN_GNUTLS,
+        ),
+    ];
+    const STATIC: &[(&str, &str, u64)] = &[
+        (CALL, "SSL_do_handshake", tls_op::HANDSHAKE_OPENSSL),
+        (RETURN, "SSL_do_handshake", 0),
+        (CALL, "SSL_free", tls_op::FREE),
+        (CALL, "SSL_get0_alpn_selected", tls_op::ALPN_OPENSSL),
+        (RETURN, "SSL_get0_alpn_selected", tls_op::ALPN_OPENSSL),
+    ];
+    match kind {
+        LibKind::OpenSsl => SSL,
+        LibKind::GnuTls => GNUTLS,
+        LibKind::StaticOpenSsl => STATIC,
+    }
+}
+
+/// The cgroup v2 root: `/sys/fs/cgroup/unified` on hybrid hosts, else `/sys/fs/cgroup`.
+fn cgroup2_root() -> Option<&'static str> {
+    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .into_iter()
+        .find(|p| Path::new(p).join("cgroup.controllers").exists())
+}
+
+#[derive(Default)]
+pub struct TlsHooks {
+    finder: Finder,
+    /// Library files attached to, by `lib_file` index: what `TlsTable::libraries` gets.
+    pub names: Vec<String>,
+    files: Vec<LibFile>,
+    uprobes: Vec<(&'static str, UProbeLinkId)>,
+    wire: Vec<(&'static str, CgroupSkbLinkId)>,
+    /// `uprobe:openssl/3.0.19:/usr/lib/…/libssl.so.3`, for `observer.agent`.
+    pub attached: Vec<String>,
+}
+
+fn fail(
+    program: &'static str,
+    action: String,
+) -> impl FnOnce(aya::programs::ProgramError) -> ProbeError {
+    move |source| ProbeError::Program {
+        program,
+        action,
+        source,
+    }
+}
+
+/// Verifies the four TLS programs.
+pub fn load(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    for name in [CALL, RETURN] {
+        let p: &mut UProbe = super::program_mut(ebpf, name)?
+            .try_into()
+            .map_err(fail(name, "type".into()))?;
+        p.load().map_err(fail(name, "loading".into()))?;
+    }
+    for name in [EGRESS, INGRESS] {
+        let p: &mut CgroupSkb = super::program_mut(ebpf, name)?
+            .try_into()
+            .map_err(fail(name, "type".into()))?;
+        p.load().map_err(fail(name, "loading".into()))?;
+    }
+    Ok(())
+}
+
+impl TlsHooks {
+    /// Attaches the wire hooks and every library found so far.
+    pub fn attach(&mut self, ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+        let root = cgroup2_root().ok_or_else(|| ProbeError::Program {
+            program: EGRESS,
+            action: "finding the cgroup v2 root (mount it: `mount -t cgroup2 none /sys/fs/cgroup/unified`)".into(),
+            source: aya::programs::ProgramError::UnexpectedProgramType,
+        })?;
+        let cgroup = File::open(root).map_err(|e| ProbeError::Program {
+            program: EGRESS,
+            action: format!("opening {root}: {e}"),
+            source: aya::programs::ProgramError::UnexpectedProgramType,
+        })?;
+        for (name, kind) in [
+            (EGRESS, CgroupSkbAttachType::Egress),
+            (INGRESS, CgroupSkbAttachType::Ingress),
+        ] {
+            let p: &mut CgroupSkb = super::program_mut(ebpf, name)?
+                .try_into()
+                .map_err(fail(name, "type".into()))?;
+            // With a BPF link (5.7+), "Single" sends no flags, and links always coexist with
+            // other programs on the cgroup; AllowMultiple would be refused with EINVAL.
+            let id = p
+                .attach(&cgroup, kind, CgroupAttachMode::Single)
+                .map_err(fail(name, format!("attaching to {root}")))?;
+            self.wire.push((name, id));
+        }
+        self.attached.push(format!("cgroup_skb:{root}"));
+        for file in self.files.clone() {
+            self.attach_file(ebpf, &file, false);
+        }
+        let found = self.finder.scan_all();
+        for file in found {
+            self.attach_file(ebpf, &file, true);
+        }
+        Ok(())
+    }
+
+    /// Attaches to the libraries of processes that started since; returns what was new.
+    pub fn scan_pids(&mut self, ebpf: &mut Ebpf, pids: &[u32]) -> Vec<String> {
+        let mut new = Vec::new();
+        for &pid in pids {
+            for file in self.finder.scan_pid(pid) {
+                if self.attach_file(ebpf, &file, true) {
+                    new.push(format!("{} ({})", file.path.display(), file.name));
+                }
+            }
+        }
+        new
+    }
+
+    /// Every library file in every running process (for libraries loaded with `dlopen()`).
+    pub fn scan_all(&mut self, ebpf: &mut Ebpf) -> Vec<String> {
+        let mut new = Vec::new();
+        for file in self.finder.scan_all() {
+            if self.attach_file(ebpf, &file, true) {
+                new.push(format!("{} ({})", file.path.display(), file.name));
+            }
+        }
+        new
+    }
+
+    /// Attaches every probe point of one file; a missing symbol skips that point. True when
+    /// at least one point attached.
+    fn attach_file(&mut self, ebpf: &mut Ebpf, file: &LibFile, new: bool) -> bool {
+        // One index per library version: the name is all a record needs.
+        let index = if let Some(i) = self.names.iter().position(|n| *n == file.name) {
+            i
+        } else {
+            self.names.push(file.name.clone());
+            self.names.len() - 1
+        };
+        let Ok(index) = u64::try_from(index) else {
+            return false;
+        };
+        let mut any = false;
+        for &(program, symbol, op) in points(file.kind) {
+            let Some(Ok(p)) = ebpf.program_mut(program).map(<&mut UProbe>::try_from) else {
+                continue;
+            };
+            let point = UProbeAttachPoint {
+                location: UProbeAttachLocation::Symbol(symbol),
+                cookie: Some(op | (index & 0xff) << 8),
+            };
+            match p.attach(point, &file.path, UProbeScope::AllProcesses) {
+                Ok(id) => {
+                    self.uprobes.push((program, id));
+                    any = true;
+                }
+                Err(err) if file.kind != LibKind::StaticOpenSsl => eprintln!(
+                    "observer: warning: TLS uprobe {symbol} in {}: {err}",
+                    file.path.display()
+                ),
+                Err(_) => {}
+            }
+        }
+        if any {
+            self.attached
+                .push(format!("uprobe:{}:{}", file.name, file.path.display()));
+            if new {
+                self.files.push(file.clone());
+            }
+        }
+        any
+    }
+
+    /// Detaches everything (pause); `attach` restores it, files included.
+    pub fn detach(&mut self, ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+        // Each removal waits ~90 ms for the kernel, which serialises them (BENCHMARKS.md).
+        for (name, id) in self.uprobes.drain(..) {
+            let p: &mut UProbe = super::program_mut(ebpf, name)?
+                .try_into()
+                .map_err(fail(name, "type".into()))?;
+            p.detach(id).map_err(fail(name, "detaching".into()))?;
+        }
+        for (name, id) in self.wire.drain(..) {
+            let p: &mut CgroupSkb = super::program_mut(ebpf, name)?
+                .try_into()
+                .map_err(fail(name, "type".into()))?;
+            p.detach(id).map_err(fail(name, "detaching".into()))?;
+        }
+        self.attached.clear();
+        Ok(())
+    }
+}
