@@ -27,11 +27,11 @@ use self::{
     procs::Procs,
     record::{LossRecord, Losses, Output, Peer, RecordKind, StateRecord, ends_of},
 };
+use crate::tls::{TlsRecord, TlsTable};
 use crate::{
     decode::{Counters, Event},
     facts::{Fact, Purpose, SocketScan},
 };
-use crate::tls::{TlsRecord, TlsTable};
 
 /// Late facts join a closed socket's record when they happened at most this long after its
 /// CLOSE. The decision depends only on event timestamps, so live capture and replay agree.
@@ -78,7 +78,7 @@ struct Pending {
 
 /// How long a record whose other end may be on this host waits, past its grace period, for a
 /// kernel table that lists that end. Tables are read every second while records wait.
-const PEER_WAIT_NS: u64 = 3_000_000_000;
+pub const PEER_WAIT_NS: u64 = 3_000_000_000;
 
 /// Identity of a half-open connection, from the listener's side: (local, remote).
 type SynKey = ([u8; 16], u16, [u8; 16], u16);

@@ -14,6 +14,8 @@ use super::{
 };
 use crate::decode::{Counters, Event};
 
+mod open;
+
 const MS: u64 = 1_000_000;
 
 fn header(kind: u16, ts_ns: u64) -> EventHeader {
