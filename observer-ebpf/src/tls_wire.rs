@@ -83,8 +83,7 @@ fn try_on_skb(ctx: &SkBuffContext, direction: u8) -> Option<()> {
     // plaintext protocols and TLS application data cost these loads and no map access.
     let head: [u8; 3] = ctx.load(off as usize).ok()?;
     let content_type = head[0];
-    if (content_type != TLS_HANDSHAKE && content_type != TLS_ALERT) || head[1] != 3 || head[2] > 4
-    {
+    if (content_type != TLS_HANDSHAKE && content_type != TLS_ALERT) || head[1] != 3 || head[2] > 4 {
         return None;
     }
     // SAFETY: the program's own skb context.

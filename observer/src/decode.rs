@@ -7,8 +7,8 @@
 use std::mem::size_of;
 
 use observer_common::{
-    ConnClosed, ConnState, EventHeader, ProcessExec, ProcessExit, Reset, SynackRetransmit,
-    TlsAlpn, TlsHandshake, TlsHello, Transition, counter, kind,
+    ConnClosed, ConnState, EventHeader, ProcessExec, ProcessExit, Reset, SynackRetransmit, TlsAlpn,
+    TlsHandshake, TlsHello, Transition, counter, kind,
 };
 use thiserror::Error;
 

@@ -298,7 +298,9 @@ impl Live {
                 .iter()
                 .find(|c| self.conns.get(c).is_some_and(|o| o.netns == netns))?,
         };
-        self.conns.get_mut(&cookie).map(|open| (cookie, &mut **open))
+        self.conns
+            .get_mut(&cookie)
+            .map(|open| (cookie, &mut **open))
     }
 
     /// A listener closed: sockets first seen on its port later are not its children.
