@@ -135,10 +135,17 @@ impl Pipeline {
         }
         match decoded {
             Ok(event) => {
-                if let Event::Exec(e) = &event {
-                    self.execs.push((e.header.pid_tgid >> 32) as u32);
-                }
                 self.tracker.ingest(&event, &mut self.outputs);
+                if let Event::Exec(e) = &event {
+                    let pid = (e.header.pid_tgid >> 32) as u32;
+                    self.execs.push(pid);
+                    // The exec event names the path as executed (perhaps a symlink); /proc
+                    // names the file, as for processes older than the observer.
+                    if let Some(resolver) = &mut self.resolver {
+                        resolver.executed(pid, e.header.ts_ns, &mut self.facts);
+                        self.record_facts();
+                    }
+                }
             }
             Err(err) => {
                 self.tracker.note_decode_error();

@@ -113,6 +113,13 @@ impl Resolver {
         self.pids.remove(&pid);
     }
 
+    /// A process called `execve()`: its executable as /proc resolves it (symbolic links
+    /// followed), unless it is already gone.
+    pub fn executed(&mut self, pid: u32, ts_ns: u64, out: &mut Vec<Fact>) {
+        self.pids.remove(&pid);
+        self.process(pid, ts_ns, out);
+    }
+
     /// The facts needed to name the owner of `st`, if not looked up before.
     pub fn owner_of(&mut self, st: &ConnState, ts_ns: u64, out: &mut Vec<Fact>) {
         if st.flags & conn_flag::OWNER_VALID == 0 {

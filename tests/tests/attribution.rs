@@ -350,3 +350,114 @@ fn two_namespaces_of_this_host_join_their_ends() {
     );
     assert_eq!(field(s, "source.bytes"), 300);
 }
+
+/// Runs a python script in `ns`; returns the JSON lines it printed.
+fn python(ns: &NetNs, script: &str) -> Vec<Value> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "/usr/bin/python3", "-c", script])
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect()
+}
+
+#[test]
+fn a_socket_passed_to_another_process_belongs_to_the_one_that_closed_it() {
+    if !privileged("a_socket_passed_to_another_process_belongs_to_the_one_that_closed_it") {
+        return;
+    }
+    let ns = NetNs::new("scm");
+    let obs = Observer::start(&ns, &[]);
+    // The parent connects, hands the socket to its child over SCM_RIGHTS and closes its own
+    // descriptor; the child (renamed) sends on it and closes it.
+    let out = python(
+        &ns,
+        r#"
+import ctypes, json, os, socket
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(4)
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+pid = os.fork()
+if pid == 0:
+    ctypes.CDLL(None).prctl(15, b"scm-child", 0, 0, 0)
+    _, fds, _, _ = socket.recv_fds(b, 16, 1)
+    c = socket.socket(fileno=fds[0])
+    assert b.recv(2) == b"go"  # the parent's descriptor is closed: this one is the last
+    c.sendall(b"x" * 123)
+    c.close()
+    os._exit(0)
+c = socket.create_connection(l.getsockname())
+port = c.getsockname()[1]
+socket.send_fds(a, [b"s"], [c.fileno()])
+c.close()
+a.sendall(b"go")
+s, _ = l.accept()
+got = 0
+while True:
+    d = s.recv(65536)
+    if not d: break
+    got += len(d)
+s.close()
+os.waitpid(pid, 0)
+print(json.dumps({"parent": os.getpid(), "child": pid, "port": port, "got": got}))
+"#,
+    );
+    let info = &out[0];
+    assert_eq!(info["got"], 123);
+    let records = obs.wait_records("observer.connection", 2);
+    obs.stop().assert_clean();
+    let client = by_role(&records, "client")[0];
+    assert_eq!(field(client, "source.port"), &info["port"]);
+    assert_eq!(field(client, "process.pid"), &info["child"], "{client}");
+    assert_eq!(field(client, "process.name"), "scm-child", "{client}");
+    assert_eq!(field(client, "conn.owner_source"), "close", "{client}");
+    assert_eq!(field(client, "source.bytes"), 123, "{client}");
+}
+
+#[test]
+fn an_owner_that_exited_before_its_socket_closed_is_still_named() {
+    if !privileged("an_owner_that_exited_before_its_socket_closed_is_still_named") {
+        return;
+    }
+    let ns = NetNs::new("exited");
+    let mut server = Peer::spawn(&ns, "exit-srv");
+    let port = server.port("listen 4 127.0.0.1", "port");
+    let obs = Observer::start(&ns, &[]);
+    // A short-lived client that exits without closing: the kernel closes the socket as the
+    // process dies.
+    let out = python(
+        &ns,
+        &format!(
+            r#"
+import ctypes, json, os, socket
+ctypes.CDLL(None).prctl(15, b"short-lived", 0, 0, 0)
+c = socket.create_connection(("127.0.0.1", {port}))
+c.sendall(b"y" * 9)
+print(json.dumps({{"pid": os.getpid(), "port": c.getsockname()[1]}}), flush=True)
+os._exit(0)
+"#
+        ),
+    );
+    server.ok("accept");
+    assert_eq!(server.ok("wait_eof")["extra"], 9);
+    server.ok("close");
+    let records = obs.wait_records("observer.connection", 2);
+    obs.stop().assert_clean();
+    let client = by_role(&records, "client")[0];
+    assert_eq!(field(client, "source.port"), &out[0]["port"]);
+    assert_eq!(field(client, "process.pid"), &out[0]["pid"], "{client}");
+    assert_eq!(field(client, "process.name"), "short-lived", "{client}");
+    assert_eq!(
+        field(client, "process.executable"),
+        "/usr/bin/python3.11",
+        "{client}"
+    );
+    let server_record = by_role(&records, "server")[0];
+    assert_eq!(field(server_record, "process.pid"), server.pid);
+}
