@@ -305,3 +305,46 @@ fn the_table_bound_counts_what_it_cannot_keep() {
     assert_eq!(loss.len(), 1);
     assert_eq!((loss[0].delta.table_full, loss[0].total.table_full), (1, 1));
 }
+
+#[test]
+fn a_socket_that_closes_while_being_listed_is_one_connection() {
+    let mut t = Tracker::new([7; 16], Filter::default(), 1024);
+    let mut out = Vec::new();
+    // The listing was taken just before the socket closed; its close event is drained (and
+    // fed) before the listing is.
+    let mut c = closed(
+        9,
+        conn_flag::PRE_EXISTING,
+        ESTABLISHED,
+        &[FIN_WAIT1, FIN_WAIT2, CLOSE],
+        8 * MS,
+        lo(40000, 80),
+    );
+    c.header.ts_ns = 10 * MS;
+    feed(&mut t, &mut out, &Event::Closed(c), 10 * MS);
+    let stale = || {
+        vec![seen(
+            9,
+            ESTABLISHED,
+            40000,
+            80,
+            Some(SeenCounters::default()),
+        )]
+    };
+    feed(
+        &mut t,
+        &mut out,
+        &scan(9 * MS, Purpose::Seed, stale()),
+        11 * MS,
+    );
+    feed(
+        &mut t,
+        &mut out,
+        &scan(12 * MS, Purpose::Final, stale()),
+        12 * MS,
+    );
+    t.finish(20 * MS, &mut out);
+    let c = conns(&out);
+    assert_eq!(c.len(), 1, "{c:#?}");
+    assert_eq!(c[0].kind, RecordKind::Closed);
+}
