@@ -13,6 +13,7 @@
 
 pub mod observer;
 pub mod peer;
+pub mod schema;
 pub mod tls;
 
 use std::{

@@ -31,12 +31,18 @@ pub fn scratch(suffix: &str) -> PathBuf {
     ))
 }
 
-/// Parses NDJSON, panicking on a malformed line.
+/// Parses observer's NDJSON, panicking on a malformed line or one its schema in `docs/schema/`
+/// rejects ([`crate::schema::check`]).
 #[must_use]
 pub fn parse_lines(text: &str) -> Vec<Value> {
     text.lines()
         .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad NDJSON line {l:?}: {e}")))
+        .map(|l| {
+            let v =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad NDJSON line {l:?}: {e}"));
+            crate::schema::check(&v);
+            v
+        })
         .collect()
 }
 
