@@ -375,7 +375,8 @@ impl Probe {
         Ok(out)
     }
 
-    /// The kernel's counters, summed over CPUs (indexes in `observer_common::counter`).
+    /// The kernel's counters, summed over CPUs (indexes in `observer_common::counter`), and
+    /// the runs the kernel skipped, summed over programs.
     #[must_use]
     pub fn counters(&self) -> [u64; counter::COUNT as usize] {
         let mut out = [0; counter::COUNT as usize];
@@ -384,6 +385,12 @@ impl Probe {
                 *slot = per_cpu.iter().sum();
             }
         }
+        out[counter::RECURSION_MISSES as usize] = self
+            .ebpf
+            .programs()
+            .filter_map(|(_, p)| p.fd().ok())
+            .filter_map(|fd| table::recursion_misses(fd.as_fd().as_raw_fd()))
+            .sum();
         out
     }
 }

@@ -84,3 +84,64 @@ pub fn read_all<K: Copy + Default>(
         "the batch lookup did not reach the end of the map",
     ))
 }
+
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+/// Byte offset of `recursion_misses` in `struct bpf_prog_info` (Linux 5.12+).
+const RECURSION_MISSES_OFFSET: usize = 208;
+/// `sizeof(struct bpf_prog_info)` as of 6.x; the kernel fills what it knows.
+const PROG_INFO_LEN: usize = 232;
+
+/// `union bpf_attr`, the `info` member.
+#[repr(C)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// Runs of the program behind `fd` the kernel skipped because it was already running on the
+/// CPU (`bpf_prog_info.recursion_misses`); `None` if the kernel says nothing. aya does not
+/// expose this field, hence the raw call (one per program per second).
+#[must_use]
+pub fn recursion_misses(fd: RawFd) -> Option<u64> {
+    #[repr(C, align(8))]
+    struct Info([u8; PROG_INFO_LEN]);
+    let mut info = Info([0; PROG_INFO_LEN]);
+    let mut attr = InfoAttr {
+        bpf_fd: u32::try_from(fd).ok()?,
+        info_len: PROG_INFO_LEN as u32,
+        info: info.0.as_mut_ptr() as u64,
+    };
+    // SAFETY: `info` is PROG_INFO_LEN writable bytes; the kernel writes at most `info_len`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &raw mut attr,
+            size_of::<InfoAttr>(),
+        )
+    };
+    if rc < 0 || (attr.info_len as usize) < RECURSION_MISSES_OFFSET + 8 {
+        return None;
+    }
+    let bytes = info.0[RECURSION_MISSES_OFFSET..RECURSION_MISSES_OFFSET + 8]
+        .try_into()
+        .ok()?;
+    Some(u64::from_ne_bytes(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::btf::Btf;
+
+    #[test]
+    fn prog_info_offsets_match_this_kernel() {
+        let data = std::fs::read("/sys/kernel/btf/vmlinux").expect("kernel BTF is readable");
+        let btf = Btf::parse(&data).expect("BTF parses");
+        let m = btf
+            .member("bpf_prog_info", "recursion_misses")
+            .expect("bpf_prog_info.recursion_misses");
+        assert_eq!((m.offset as usize, m.bits), (RECURSION_MISSES_OFFSET, 64));
+    }
+}

@@ -206,6 +206,8 @@ pub struct Losses {
     pub decode_errors: u64,
     /// Open connections userspace did not keep because its table was full.
     pub table_full: u64,
+    /// Hook runs the kernel skipped because one was already running on that CPU.
+    pub recursion_misses: u64,
 }
 
 impl Losses {
@@ -220,6 +222,7 @@ impl Losses {
             read_failed: at(counter::READ_FAILED),
             decode_errors,
             table_full,
+            recursion_misses: at(counter::RECURSION_MISSES),
         }
     }
 
@@ -234,6 +237,9 @@ impl Losses {
             read_failed: self.read_failed.saturating_sub(earlier.read_failed),
             decode_errors: self.decode_errors.saturating_sub(earlier.decode_errors),
             table_full: self.table_full.saturating_sub(earlier.table_full),
+            recursion_misses: self
+                .recursion_misses
+                .saturating_sub(earlier.recursion_misses),
         }
     }
 
