@@ -30,7 +30,7 @@ use observer_common::{
 
 use crate::{
     kernel::{self, Direct},
-    runtime::{EVENTS, LISTENERS, count, emit_transitions, header, submit_flags},
+    runtime::{EVENTS, LISTENERS, NEWBORN, count, emit_transitions, header, submit_flags},
 };
 
 pub fn on_set_state(ctx: &BtfTracePointContext) {
@@ -55,9 +55,24 @@ pub fn on_set_state(ctx: &BtfTracePointContext) {
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_boot_ns() };
 
+    if old == tcp_state::LISTEN && new == tcp_state::SYN_RECV {
+        // A listener's child: its cookie is not final yet (below), so its birth waits.
+        newborn(sk, now);
+        return;
+    }
     if is_birth(old, new) {
         begin(sk, cookie, tp, u16::from(old) << 8 | u16::from(new), now);
         return;
+    }
+    if old == tcp_state::SYN_RECV && kernel::find(cookie).is_none() {
+        // The child's first change after its birth: born now, with the time it was cloned.
+        begin(
+            sk,
+            cookie,
+            tp,
+            u16::from(tcp_state::LISTEN) << 8 | u16::from(tcp_state::SYN_RECV),
+            born_at(sk, now),
+        );
     }
     let Some(entry) = kernel::tracked(cookie, tp, now) else {
         return;
@@ -120,9 +135,38 @@ fn listener(st: &ConnState, new: u8) {
     }
 }
 
-/// Transitions that start a socket's life: connect(), listen(), and a listener's child.
-fn is_birth(old: u8, new: u8) -> bool {
-    old == tcp_state::CLOSE || (old == tcp_state::LISTEN && new == tcp_state::SYN_RECV)
+/// Transitions that start a socket's life: connect() and listen(). A listener's child is born
+/// at its first change after LISTEN→SYN_RECV (`newborn`).
+fn is_birth(old: u8, _new: u8) -> bool {
+    old == tcp_state::CLOSE
+}
+
+/// Remembers when a listener's child was cloned (LISTEN→SYN_RECV).
+///
+/// Its cookie cannot key it yet: up to 6.12 at least, `inet_csk_clone_lock()` fires this
+/// transition *before* it copies the request's cookie into the child, so the child still holds
+/// its listener's cookie (copied with the rest of the socket) or none, and is given another
+/// afterwards. The next change of the child (to ESTABLISHED, in the same softirq on the same
+/// CPU; to CLOSE if it dies first) is where it is born, keyed by its final cookie, with this
+/// time as its SYN_RECV time. One per-CPU slot: no map insert, and the same on every kernel.
+fn newborn(sk: u64, now: u64) {
+    if let Some(slot) = NEWBORN.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot of a per-CPU array; programs do not nest on a CPU here.
+        unsafe { *slot = [sk, now] };
+    }
+}
+
+/// When the child `sk` was cloned, if this CPU saw it (else now: a TCP Fast Open child, whose
+/// SYN_RECV lasts an RTT, or one cloned before the observer attached).
+fn born_at(sk: u64, now: u64) -> u64 {
+    match NEWBORN.get_ptr(0) {
+        // SAFETY: as in `newborn`.
+        Some(slot) => match unsafe { *slot } {
+            [child, at] if child == sk && at <= now => at,
+            _ => now,
+        },
+        None => now,
+    }
 }
 
 /// Starts tracking a socket just born, its state built in place, first transition included.

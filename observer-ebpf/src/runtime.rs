@@ -40,6 +40,10 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 #[map]
 pub static LISTENERS: HashMap<u64, Owner> = HashMap::with_max_entries(4096, 0);
 
+/// Per CPU, the last listener's child cloned: its address and when (`lifecycle::newborn`).
+#[map]
+pub static NEWBORN: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
 /// One `ConnState` per CPU to build new entries in (`kernel::scratch`).
 #[map]
 pub static SCRATCH: PerCpuArray<ConnState> = PerCpuArray::with_max_entries(1, 0);

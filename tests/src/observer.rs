@@ -196,14 +196,30 @@ impl Observer {
     /// Waits until `n` records of `dataset` were written; returns them.
     #[must_use]
     pub fn wait_records(&self, dataset: &str, n: usize) -> Vec<Value> {
-        wait_for(
-            Duration::from_secs(20),
-            &format!("{n} {dataset} records"),
-            || {
-                let found = of_dataset(&self.lines(), dataset);
-                (found.len() >= n).then_some(found)
-            },
-        )
+        let timeout = Duration::from_secs(20).mul_f64(crate::time_scale());
+        let start = std::time::Instant::now();
+        loop {
+            let lines = self.lines();
+            let found = of_dataset(&lines, dataset);
+            if found.len() >= n {
+                return found;
+            }
+            if start.elapsed() >= timeout {
+                let mut roles = std::collections::BTreeMap::<String, usize>::new();
+                for record in &found {
+                    *roles
+                        .entry(field(record, "conn.role").to_string())
+                        .or_default() += 1;
+                }
+                panic!(
+                    "timed out after {timeout:?} waiting for {n} {dataset} records ({} so far, \
+                     by role {roles:?}; loss records: {:?})",
+                    found.len(),
+                    of_dataset(&lines, "observer.loss")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Sends `signal` and waits for the exit.

@@ -6,6 +6,7 @@ mod cmd;
 mod packages;
 mod test;
 mod toolchain;
+mod vm;
 mod workspace;
 
 use std::{
@@ -48,11 +49,18 @@ enum Task {
         #[command(subcommand)]
         bench: Bench,
     },
-    /// Bootstrap, unit tests, build, then the privileged integration tests
+    /// Bootstrap, unit tests, build, then the privileged integration tests on this host's kernel
+    /// and on each kernel of the matrix (Debian's cloud kernels under QEMU, software emulation)
     Test {
-        /// Run on this host's kernel only (the QEMU kernel matrix is added by a later change)
-        #[arg(long)]
+        /// Kernel series to boot under QEMU, newest Debian cloud kernel of each
+        #[arg(long, value_name = "SERIES,...", default_value = vm::DEFAULT_SERIES)]
+        kernels: String,
+        /// Run on this host's kernel only (no QEMU)
+        #[arg(long, conflicts_with = "no_host")]
         host_only: bool,
+        /// Skip the run on this host's kernel (only the QEMU kernels)
+        #[arg(long)]
+        no_host: bool,
         /// Extra libtest arguments for the integration tests (after `--`)
         #[arg(last = true)]
         args: Vec<OsString>,
@@ -134,7 +142,21 @@ fn run(task: Task) -> Result<()> {
                 bench::churn(seconds.unwrap_or(5), rounds, !no_tcplife)
             }
         }
-        // Only the host kernel exists so far, so --host-only changes nothing yet.
-        Task::Test { host_only: _, args } => test::run(&args),
+        Task::Test {
+            kernels,
+            host_only,
+            no_host,
+            args,
+        } => {
+            let targets = test::Targets {
+                host: !no_host,
+                kernels: if host_only {
+                    Vec::new()
+                } else {
+                    vm::parse_series(&kernels)?
+                },
+            };
+            test::run(&targets, &args)
+        }
     }
 }

@@ -29,8 +29,14 @@ const PACKAGES: &[&str] = &[
     "openssl",
     "kmod",
     "busybox-static",
-    "qemu-system-x86",
     "procps",
+    // The kernel matrix (xtask/src/vm): QEMU, Debian's kernels unpacked with their modules, and
+    // the guest userland packed as compressed cpio archives.
+    "qemu-system-x86",
+    "debootstrap",
+    "cpio",
+    "zstd",
+    "xz-utils",
 ];
 
 pub fn ensure() -> Result<()> {

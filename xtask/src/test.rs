@@ -1,5 +1,6 @@
 //! `cargo xtask test`: bootstrap, unit tests, release build, then the privileged integration
-//! tests against the real kernel, with a summary of how long each phase took.
+//! tests against the real kernel, then the same suite on each kernel of the matrix under QEMU,
+//! with a summary of how long each phase took and how each kernel did.
 
 use std::{
     env,
@@ -12,19 +13,27 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{bootstrap, cmd, workspace};
+use crate::{bootstrap, cmd, vm, workspace};
 
 /// What the integration harness prints for a test it could not run.
 const SKIP_MARKER: &str = "OBSERVER-SKIPPED";
 
-pub fn run(extra_args: &[OsString]) -> Result<()> {
+/// Where the privileged suite runs.
+pub struct Targets {
+    /// This machine's kernel.
+    pub host: bool,
+    /// Kernel series booted under QEMU, e.g. `6.1`.
+    pub kernels: Vec<String>,
+}
+
+pub fn run(targets: &Targets, extra_args: &[OsString]) -> Result<()> {
     let mut phases = Phases::default();
-    let result = run_phases(&mut phases, extra_args);
+    let result = run_phases(&mut phases, targets, extra_args);
     phases.print_summary();
     result
 }
 
-fn run_phases(phases: &mut Phases, extra_args: &[OsString]) -> Result<()> {
+fn run_phases(phases: &mut Phases, targets: &Targets, extra_args: &[OsString]) -> Result<()> {
     let tools = phases.time("bootstrap", || bootstrap::run(true))?;
     let root = workspace::root()?;
     phases.time("unit tests", || {
@@ -39,16 +48,57 @@ fn run_phases(phases: &mut Phases, extra_args: &[OsString]) -> Result<()> {
         .context("unit tests failed: see the failures above")
     })?;
     let bin = phases.time("build", || workspace::build_observer(&tools))?;
-    phases.time("privileged tests", || {
-        let mut cargo = tools.cargo(root);
-        cargo
-            .args(["test", "--release", "--package", "observer-tests", "--"])
-            .arg("--test-threads=2")
-            .args(extra_args)
-            .env("OBSERVER_BIN", &bin)
-            .env("OBSERVER_REQUIRE_PRIVILEGED", "1");
-        privileged(&mut cargo, on_ci(), true)
-    })
+    let mut failures = Vec::new();
+    if targets.host {
+        let host = phases.time("privileged tests", || {
+            let mut cargo = tools.cargo(root);
+            cargo
+                .args(["test", "--release", "--package", "observer-tests", "--"])
+                .arg("--test-threads=2")
+                .args(extra_args)
+                .env("OBSERVER_BIN", &bin)
+                .env("OBSERVER_REQUIRE_PRIVILEGED", "1");
+            privileged(&mut cargo, on_ci(), true)
+        });
+        if let Err(err) = host {
+            // The kernels still run: a developer sees every kernel's verdict at once.
+            eprintln!("error: {err:#}");
+            failures.push(format!("host kernel: {err}"));
+        }
+    }
+    if targets.kernels.is_empty() {
+        return finish(&failures);
+    }
+    let prepared = phases.time("guest userland", || vm::prepare(&tools, &bin, extra_args))?;
+    for series in &targets.kernels {
+        let name = format!("kernel {series}");
+        let run = phases.time_named(name, || vm::run_kernel(&prepared, series, on_ci()));
+        match run {
+            Ok(run) => {
+                phases.note(format!(
+                    "{} passed, {} failed, {} ignored ({})",
+                    run.passed, run.failed, run.ignored, run.package
+                ));
+                if !run.ok() {
+                    phases.mark_failed();
+                    failures.push(format!("kernel {series}: {}", run.problems.join("; ")));
+                }
+            }
+            Err(err) => {
+                eprintln!("error: kernel {series}: {err:#}");
+                failures.push(format!("kernel {series}: {err}"));
+            }
+        }
+    }
+    finish(&failures)
+}
+
+fn finish(failures: &[String]) -> Result<()> {
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        bail!(failures.join("\n  "))
+    }
 }
 
 /// Whether this runs on CI, where every privileged test must run.
@@ -122,7 +172,7 @@ impl Scan {
 }
 
 /// The `N ignored` count of a libtest `test result:` line.
-fn ignored_count(line: &str) -> u64 {
+pub fn ignored_count(line: &str) -> u64 {
     line.split(';')
         .filter_map(|part| part.trim().strip_suffix(" ignored")?.parse::<u64>().ok())
         .sum()
@@ -181,24 +231,59 @@ fn copy_scan(mut from: impl Read, mut to: impl Write) -> io::Result<Scan> {
 
 #[derive(Default)]
 struct Phases {
-    done: Vec<(&'static str, Duration, bool)>,
+    done: Vec<Phase>,
     start: Option<Instant>,
+}
+
+struct Phase {
+    name: String,
+    took: Duration,
+    ok: bool,
+    note: String,
 }
 
 impl Phases {
     fn time<T>(&mut self, name: &'static str, phase: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.time_named(name.to_owned(), phase)
+    }
+
+    fn time_named<T>(&mut self, name: String, phase: impl FnOnce() -> Result<T>) -> Result<T> {
         let now = Instant::now();
         self.start.get_or_insert(now);
         let result = phase();
-        self.done.push((name, now.elapsed(), result.is_ok()));
+        self.done.push(Phase {
+            name,
+            took: now.elapsed(),
+            ok: result.is_ok(),
+            note: String::new(),
+        });
         result
+    }
+
+    /// Adds a remark to the last phase's summary line.
+    fn note(&mut self, note: String) {
+        if let Some(last) = self.done.last_mut() {
+            last.note = note;
+        }
+    }
+
+    /// Marks the last phase failed although it returned normally (a kernel whose tests failed).
+    fn mark_failed(&mut self) {
+        if let Some(last) = self.done.last_mut() {
+            last.ok = false;
+        }
     }
 
     fn print_summary(&self) {
         eprintln!("\nsummary:");
-        for (name, took, ok) in &self.done {
-            let verdict = if *ok { "ok" } else { "FAILED" };
-            eprintln!("  {name:<18} {:>8.1}s  {verdict}", took.as_secs_f64());
+        for phase in &self.done {
+            let verdict = if phase.ok { "ok" } else { "FAILED" };
+            eprintln!(
+                "  {:<18} {:>8.1}s  {verdict:<6}  {}",
+                phase.name,
+                phase.took.as_secs_f64(),
+                phase.note
+            );
         }
         if let Some(start) = self.start {
             eprintln!("  {:<18} {:>8.1}s", "total", start.elapsed().as_secs_f64());
