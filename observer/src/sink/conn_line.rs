@@ -20,7 +20,7 @@ use crate::track::{
 pub fn write(c: &ConnRecord, host: &str, boot_to_unix_ns: i64, buf: &mut Vec<u8>) {
     let ts = |ns: u64| Rfc3339::from_unix_ns(wall(ns, boot_to_unix_ns));
     let end = ts(c.end_ns);
-    let outcome = if c.lifecycle.reached(observer_common::tcp_state::ESTABLISHED) {
+    let outcome = if c.established() {
         "success"
     } else {
         "failure"

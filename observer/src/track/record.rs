@@ -164,6 +164,23 @@ pub struct ConnRecord {
     pub tls: Option<Box<crate::tls::TlsFacts>>,
 }
 
+impl ConnRecord {
+    /// The handshake completed: seen, or (for a socket first met mid-life) implied by the
+    /// state it was first met in.
+    #[must_use]
+    pub fn established(&self) -> bool {
+        use observer_common::tcp_state::{
+            CLOSE_WAIT, CLOSING, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, LAST_ACK,
+        };
+        self.lifecycle.reached(ESTABLISHED)
+            || (self.pre_existing
+                && matches!(
+                    self.lifecycle.first_state,
+                    ESTABLISHED | FIN_WAIT1 | FIN_WAIT2 | CLOSE_WAIT | LAST_ACK | CLOSING
+                ))
+    }
+}
+
 /// One state change (`--transitions`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateRecord {
