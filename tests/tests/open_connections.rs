@@ -84,6 +84,7 @@ fn connections_open_before_start_are_seeded_with_their_owners() {
     let (c, s) = (by_role(&records, "client"), by_role(&records, "server"));
     for (r, owner) in [(c, &client), (s, &server)] {
         assert_eq!(field(r, "conn.pre_existing"), true, "{r}");
+        assert_eq!(field(r, "event.outcome"), "success", "{r}");
         assert_eq!(field(r, "process.pid"), owner.pid, "{r}");
         assert_eq!(field(r, "process.name"), owner.comm.as_str(), "{r}");
         assert_eq!(field(r, "process.executable"), "/usr/bin/python3.11", "{r}");
