@@ -469,9 +469,10 @@ pub mod counter {
     /// TLS sessions not followed because the in-flight handshake map was full.
     pub const TLS_MAP_FULL: u32 = 5;
     /// Runs of observer's programs the kernel skipped because one was already running on that
-    /// CPU (a softirq interrupting a hook, for instance): their events are lost. Not written by
-    /// the programs: userspace reads it from the kernel's per-program statistics
-    /// (`bpf_prog_info.recursion_misses`) into the same snapshot.
+    /// CPU (a softirq interrupting a hook, for instance): an upper bound of the events lost
+    /// that way (the first `inet_sock_set_state` program's skips are taken over by the second
+    /// and not counted). Not written by the programs: userspace reads it from the kernel's
+    /// per-program statistics (`bpf_prog_info.recursion_misses`) into the same snapshot.
     pub const RECURSION_MISSES: u32 = 6;
     pub const COUNT: u32 = 8;
 }

@@ -41,7 +41,13 @@ mod programs {
 
     #[btf_tracepoint(function = "inet_sock_set_state")]
     pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
-        crate::lifecycle::on_set_state(&ctx);
+        crate::lifecycle::on_set_state_first(&ctx);
+        0
+    }
+
+    #[btf_tracepoint(function = "inet_sock_set_state")]
+    pub fn inet_sock_set_state_nested(ctx: BtfTracePointContext) -> i32 {
+        crate::lifecycle::on_set_state_nested(&ctx);
         0
     }
 

@@ -52,6 +52,12 @@ pub const HOOKS: &[Hook] = &[
         optional: false,
     },
     Hook {
+        program: "inet_sock_set_state_nested",
+        kind: HookKind::BtfTracepoint("inet_sock_set_state"),
+        role: "transitions in a softirq that interrupted the first hook (the kernel skips a program already running on the CPU)",
+        optional: false,
+    },
+    Hook {
         program: "tcp_retransmit_skb",
         kind: HookKind::Tracepoint(&[("tcp", "tcp_retransmit_skb")]),
         role: "SYN and data retransmits",
@@ -260,7 +266,11 @@ impl Probe {
                         .attach()
                         .map_err(fail(format!("attaching tp_btf/{name}")))?;
                     self.links.push(Link::Btf(hook.program, id));
-                    self.attached.push(format!("tp_btf:{name}"));
+                    self.attached.push(if hook.program == name {
+                        format!("tp_btf:{name}")
+                    } else {
+                        format!("tp_btf:{name}/{}", hook.program)
+                    });
                 }
                 HookKind::Tracepoint(points) => {
                     let p: &mut TracePoint = program.try_into().map_err(fail("type".into()))?;
@@ -385,9 +395,12 @@ impl Probe {
                 *slot = per_cpu.iter().sum();
             }
         }
+        // The first `inet_sock_set_state` program's skipped runs are taken over by the second;
+        // a transition is lost only when the second is skipped too, which its own count bounds.
         out[counter::RECURSION_MISSES as usize] = self
             .ebpf
             .programs()
+            .filter(|(name, _)| *name != "inet_sock_set_state")
             .filter_map(|(_, p)| p.fd().ok())
             .filter_map(|fd| table::recursion_misses(fd.as_fd().as_raw_fd()))
             .sum();

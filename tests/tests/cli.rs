@@ -47,7 +47,7 @@ fn check_reports_every_hook_on_this_kernel() {
         assert!(row.contains(" ok "), "{row}");
     }
     assert!(
-        stdout.contains("9 hooks: tp_btf:inet_sock_set_state"),
+        stdout.contains("10 hooks: tp_btf:inet_sock_set_state, tp_btf:inet_sock_set_state/inet_sock_set_state_nested,"),
         "{stdout}"
     );
     assert!(
