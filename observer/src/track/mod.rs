@@ -11,6 +11,7 @@ pub mod live;
 pub mod procs;
 pub mod record;
 pub mod snapshot;
+pub mod stuck;
 pub mod zeek;
 
 use std::collections::{HashMap, VecDeque};
@@ -27,11 +28,11 @@ use self::{
     procs::Procs,
     record::{LossRecord, Losses, Output, Peer, RecordKind, StateRecord, ends_of},
 };
+use crate::tls::{TlsRecord, TlsTable};
 use crate::{
     decode::{Counters, Event},
     facts::{Fact, Purpose, SocketScan},
 };
-use crate::tls::{TlsRecord, TlsTable};
 
 /// Late facts join a closed socket's record when they happened at most this long after its
 /// CLOSE. The decision depends only on event timestamps, so live capture and replay agree.
