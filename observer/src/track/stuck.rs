@@ -43,14 +43,28 @@ impl Tracker {
                 {
                     return None;
                 }
+                let server = st.flags & conn_flag::ROLE_SERVER != 0;
+                // The kernel names an accepted socket's owner only at its close: until then,
+                // the process that listens on its port (as the connection record would).
+                let process = owner(st, open.seen.as_ref()).0.or_else(|| {
+                    let o = self
+                        .live
+                        .listener_owner(open.netns, open.key.1)
+                        .filter(|_| server)?;
+                    Some(Process {
+                        pid: o.tgid,
+                        uid: o.uid,
+                        comm: o.comm,
+                    })
+                });
                 Some(Waiting {
                     uid: self.uid(cookie),
                     netns: open.netns,
-                    process: owner(st, open.seen.as_ref()).0,
+                    process,
                     since_ns: st.ts[n - 1],
                     local: (open.key.0, open.key.1),
                     remote: (open.key.2, open.key.3),
-                    server: st.flags & conn_flag::ROLE_SERVER != 0,
+                    server,
                 })
             })
             .collect();
