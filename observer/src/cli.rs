@@ -150,6 +150,13 @@ pub struct AnomalyArgs {
     /// connect_failures: the window; resolved after a whole window without a failure.
     #[arg(long, value_name = "SECONDS", default_value_t = detect::connect_failures::DEFAULT_WINDOW_S, value_parser = clap::value_parser!(u64).range(1..))]
     pub connect_failures_window: u64,
+    /// rst_storm: fires at this many connections ended by a RST, per listener or per remote
+    /// host, within the window (0: off).
+    #[arg(long, value_name = "N", default_value_t = detect::rst_storm::DEFAULT_COUNT)]
+    pub rst_storm: u64,
+    /// rst_storm: the window; resolved after a whole window without a reset connection.
+    #[arg(long, value_name = "SECONDS", default_value_t = detect::rst_storm::DEFAULT_WINDOW_S, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rst_storm_window: u64,
     /// event_loss: fires at this many events lost by the observer within the window (0: off).
     #[arg(long, value_name = "N", default_value_t = detect::event_loss::DEFAULT_COUNT)]
     pub event_loss: u64,
@@ -173,6 +180,10 @@ impl AnomalyArgs {
                     window_s: self.connect_failures_window,
                 },
             ),
+            rst_storm: (self.rst_storm > 0).then_some(detect::rst_storm::Config {
+                count: self.rst_storm,
+                window_s: self.rst_storm_window,
+            }),
             event_loss: (self.event_loss > 0).then_some(detect::event_loss::Config {
                 count: self.event_loss,
                 window_s: self.event_loss_window,

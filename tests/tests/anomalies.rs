@@ -301,3 +301,96 @@ fn benign_traffic_raises_nothing() {
     assert_eq!(stopped.dataset("observer.connection").len(), 40);
     assert_eq!(stopped.dataset(ANOMALY), Vec::<Value>::new());
 }
+
+#[test]
+fn rst_storm_per_remote_host_and_per_listener() {
+    if !privileged("rst_storm_per_remote_host_and_per_listener") {
+        return;
+    }
+    let ns = NetNs::new("rs");
+    let obs = Observer::start(
+        &ns,
+        &[
+            "--anomalies",
+            "--connect-failures",
+            "0",
+            "--rst-storm",
+            "3",
+            "--rst-storm-window",
+            "2",
+        ],
+    );
+    let mut client = Peer::spawn(&ns, "obs-rs-client");
+    let mut server = Peer::spawn(&ns, "obs-rs-server");
+    // Three connects to a closed port: three RSTs from the host (here, loopback).
+    let closed = client.port("freeport 4 127.0.0.1", "port");
+    for _ in 0..3 {
+        let reply = client.cmd(&format!("connect 4 127.0.0.1 {closed}"));
+        assert_eq!(reply["error"], "ECONNREFUSED");
+    }
+    let remote = wait_alerts(&obs, 1, Duration::from_secs(10));
+    let a = &remote[0];
+    check_common(a, "rst_storm", "firing");
+    assert_eq!(field(a, "anomaly.scope"), "remote", "{a}");
+    assert_eq!(field(a, "destination.ip"), "127.0.0.1", "{a}");
+    assert_eq!(
+        field(a, "destination.port"),
+        &Value::Null,
+        "a host, not a port: {a}"
+    );
+    assert_eq!(field(a, "process.pid"), client.pid, "{a}");
+    assert_eq!(field(a, "anomaly.observed"), 3, "{a}");
+    assert_eq!(field(a, "anomaly.resets_received"), 3, "{a}");
+    assert_eq!(field(a, "anomaly.resets_sent"), 0, "{a}");
+
+    let resolved = wait_alerts(&obs, 2, Duration::from_secs(10));
+    check_common(&resolved[1], "rst_storm", "resolved");
+    assert_eq!(field(&resolved[1], "anomaly.scope"), "remote");
+
+    // Three clients abort with SO_LINGER 0: the listener's server sockets receive the RSTs,
+    // and the host sees the clients send them.
+    let port = server.port("listen 4 127.0.0.1", "port");
+    for _ in 0..3 {
+        client.port(&format!("connect 4 127.0.0.1 {port}"), "local_port");
+        server.ok("accept");
+        client.ok("linger0");
+        client.ok("close");
+        server.ok("close");
+    }
+    let all = wait_alerts(&obs, 6, Duration::from_secs(15));
+    std::thread::sleep(Duration::from_millis(1500));
+    let stopped = obs.stop();
+    stopped.assert_clean();
+    assert_eq!(
+        stopped.dataset(ANOMALY),
+        all,
+        "each subject fired and resolved once"
+    );
+    let scoped = |scope: &str| -> Vec<&Value> {
+        all[2..]
+            .iter()
+            .filter(|l| field(l, "anomaly.scope") == scope)
+            .collect()
+    };
+    let listener = scoped("listener");
+    assert_eq!(listener.len(), 2, "fired and resolved: {all:#?}");
+    let l = listener[0];
+    check_common(l, "rst_storm", "firing");
+    assert_eq!(field(l, "destination.port"), port, "{l}");
+    assert_eq!(field(l, "destination.ip"), "127.0.0.1", "{l}");
+    assert_eq!(field(l, "anomaly.observed"), 3, "{l}");
+    assert_eq!(field(l, "anomaly.resets_received"), 3, "{l}");
+    assert_eq!(field(l, "anomaly.resets_sent"), 0, "{l}");
+    assert_eq!(field(l, "process.pid"), server.pid, "{l}");
+    assert_eq!(field(l, "process.name"), "obs-rs-server", "{l}");
+    check_common(listener[1], "rst_storm", "resolved");
+    let host = scoped("remote");
+    assert_eq!(host.len(), 2, "fired and resolved: {all:#?}");
+    let h = host[0];
+    check_common(h, "rst_storm", "firing");
+    assert_eq!(field(h, "anomaly.observed"), 3, "{h}");
+    assert_eq!(field(h, "anomaly.resets_sent"), 3, "{h}");
+    assert_eq!(field(h, "anomaly.resets_received"), 0, "{h}");
+    assert_eq!(field(h, "process.pid"), client.pid, "{h}");
+    check_common(host[1], "rst_storm", "resolved");
+}

@@ -8,6 +8,7 @@
 pub mod close_wait;
 pub mod connect_failures;
 pub mod event_loss;
+pub mod rst_storm;
 
 use std::{collections::BTreeMap, net::IpAddr};
 
@@ -37,7 +38,8 @@ impl Status {
     }
 }
 
-/// What an alert is about: a process, a destination, or the observer itself (all `None`).
+/// What an alert is about: a process, a destination (port 0: a remote host), or the observer
+/// itself (all `None`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Subject {
     pub netns: Option<u32>,
@@ -71,6 +73,7 @@ pub struct Config {
     pub close_wait: Option<close_wait::Config>,
     pub connect_failures: Option<connect_failures::Config>,
     pub event_loss: Option<event_loss::Config>,
+    pub rst_storm: Option<rst_storm::Config>,
 }
 
 /// Every enabled rule, fed by the pipeline.
@@ -79,6 +82,7 @@ pub struct Detector {
     close_wait: Option<close_wait::Rule>,
     connect_failures: Option<connect_failures::Rule>,
     event_loss: Option<event_loss::Rule>,
+    rst_storm: Option<rst_storm::Rule>,
 }
 
 impl Detector {
@@ -88,6 +92,7 @@ impl Detector {
             close_wait: config.close_wait.map(close_wait::Rule::new),
             connect_failures: config.connect_failures.map(connect_failures::Rule::new),
             event_loss: config.event_loss.map(event_loss::Rule::new),
+            rst_storm: config.rst_storm.map(rst_storm::Rule::new),
         }
     }
 
@@ -102,6 +107,9 @@ impl Detector {
         match output {
             Output::Connection(c) => {
                 if let Some(rule) = &mut self.connect_failures {
+                    rule.record(c, alerts);
+                }
+                if let Some(rule) = &mut self.rst_storm {
                     rule.record(c, alerts);
                 }
             }
@@ -125,6 +133,9 @@ impl Detector {
     /// Time passed: windows slide and quiet subjects resolve.
     pub fn tick(&mut self, now_ns: u64, alerts: &mut Vec<Alert>) {
         if let Some(rule) = &mut self.connect_failures {
+            rule.tick(now_ns, alerts);
+        }
+        if let Some(rule) = &mut self.rst_storm {
             rule.tick(now_ns, alerts);
         }
         if let Some(rule) = &mut self.event_loss {

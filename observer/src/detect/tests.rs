@@ -5,7 +5,9 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use observer_common::{CloseInfo, ConnState};
 
-use super::{Alert, Config, Detector, Status, close_wait, connect_failures, event_loss};
+use super::{
+    Alert, Config, Detector, Status, close_wait, connect_failures, event_loss, rst_storm,
+};
 use crate::track::{
     lifecycle::{LateResets, Lifecycle},
     record::{
@@ -43,6 +45,7 @@ fn none() -> Config {
         close_wait: None,
         connect_failures: None,
         event_loss: None,
+        rst_storm: None,
     }
 }
 
@@ -372,4 +375,64 @@ fn disabled_rules_raise_nothing() {
     );
     d.table(200 * S, &[waiting(0, 1, 0)], &mut alerts);
     assert!(alerts.is_empty(), "{alerts:#?}");
+}
+
+fn reset(n: u8, end_s: u64, role: Role, port: u16, sent: u32, received: u32) -> Output {
+    let Output::Connection(mut c) = failed(n, end_s, port, "rst_received", "RSTR") else {
+        unreachable!()
+    };
+    c.role = role;
+    c.resets_sent = sent;
+    c.resets_received = received;
+    Output::Connection(c)
+}
+
+#[test]
+fn rst_storm_per_listener_and_per_remote_host() {
+    use Step::{R, T};
+    let mut d = only(Config {
+        rst_storm: Some(rst_storm::Config {
+            count: 3,
+            window_s: 5,
+        }),
+        ..none()
+    });
+    let alerts = run(
+        &mut d,
+        vec![
+            // Three reset server connections of the listener on port 443: fires for it.
+            R(reset(0, 1, Role::Server, 443, 0, 1)),
+            R(reset(1, 2, Role::Server, 443, 1, 0)),
+            // Clients reset by the same remote host on two ports: one subject, the host.
+            R(reset(2, 2, Role::Client, 80, 0, 1)),
+            R(reset(3, 2, Role::Client, 81, 0, 1)),
+            R(reset(4, 3, Role::Server, 443, 0, 1)),
+            // Closed without a reset: not counted.
+            R(reset(5, 3, Role::Client, 80, 0, 0)),
+            R(reset(6, 4, Role::Client, 82, 0, 1)),
+            T(8),
+            // Quiet since 3 s (listener) and 4 s (host): resolved at 8 and 9 s.
+            T(9),
+            T(20),
+        ],
+    );
+    assert_eq!(
+        summary(&alerts),
+        [
+            ("rst_storm", Status::Firing, 3, 3),
+            ("rst_storm", Status::Firing, 4, 3),
+            ("rst_storm", Status::Resolved, 8, 0),
+            ("rst_storm", Status::Resolved, 9, 0),
+        ]
+    );
+    let (listener, host) = (&alerts[0], &alerts[1]);
+    assert_eq!(listener.subject.destination, Some((ip(9), 443)));
+    assert_eq!(listener.evidence["scope"], "listener");
+    assert_eq!(listener.evidence["resets_sent"], 1);
+    assert_eq!(listener.evidence["resets_received"], 2);
+    assert_eq!(listener.samples, vec![uid(4), uid(1), uid(0)]);
+    assert_eq!(host.subject.destination, Some((ip(9), 0)));
+    assert_eq!(host.evidence["scope"], "remote");
+    assert_eq!(host.evidence["resets_received"], 3);
+    assert_eq!(alerts[2].subject.destination, Some((ip(9), 443)));
 }

@@ -38,7 +38,9 @@ struct Process<'a> {
 #[derive(Serialize)]
 struct Destination {
     ip: IpAddr,
-    port: u16,
+    /// Absent when the subject is a whole remote host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    port: Option<u16>,
 }
 
 #[derive(Serialize)]
@@ -118,7 +120,10 @@ pub fn write(
         destination: a
             .subject
             .destination
-            .map(|(ip, port)| Destination { ip, port }),
+            .map(|(ip, port)| Destination {
+                ip,
+                port: (port != 0).then_some(port),
+            }),
         conn: Conn {
             uids: a.samples.iter().map(|u| u.as_str().to_owned()).collect(),
         },
