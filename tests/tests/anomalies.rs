@@ -7,7 +7,7 @@ use std::{process::Command, time::Duration};
 use observer_tests::{
     NetNs, Observer, Peer, field, now_us,
     observer::{bin, of_dataset, parse_lines, scratch},
-    parse_ts, privileged,
+    parse_ts, privileged, sh,
     tls::validate,
     wait_for,
 };
@@ -393,4 +393,91 @@ fn rst_storm_per_remote_host_and_per_listener() {
     assert_eq!(field(h, "anomaly.resets_received"), 0, "{h}");
     assert_eq!(field(h, "process.pid"), client.pid, "{h}");
     check_common(host[1], "rst_storm", "resolved");
+}
+
+#[test]
+fn event_loss_fires_when_a_tiny_ring_overflows_and_resolves_after() {
+    if !privileged("event_loss_fires_when_a_tiny_ring_overflows_and_resolves_after") {
+        return;
+    }
+    let ns = NetNs::new("el");
+    let obs = Observer::start(
+        &ns,
+        &["--anomalies", "--event-loss-window", "2", "--ring-mib", "1"],
+    );
+    // The observer stopped, thousands of connections fill its 1 MiB ring; it drops the rest.
+    // SAFETY: signalling our own child.
+    let pid = libc::pid_t::try_from(obs.pid()).expect("pid");
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    sh(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &ns.name,
+            "python3",
+            "-c",
+            "import socket\n\
+             l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen(512)\n\
+             for _ in range(6000):\n\
+             \x20   c = socket.create_connection(l.getsockname()); s, _ = l.accept()\n\
+             \x20   c.close(); s.close()\n",
+        ],
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let alerts = wait_alerts(&obs, 2, Duration::from_secs(15));
+    let stopped = obs.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    let losses: Vec<Value> = stopped
+        .dataset("observer.loss")
+        .into_iter()
+        .filter(|l| field(l, "event.action") == "loss")
+        .collect();
+    assert!(
+        !losses.is_empty(),
+        "the ring overflowed: {}",
+        stopped.stderr
+    );
+    let first_lost = field(&losses[0], "loss.ring_full")
+        .as_u64()
+        .expect("ring_full");
+    assert!(first_lost > 0, "{}", losses[0]);
+
+    let a = &alerts[0];
+    check_common(a, "event_loss", "firing");
+    assert_eq!(field(a, "anomaly.observed"), first_lost, "{a}");
+    assert_eq!(field(a, "anomaly.ring_full"), first_lost, "{a}");
+    assert_eq!(field(a, "anomaly.threshold"), 1, "default threshold: {a}");
+    assert_eq!(field(a, "anomaly.window_s"), 2, "{a}");
+    assert_eq!(
+        field(a, "@timestamp"),
+        field(&losses[0], "@timestamp"),
+        "{a}"
+    );
+    assert!(
+        field(a, "event.reason")
+            .as_str()
+            .is_some_and(|r| r.contains("--ring-mib")),
+        "{a}"
+    );
+    let r = &alerts[1];
+    check_common(r, "event_loss", "resolved");
+    let total: u64 = losses
+        .iter()
+        .map(|l| field(l, "loss.ring_full").as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(field(r, "anomaly.total"), total, "{r}");
+    let last = parse_ts(
+        field(&losses[losses.len() - 1], "@timestamp")
+            .as_str()
+            .expect("ts"),
+    );
+    let resolved = parse_ts(field(r, "@timestamp").as_str().expect("ts"));
+    assert_eq!(
+        resolved - last,
+        2_000_000,
+        "a whole window after the last loss: {r}"
+    );
+    assert_eq!(stopped.dataset(ANOMALY).len(), 2, "no flapping");
 }
