@@ -137,30 +137,30 @@ pub struct AnomalyArgs {
                 close_wait_stuck is on"
     )]
     pub anomalies: bool,
-    /// close_wait_stuck: a socket is stuck after this long in CLOSE_WAIT.
+    /// `close_wait_stuck`: a socket is stuck after this long in `CLOSE_WAIT`.
     #[arg(long, value_name = "SECONDS", default_value_t = detect::close_wait::DEFAULT_AFTER_S, value_parser = clap::value_parser!(u64).range(1..))]
     pub close_wait_after: u64,
-    /// close_wait_stuck: fires when one process holds this many stuck sockets (0: off).
+    /// `close_wait_stuck`: fires when one process holds this many stuck sockets (0: off).
     #[arg(long, value_name = "N", default_value_t = detect::close_wait::DEFAULT_MIN)]
     pub close_wait_min: u64,
-    /// connect_failures: fires at this many refused or timed-out connects to one destination
+    /// `connect_failures`: fires at this many refused or timed-out connects to one destination
     /// within the window (0: off).
     #[arg(long, value_name = "N", default_value_t = detect::connect_failures::DEFAULT_COUNT)]
     pub connect_failures: u64,
-    /// connect_failures: the window; resolved after a whole window without a failure.
+    /// `connect_failures`: the window; resolved after a whole window without a failure.
     #[arg(long, value_name = "SECONDS", default_value_t = detect::connect_failures::DEFAULT_WINDOW_S, value_parser = clap::value_parser!(u64).range(1..))]
     pub connect_failures_window: u64,
-    /// rst_storm: fires at this many connections ended by a RST, per listener or per remote
+    /// `rst_storm`: fires at this many connections ended by a RST, per listener or per remote
     /// host, within the window (0: off).
     #[arg(long, value_name = "N", default_value_t = detect::rst_storm::DEFAULT_COUNT)]
     pub rst_storm: u64,
-    /// rst_storm: the window; resolved after a whole window without a reset connection.
+    /// `rst_storm`: the window; resolved after a whole window without a reset connection.
     #[arg(long, value_name = "SECONDS", default_value_t = detect::rst_storm::DEFAULT_WINDOW_S, value_parser = clap::value_parser!(u64).range(1..))]
     pub rst_storm_window: u64,
-    /// event_loss: fires at this many events lost by the observer within the window (0: off).
+    /// `event_loss`: fires at this many events lost by the observer within the window (0: off).
     #[arg(long, value_name = "N", default_value_t = detect::event_loss::DEFAULT_COUNT)]
     pub event_loss: u64,
-    /// event_loss: the window; resolved after a whole window without loss.
+    /// `event_loss`: the window; resolved after a whole window without loss.
     #[arg(long, value_name = "SECONDS", default_value_t = detect::event_loss::DEFAULT_WINDOW_S, value_parser = clap::value_parser!(u64).range(1..))]
     pub event_loss_window: u64,
 }

@@ -69,6 +69,10 @@ fn waiting(n: u8, pid: u32, since_s: u64) -> Waiting {
     }
 }
 
+/// A table read at a time in seconds, its sockets in `CLOSE_WAIT` (uid, pid, since), and the
+/// alerts it must raise (status, observed).
+type Read = (u64, &'static [(u8, u32, u64)], &'static [(Status, u64)]);
+
 #[test]
 fn close_wait_fires_holds_and_resolves_per_process() {
     let mut d = only(Config {
@@ -77,7 +81,7 @@ fn close_wait_fires_holds_and_resolves_per_process() {
     });
     let mut alerts = Vec::new();
     // (table time, sockets in CLOSE_WAIT: (uid, pid, since)), and what each read must raise.
-    let reads: &[(u64, &[(u8, u32, u64)], &[(Status, u64)])] = &[
+    let reads: &[Read] = &[
         // Young sockets, then only one old enough: below `min`.
         (10, &[(0, 100, 8), (1, 100, 10)], &[]),
         (14, &[(0, 100, 8), (1, 100, 10)], &[]),
@@ -188,6 +192,10 @@ fn failed(n: u8, end_s: u64, port: u16, reason: &'static str, state: &'static st
 }
 
 /// A stream of records (`r`) and ticks (`t`) at times in seconds.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a short constructed stream, built once per test"
+)]
 enum Step {
     R(Output),
     T(u64),
