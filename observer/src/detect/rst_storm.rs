@@ -113,7 +113,11 @@ impl Rule {
             .subjects
             .iter()
             .filter_map(|(key, s)| {
-                let end = s.recent.back().map_or(0, |r| r.end_ns).saturating_add(window_ns);
+                let end = s
+                    .recent
+                    .back()
+                    .map_or(0, |r| r.end_ns)
+                    .saturating_add(window_ns);
                 (end <= now_ns).then_some((end, *key))
             })
             .collect();
@@ -181,7 +185,12 @@ impl Rule {
             threshold: self.config.count,
             window_s: self.config.window_s,
             evidence,
-            samples: in_window.iter().rev().take(SAMPLES).map(|r| r.uid).collect(),
+            samples: in_window
+                .iter()
+                .rev()
+                .take(SAMPLES)
+                .map(|r| r.uid)
+                .collect(),
         }
     }
 }

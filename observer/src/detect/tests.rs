@@ -5,9 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use observer_common::{CloseInfo, ConnState};
 
-use super::{
-    Alert, Config, Detector, Status, close_wait, connect_failures, event_loss, rst_storm,
-};
+use super::{Alert, Config, Detector, Status, close_wait, connect_failures, event_loss, rst_storm};
 use crate::track::{
     lifecycle::{LateResets, Lifecycle},
     record::{

@@ -117,13 +117,10 @@ pub fn write(
             pid: p.pid,
             name: p.name(),
         }),
-        destination: a
-            .subject
-            .destination
-            .map(|(ip, port)| Destination {
-                ip,
-                port: (port != 0).then_some(port),
-            }),
+        destination: a.subject.destination.map(|(ip, port)| Destination {
+            ip,
+            port: (port != 0).then_some(port),
+        }),
         conn: Conn {
             uids: a.samples.iter().map(|u| u.as_str().to_owned()).collect(),
         },
