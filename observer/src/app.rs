@@ -20,6 +20,7 @@ use crate::{
     cli::{Cli, Command, DEFAULT_MAX_CONNECTIONS, Filters, ReplayArgs, RunArgs},
     control,
     decode::{self, Counters, Event},
+    detect::{Alert, Detector},
     facts::{Fact, Purpose, SocketScan, Tracked},
     gather::{self, Resolver},
     kernel,
@@ -41,6 +42,8 @@ const COUNTERS_EVERY: Duration = Duration::from_secs(1);
 /// The least time between two reads of the kernel's socket table for records waiting for
 /// their other end.
 const TABLE_EVERY: Duration = Duration::from_millis(500);
+/// How often the kernel's socket table is read for the detectors that need it.
+const DETECT_TABLE_EVERY: Duration = Duration::from_secs(1);
 
 /// Entry point of the binary.
 #[must_use]
@@ -100,6 +103,9 @@ struct Pipeline {
     /// Processes that exec'd since the last drain: their TLS libraries are looked for one
     /// drain later, once the dynamic loader has mapped them.
     execs: Vec<u32>,
+    /// Anomaly detection (`--anomalies`), and the alerts it raised since the last write.
+    detector: Option<Detector>,
+    alerts: Vec<Alert>,
 }
 
 impl Pipeline {
@@ -116,6 +122,8 @@ impl Pipeline {
             resolver: None,
             facts: Vec::new(),
             execs: Vec::new(),
+            detector: None,
+            alerts: Vec::new(),
         }
     }
 
@@ -228,6 +236,27 @@ impl Pipeline {
             rec.event(event, &mut self.scratch);
         }
         self.tracker.ingest(event, &mut self.outputs);
+        self.detect(event);
+    }
+
+    /// Table reads and counter reads are the detectors' clock: both are recorded, so a replay
+    /// ticks them at the same times.
+    fn detect(&mut self, event: &Event) {
+        let Some(detector) = &mut self.detector else {
+            return;
+        };
+        match event {
+            Event::Tracked(t) => {
+                let waiting = if detector.wants_table() {
+                    self.tracker.close_waiting()
+                } else {
+                    Vec::new()
+                };
+                detector.table(t.ts_ns, &waiting, &mut self.alerts);
+            }
+            Event::Counters(c) => detector.tick(c.ts_ns, &mut self.alerts),
+            _ => {}
+        }
     }
 
     /// Emits what is due at `now_ns` and writes it out.
@@ -238,8 +267,14 @@ impl Pipeline {
 
     fn write(&mut self) -> Result<(), SinkError> {
         for output in self.outputs.drain(..) {
+            if let Some(detector) = &mut self.detector {
+                detector.output(&output, &mut self.alerts);
+            }
             // Serialising these types cannot fail.
             let _ = self.encoder.write(&output, &mut self.buf);
+        }
+        for alert in self.alerts.drain(..) {
+            let _ = self.encoder.alert(&alert, &mut self.buf);
         }
         let result = if self.buf.is_empty() {
             self.sink.retry()
@@ -305,6 +340,7 @@ fn run(args: &RunArgs) -> Result<()> {
     let tracker = Tracker::new(boot_id, filter, args.max_connections as usize);
     let mut pipeline = Pipeline::new(tracker, encoder, sink, recorder);
     pipeline.resolver = Some(Resolver::new());
+    pipeline.detector = args.anomalies.config().map(|c| Detector::new(&c));
     pipeline.tracker.tls.libraries = probe.tls_libraries();
     eprintln!(
         "observer: capturing on {} ({})",
@@ -416,7 +452,11 @@ async fn live(
                 let new = probe.tls_scan_pids(&exec_ready);
                 exec_ready = std::mem::take(&mut pipeline.execs);
                 tls_attached(probe, pipeline, &new);
-                if pipeline.tracker.wants_table() && last_table.elapsed() >= TABLE_EVERY {
+                let detector_wants = pipeline.detector.as_ref().is_some_and(Detector::wants_table)
+                    && last_table.elapsed() >= DETECT_TABLE_EVERY;
+                if detector_wants
+                    || (pipeline.tracker.wants_table() && last_table.elapsed() >= TABLE_EVERY)
+                {
                     pipeline.table(probe, ring.get_mut());
                     last_table = Instant::now();
                 }
@@ -573,6 +613,7 @@ fn replay(args: &ReplayArgs) -> Result<()> {
     );
     let encoder = Encoder::new(header.host.clone(), header.boot_to_unix_ns);
     let mut pipeline = Pipeline::new(tracker, encoder, sink, None);
+    pipeline.detector = args.anomalies.config().map(|c| Detector::new(&c));
     let mut last_ts = 0;
     while let Some(event) = input.next_event()? {
         last_ts = last_ts.max(event.ts_ns());

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::detect;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "observer",
@@ -103,6 +105,8 @@ pub struct RunArgs {
                 detach at pause or exit"
     )]
     pub tls: bool,
+    #[command(flatten)]
+    pub anomalies: AnomalyArgs,
     /// Stop after this many seconds (default: run until SIGINT or SIGTERM).
     #[arg(long, value_name = "SECONDS")]
     pub duration: Option<u64>,
@@ -118,6 +122,74 @@ pub struct ReplayArgs {
     pub output: Option<PathBuf>,
     #[command(flatten)]
     pub filters: Filters,
+    #[command(flatten)]
+    pub anomalies: AnomalyArgs,
+}
+
+/// Anomaly detection (docs/anomalies.md): off unless `--anomalies`; a threshold of 0 turns one
+/// rule off.
+#[derive(Debug, Clone, Args)]
+pub struct AnomalyArgs {
+    #[arg(
+        long,
+        help = "Detect anomalies and write alerts (event.dataset = observer.anomaly, \
+                docs/anomalies.md). Reads the kernel's socket table every second while \
+                close_wait_stuck is on"
+    )]
+    pub anomalies: bool,
+    /// `close_wait_stuck`: a socket is stuck after this long in `CLOSE_WAIT`.
+    #[arg(long, value_name = "SECONDS", default_value_t = detect::close_wait::DEFAULT_AFTER_S, value_parser = clap::value_parser!(u64).range(1..))]
+    pub close_wait_after: u64,
+    /// `close_wait_stuck`: fires when one process holds this many stuck sockets (0: off).
+    #[arg(long, value_name = "N", default_value_t = detect::close_wait::DEFAULT_MIN)]
+    pub close_wait_min: u64,
+    /// `connect_failures`: fires at this many refused or timed-out connects to one destination
+    /// within the window (0: off).
+    #[arg(long, value_name = "N", default_value_t = detect::connect_failures::DEFAULT_COUNT)]
+    pub connect_failures: u64,
+    /// `connect_failures`: the window; resolved after a whole window without a failure.
+    #[arg(long, value_name = "SECONDS", default_value_t = detect::connect_failures::DEFAULT_WINDOW_S, value_parser = clap::value_parser!(u64).range(1..))]
+    pub connect_failures_window: u64,
+    /// `rst_storm`: fires at this many connections ended by a RST, per listener or per remote
+    /// host, within the window (0: off).
+    #[arg(long, value_name = "N", default_value_t = detect::rst_storm::DEFAULT_COUNT)]
+    pub rst_storm: u64,
+    /// `rst_storm`: the window; resolved after a whole window without a reset connection.
+    #[arg(long, value_name = "SECONDS", default_value_t = detect::rst_storm::DEFAULT_WINDOW_S, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rst_storm_window: u64,
+    /// `event_loss`: fires at this many events lost by the observer within the window (0: off).
+    #[arg(long, value_name = "N", default_value_t = detect::event_loss::DEFAULT_COUNT)]
+    pub event_loss: u64,
+    /// `event_loss`: the window; resolved after a whole window without loss.
+    #[arg(long, value_name = "SECONDS", default_value_t = detect::event_loss::DEFAULT_WINDOW_S, value_parser = clap::value_parser!(u64).range(1..))]
+    pub event_loss_window: u64,
+}
+
+impl AnomalyArgs {
+    /// The detector's configuration; `None` without `--anomalies`.
+    #[must_use]
+    pub fn config(&self) -> Option<detect::Config> {
+        self.anomalies.then(|| detect::Config {
+            close_wait: (self.close_wait_min > 0).then_some(detect::close_wait::Config {
+                after_s: self.close_wait_after,
+                min: self.close_wait_min,
+            }),
+            connect_failures: (self.connect_failures > 0).then_some(
+                detect::connect_failures::Config {
+                    count: self.connect_failures,
+                    window_s: self.connect_failures_window,
+                },
+            ),
+            rst_storm: (self.rst_storm > 0).then_some(detect::rst_storm::Config {
+                count: self.rst_storm,
+                window_s: self.rst_storm_window,
+            }),
+            event_loss: (self.event_loss > 0).then_some(detect::event_loss::Config {
+                count: self.event_loss,
+                window_s: self.event_loss_window,
+            }),
+        })
+    }
 }
 
 /// The default of `--max-connections`.

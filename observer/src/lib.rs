@@ -9,6 +9,7 @@ pub mod check;
 pub mod cli;
 pub mod control;
 pub mod decode;
+pub mod detect;
 pub mod facts;
 pub mod gather;
 pub mod kernel;

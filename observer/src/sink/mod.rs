@@ -5,6 +5,7 @@
 //! and every later write retries them; one warning names the problem. Only past the limit are
 //! whole batches dropped, and they are counted.
 
+mod alert_line;
 pub mod community_id;
 mod conn_line;
 pub mod ndjson;

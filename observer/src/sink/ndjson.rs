@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use super::{conn_line, timefmt::Rfc3339, tls_line};
+use super::{alert_line, conn_line, timefmt::Rfc3339, tls_line};
 use crate::track::{
     lifecycle::state_name,
     record::{LossRecord, Losses, Output, Role, StateRecord},
@@ -252,6 +252,16 @@ impl Encoder {
             Output::Loss(l) => self.loss(l, buf)?,
             Output::Tls(t) => tls_line::write(t, &self.host, self.boot_to_unix_ns, buf)?,
         }
+        buf.push(b'\n');
+        Ok(())
+    }
+
+    /// Appends one alert line (with its newline) to `buf`.
+    ///
+    /// # Errors
+    /// Only if serialisation fails, which these types never do.
+    pub fn alert(&self, a: &crate::detect::Alert, buf: &mut Vec<u8>) -> serde_json::Result<()> {
+        alert_line::write(a, &self.host, self.boot_to_unix_ns, buf)?;
         buf.push(b'\n');
         Ok(())
     }

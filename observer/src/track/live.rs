@@ -10,7 +10,7 @@ use std::{
     net::IpAddr,
 };
 
-use observer_common::{ConnState, conn_flag, tcp_state};
+use observer_common::{ConnState, Owner, conn_flag, tcp_state};
 
 use super::record::{Peer, ends_of};
 use crate::facts::{Purpose, SeenSocket, SocketScan, Tracked};
@@ -93,6 +93,9 @@ pub struct Live {
     local_ips: HashSet<IpAddr>,
     /// Listening (netns, port)s, to tell accepted sockets among those first seen mid-life.
     listeners: HashSet<(u32, u16)>,
+    /// The process that listens, from the kernel table: the stand-in owner of accepted sockets
+    /// the kernel names only at their close.
+    listener_owners: HashMap<(u32, u16), Owner>,
     closed: HashMap<u64, u64>,
     closed_order: VecDeque<(u64, u64)>,
     /// At most this many open connections are kept (`--max-connections`).
@@ -159,6 +162,10 @@ impl Live {
             }
             if is_listener(st) {
                 self.listeners.insert((st.netns, st.tuple.local_port));
+                if st.flags & conn_flag::OWNER_VALID != 0 {
+                    self.listener_owners
+                        .insert((st.netns, st.tuple.local_port), st.owner);
+                }
                 continue;
             }
             listed.insert(st.key);
@@ -306,5 +313,12 @@ impl Live {
     /// A listener closed: sockets first seen on its port later are not its children.
     pub fn unlisten(&mut self, netns: u32, port: u16) {
         self.listeners.remove(&(netns, port));
+        self.listener_owners.remove(&(netns, port));
+    }
+
+    /// The process listening on (`netns`, `port`), as the latest kernel table named it.
+    #[must_use]
+    pub fn listener_owner(&self, netns: u32, port: u16) -> Option<&Owner> {
+        self.listener_owners.get(&(netns, port))
     }
 }

@@ -11,6 +11,7 @@ pub mod live;
 pub mod procs;
 pub mod record;
 pub mod snapshot;
+pub mod stuck;
 pub mod zeek;
 
 use std::collections::{HashMap, VecDeque};

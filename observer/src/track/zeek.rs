@@ -134,7 +134,7 @@ pub fn conn_state(f: &Facts) -> &'static str {
 }
 
 /// A history string, kept on the stack.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
 pub struct History {
     letters: [u8; 24],
     len: u8,

@@ -1,0 +1,155 @@
+//! Anomaly detection: the tracker's outputs and tables in, alerts out (docs/anomalies.md).
+//!
+//! Pure, like the tracker: every decision uses event timestamps or the `now_ns` passed in
+//! (`CLOCK_BOOTTIME`), never the wall clock, so a recording replays to the same alerts. Each
+//! rule keeps per-subject state with hysteresis: it fires once when its threshold is crossed,
+//! stays firing while the condition holds, and resolves once the condition has fully cleared.
+
+pub mod close_wait;
+pub mod connect_failures;
+pub mod event_loss;
+pub mod rst_storm;
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use serde_json::Value;
+
+use crate::track::{
+    record::{Output, Process, Uid},
+    stuck::Waiting,
+};
+
+/// At most this many sample connection uids (and peers) are named in an alert.
+pub const SAMPLES: usize = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Firing,
+    Resolved,
+}
+
+impl Status {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Firing => "firing",
+            Status::Resolved => "resolved",
+        }
+    }
+}
+
+/// What an alert is about: a process, a destination (port 0: a remote host), or the observer
+/// itself (all `None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Subject {
+    pub netns: Option<u32>,
+    pub process: Option<Process>,
+    pub destination: Option<(IpAddr, u16)>,
+}
+
+/// One alert: a rule started or stopped firing for a subject.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alert {
+    pub rule: &'static str,
+    pub status: Status,
+    pub ts_ns: u64,
+    /// `event.severity`: 2 low, 3 medium, 4 high.
+    pub severity: u8,
+    /// A sentence a person can act on.
+    pub reason: String,
+    pub subject: Subject,
+    pub observed: u64,
+    pub threshold: u64,
+    pub window_s: u64,
+    /// Rule-specific numbers and lists (`anomaly.<name>`).
+    pub evidence: BTreeMap<&'static str, Value>,
+    /// Connections that show it.
+    pub samples: Vec<Uid>,
+}
+
+/// Thresholds; `None` turns a rule off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    pub close_wait: Option<close_wait::Config>,
+    pub connect_failures: Option<connect_failures::Config>,
+    pub event_loss: Option<event_loss::Config>,
+    pub rst_storm: Option<rst_storm::Config>,
+}
+
+/// Every enabled rule, fed by the pipeline.
+#[derive(Debug)]
+pub struct Detector {
+    close_wait: Option<close_wait::Rule>,
+    connect_failures: Option<connect_failures::Rule>,
+    event_loss: Option<event_loss::Rule>,
+    rst_storm: Option<rst_storm::Rule>,
+}
+
+impl Detector {
+    #[must_use]
+    pub fn new(config: &Config) -> Self {
+        Self {
+            close_wait: config.close_wait.map(close_wait::Rule::new),
+            connect_failures: config.connect_failures.map(connect_failures::Rule::new),
+            event_loss: config.event_loss.map(event_loss::Rule::new),
+            rst_storm: config.rst_storm.map(rst_storm::Rule::new),
+        }
+    }
+
+    /// Whether a rule needs the kernel's socket table read regularly (about every second).
+    #[must_use]
+    pub fn wants_table(&self) -> bool {
+        self.close_wait.is_some()
+    }
+
+    /// One tracker output (a connection or loss record).
+    pub fn output(&mut self, output: &Output, alerts: &mut Vec<Alert>) {
+        match output {
+            Output::Connection(c) => {
+                if let Some(rule) = &mut self.connect_failures {
+                    rule.record(c, alerts);
+                }
+                if let Some(rule) = &mut self.rst_storm {
+                    rule.record(c, alerts);
+                }
+            }
+            Output::Loss(l) => {
+                if let Some(rule) = &mut self.event_loss {
+                    rule.loss(l, alerts);
+                }
+            }
+            Output::State(_) | Output::Tls(_) => {}
+        }
+    }
+
+    /// The sockets in `CLOSE_WAIT` of a kernel table read at `now_ns`.
+    pub fn table(&mut self, now_ns: u64, waiting: &[Waiting], alerts: &mut Vec<Alert>) {
+        if let Some(rule) = &mut self.close_wait {
+            rule.table(now_ns, waiting, alerts);
+        }
+        self.tick(now_ns, alerts);
+    }
+
+    /// Time passed: windows slide and quiet subjects resolve.
+    pub fn tick(&mut self, now_ns: u64, alerts: &mut Vec<Alert>) {
+        if let Some(rule) = &mut self.connect_failures {
+            rule.tick(now_ns, alerts);
+        }
+        if let Some(rule) = &mut self.rst_storm {
+            rule.tick(now_ns, alerts);
+        }
+        if let Some(rule) = &mut self.event_loss {
+            rule.tick(now_ns, alerts);
+        }
+    }
+}
+
+const NS: u64 = 1_000_000_000;
+
+/// `ip:port`, with brackets for IPv6.
+fn endpoint((ip, port): (IpAddr, u16)) -> String {
+    std::net::SocketAddr::new(ip, port).to_string()
+}
+
+#[cfg(test)]
+mod tests;
