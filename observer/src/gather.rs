@@ -137,7 +137,9 @@ impl Resolver {
             self.pids.clear();
         }
         self.pids.insert(pid);
-        if let Some(info) = procs::read(pid) {
+        // A zombie (exited, not yet reaped) has no readable executable: nothing is learnt,
+        // and the name its exec gave must not be cleared.
+        if let Some(info) = procs::read(pid).filter(|i| i.executable.is_some()) {
             out.push(Fact::Process(ProcessFact {
                 ts_ns,
                 pid,
