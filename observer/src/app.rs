@@ -14,6 +14,7 @@ use tokio::{
 };
 
 mod snapshot;
+mod top;
 
 use crate::{
     check,
@@ -29,7 +30,10 @@ use crate::{
         self, Sink, SinkError,
         ndjson::{AgentRecord, Encoder},
     },
-    track::{Filter, Tracker, record::Output},
+    track::{
+        Filter, Tracker,
+        record::{Output, RecordKind},
+    },
 };
 
 /// How often the ring is drained when the kernel did not wake us.
@@ -51,6 +55,7 @@ pub fn main() -> ExitCode {
         Some(Command::Replay(args)) => replay(&args),
         Some(Command::Snapshot(args)) => snapshot::run(&args),
         Some(Command::Run(args)) => run(&args),
+        Some(Command::Top(args)) => top::run(&args),
         None => run(&cli.run),
     };
     match result {
@@ -100,6 +105,19 @@ struct Pipeline {
     /// Processes that exec'd since the last drain: their TLS libraries are looked for one
     /// drain later, once the dynamic loader has mapped them.
     execs: Vec<u32>,
+    /// What the written records add up to, for `observer top`'s rates.
+    tally: Tally,
+}
+
+/// Counts over the records written since start.
+#[derive(Debug, Clone, Default)]
+struct Tally {
+    closed: u64,
+    resets: u64,
+    retransmits: u64,
+    /// Cookies of the sockets whose closed record was written since `observer top` last
+    /// looked; `None` (not kept) for other runs.
+    closed_cookies: Option<Vec<u64>>,
 }
 
 impl Pipeline {
@@ -116,6 +134,7 @@ impl Pipeline {
             resolver: None,
             facts: Vec::new(),
             execs: Vec::new(),
+            tally: Tally::default(),
         }
     }
 
@@ -231,6 +250,16 @@ impl Pipeline {
 
     fn write(&mut self) -> Result<(), SinkError> {
         for output in self.outputs.drain(..) {
+            if let Output::Connection(c) = &output {
+                if c.kind == RecordKind::Closed {
+                    self.tally.closed += 1;
+                    self.tally.resets += u64::from(c.resets_sent + c.resets_received);
+                    self.tally.retransmits += u64::from(c.retransmits.total());
+                    if let Some(cookies) = &mut self.tally.closed_cookies {
+                        cookies.push(c.cookie);
+                    }
+                }
+            }
             // Serialising these types cannot fail.
             let _ = self.encoder.write(&output, &mut self.buf);
         }

@@ -17,4 +17,5 @@ pub mod procs;
 pub mod recording;
 pub mod sink;
 pub mod tls;
+pub mod top;
 pub mod track;
