@@ -250,14 +250,14 @@ impl Pipeline {
 
     fn write(&mut self) -> Result<(), SinkError> {
         for output in self.outputs.drain(..) {
-            if let Output::Connection(c) = &output {
-                if c.kind == RecordKind::Closed {
-                    self.tally.closed += 1;
-                    self.tally.resets += u64::from(c.resets_sent + c.resets_received);
-                    self.tally.retransmits += u64::from(c.retransmits.total());
-                    if let Some(cookies) = &mut self.tally.closed_cookies {
-                        cookies.push(c.cookie);
-                    }
+            if let Output::Connection(c) = &output
+                && c.kind == RecordKind::Closed
+            {
+                self.tally.closed += 1;
+                self.tally.resets += u64::from(c.resets_sent + c.resets_received);
+                self.tally.retransmits += u64::from(c.retransmits.total());
+                if let Some(cookies) = &mut self.tally.closed_cookies {
+                    cookies.push(c.cookie);
                 }
             }
             // Serialising these types cannot fail.

@@ -36,7 +36,7 @@ fn conn(cookie: u64, pid: u32, comm: &str, local: &str, remote: &str, state: u8)
     }
 }
 
-/// A host with a web server, its clients, a stuck CLOSE_WAIT and a listener.
+/// A host with a web server, its clients, a stuck `CLOSE_WAIT` and a listener.
 fn model() -> Model {
     Model {
         host: "web1".into(),

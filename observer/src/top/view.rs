@@ -1,5 +1,7 @@
 //! Draws one frame from the read model and the UI state. No data is changed here.
 
+use std::fmt::Write as _;
+
 use ratatui::{
     Frame,
     layout::{Constraint, Layout, Rect},
@@ -46,10 +48,10 @@ pub fn draw(frame: &mut Frame, model: &Model, ui: &mut Ui) {
             )
             .header(column_header(&CONN_COLUMNS, col, rev));
             frame.render_widget(table, body);
-            if detail_height > 0 {
-                if let Some(c) = rows.get(ui.selected) {
-                    frame.render_widget(detail_pane(c), detail);
-                }
+            if detail_height > 0
+                && let Some(c) = rows.get(ui.selected)
+            {
+                frame.render_widget(detail_pane(c), detail);
             }
         }
         Tab::Processes => {
@@ -114,7 +116,7 @@ fn header(model: &Model, ui: &Ui) -> Paragraph<'static> {
     let counts = model.state_counts();
     let mut second = format!("{} sockets:", model.conns.len());
     for (state, n) in &counts {
-        second.push_str(&format!(" {state} {n}"));
+        let _ = write!(second, " {state} {n}");
     }
     Paragraph::new(vec![Line::from(first), Line::raw(second)])
 }
