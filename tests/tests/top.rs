@@ -139,6 +139,8 @@ fn top_shows_a_live_connection_with_its_owner_and_state_then_restores_the_termin
     tmux.wait_line("the server's end in CLOSE_WAIT", |l| {
         has_all(l, &[&spid, "top-srv", &remote, &local, "CLOSE_WAIT"])
     });
+    // For the README's capture of a live screen (`--nocapture`).
+    println!("{}", tmux.screen());
 
     // The filter narrows the table to one socket.
     tmux.keys(&["/", "state:close-wait", "Enter"]);
