@@ -14,6 +14,7 @@ use tokio::{
 };
 
 mod snapshot;
+mod top;
 
 use crate::{
     check,
@@ -30,7 +31,10 @@ use crate::{
         self, Sink, SinkError,
         ndjson::{AgentRecord, Encoder},
     },
-    track::{Filter, Tracker, record::Output},
+    track::{
+        Filter, Tracker,
+        record::{Output, RecordKind},
+    },
 };
 
 /// How often the ring is drained when the kernel did not wake us.
@@ -54,6 +58,7 @@ pub fn main() -> ExitCode {
         Some(Command::Replay(args)) => replay(&args),
         Some(Command::Snapshot(args)) => snapshot::run(&args),
         Some(Command::Run(args)) => run(&args),
+        Some(Command::Top(args)) => top::run(&args),
         None => run(&cli.run),
     };
     match result {
@@ -106,6 +111,19 @@ struct Pipeline {
     /// Anomaly detection (`--anomalies`), and the alerts it raised since the last write.
     detector: Option<Detector>,
     alerts: Vec<Alert>,
+    /// What the written records add up to, for `observer top`'s rates.
+    tally: Tally,
+}
+
+/// Counts over the records written since start.
+#[derive(Debug, Clone, Default)]
+struct Tally {
+    closed: u64,
+    resets: u64,
+    retransmits: u64,
+    /// Cookies of the sockets whose closed record was written since `observer top` last
+    /// looked; `None` (not kept) for other runs.
+    closed_cookies: Option<Vec<u64>>,
 }
 
 impl Pipeline {
@@ -124,6 +142,7 @@ impl Pipeline {
             execs: Vec::new(),
             detector: None,
             alerts: Vec::new(),
+            tally: Tally::default(),
         }
     }
 
@@ -269,6 +288,16 @@ impl Pipeline {
         for output in self.outputs.drain(..) {
             if let Some(detector) = &mut self.detector {
                 detector.output(&output, &mut self.alerts);
+            }
+            if let Output::Connection(c) = &output
+                && c.kind == RecordKind::Closed
+            {
+                self.tally.closed += 1;
+                self.tally.resets += u64::from(c.resets_sent + c.resets_received);
+                self.tally.retransmits += u64::from(c.retransmits.total());
+                if let Some(cookies) = &mut self.tally.closed_cookies {
+                    cookies.push(c.cookie);
+                }
             }
             // Serialising these types cannot fail.
             let _ = self.encoder.write(&output, &mut self.buf);

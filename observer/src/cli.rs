@@ -33,6 +33,24 @@ pub enum Command {
     /// Print every TCP socket now, with owner, state, age, time in state, bytes, RTT and
     /// retransmits: from the running agent, or (without one) from the kernel's socket lists.
     Snapshot(SnapshotArgs),
+    /// A live top-style terminal view of the open connections: the capture of `run`, drawn
+    /// on screen instead of written as NDJSON (`q` quits, `?` shows the keys).
+    Top(TopArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub filters: Filters,
+    /// Connections tracked at once (as for `run`).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
+    pub max_connections: u32,
+    /// Ring buffer size in MiB (a power of two).
+    #[arg(long, value_name = "MIB", default_value_t = 1, value_parser = ring_size)]
+    pub ring_mib: u32,
+    /// How often the table is refreshed, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=10_000))]
+    pub refresh_ms: u64,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -18,4 +18,5 @@ pub mod procs;
 pub mod recording;
 pub mod sink;
 pub mod tls;
+pub mod top;
 pub mod track;

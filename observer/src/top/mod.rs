@@ -1,0 +1,16 @@
+//! `observer top`: a live terminal view of the open connections.
+//!
+//! `model` is the read model (rows from the tracker's snapshot, counts and rates), `select`
+//! filters and sorts it, `input` turns keys into UI state, `view` draws a frame, and `term`
+//! owns the real terminal. The capture loop feeding the model lives in `app::top`.
+
+pub mod input;
+pub mod model;
+pub mod select;
+mod term;
+pub mod view;
+
+pub use term::Screen;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,165 @@
+//! Which rows a view shows, and in what order: the `/` filter and the sort column.
+
+use std::cmp::Ordering;
+
+use super::model::{Conn, Proc};
+
+/// The columns of the Connections view, in screen order.
+pub const CONN_COLUMNS: [&str; 11] = [
+    "PID", "COMM", "LOCAL", "REMOTE", "STATE", "AGE", "IN-STATE", "RX", "TX", "RTT", "RETX",
+];
+
+/// The columns of the Processes view, in screen order.
+pub const PROC_COLUMNS: [&str; 10] = [
+    "PID",
+    "COMM",
+    "CONNS",
+    "ESTAB",
+    "LISTEN",
+    "CLOSE_WAIT",
+    "TIME_WAIT",
+    "OTHER",
+    "RETX",
+    "RX+TX",
+];
+
+/// A parsed `/` expression: every term must match.
+///
+/// Terms: `port:N` (either end), `sport:N`, `dport:N`, `pid:N`, `comm:TEXT`, `state:TEXT`,
+/// `addr:TEXT`, or a bare word matched against all of them as a substring. Text matches ignore
+/// case; states also match as `ss` spells them (`estab`, `close-wait`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    terms: Vec<(Option<String>, String)>,
+}
+
+impl Filter {
+    #[must_use]
+    pub fn parse(text: &str) -> Self {
+        let terms = text
+            .split_whitespace()
+            .map(|t| match t.split_once(':') {
+                Some((k, v))
+                    if matches!(
+                        k,
+                        "port" | "sport" | "dport" | "pid" | "comm" | "state" | "addr"
+                    ) =>
+                {
+                    (Some(k.to_owned()), v.to_ascii_lowercase())
+                }
+                _ => (None, t.to_ascii_lowercase()),
+            })
+            .collect();
+        Self { terms }
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.terms.is_empty()
+    }
+
+    #[must_use]
+    pub fn admits(&self, c: &Conn) -> bool {
+        self.terms.iter().all(|(key, v)| term(c, key.as_deref(), v))
+    }
+
+    /// A process row passes when its pid or name matches every pid/comm/bare term.
+    #[must_use]
+    pub fn admits_proc(&self, p: &Proc) -> bool {
+        self.terms.iter().all(|(key, v)| match key.as_deref() {
+            Some("pid") => p.pid.is_some_and(|pid| pid.to_string() == *v),
+            Some("comm") => p.comm.to_ascii_lowercase().contains(v.as_str()),
+            None => {
+                p.comm.to_ascii_lowercase().contains(v.as_str())
+                    || p.pid.is_some_and(|pid| pid.to_string() == *v)
+            }
+            Some(_) => true,
+        })
+    }
+}
+
+fn state_matches(c: &Conn, v: &str) -> bool {
+    let name = c.state_name().to_ascii_lowercase();
+    let ss = name.replace('_', "-").replace("established", "estab");
+    name.contains(v) || ss.contains(v)
+}
+
+fn term(c: &Conn, key: Option<&str>, v: &str) -> bool {
+    let port = |p: u16| v.parse::<u16>().is_ok_and(|n| n == p);
+    let pid = || c.pid.is_some_and(|p| p.to_string() == v);
+    let comm = || c.comm.to_ascii_lowercase().contains(v);
+    let addr = || {
+        c.local.to_string().to_ascii_lowercase().contains(v)
+            || c.remote.to_string().to_ascii_lowercase().contains(v)
+    };
+    match key {
+        Some("port") => port(c.local.port()) || port(c.remote.port()),
+        Some("sport") => port(c.local.port()),
+        Some("dport") => port(c.remote.port()),
+        Some("pid") => pid(),
+        Some("comm") => comm(),
+        Some("state") => state_matches(c, v),
+        Some("addr") => addr(),
+        _ => pid() || comm() || state_matches(c, v) || addr(),
+    }
+}
+
+/// Orders two connections by column `col` of [`CONN_COLUMNS`]; unknown values sort first.
+#[must_use]
+pub fn cmp_conn(a: &Conn, b: &Conn, col: usize) -> Ordering {
+    let by = match col {
+        0 => a.pid.cmp(&b.pid),
+        1 => a.comm.cmp(&b.comm),
+        2 => a.local.cmp(&b.local),
+        3 => a.remote.cmp(&b.remote),
+        4 => a.state_name().cmp(b.state_name()),
+        5 => a.age_ns.cmp(&b.age_ns),
+        6 => a.in_state_ns.cmp(&b.in_state_ns),
+        7 => a.bytes_in.cmp(&b.bytes_in),
+        8 => a.bytes_out.cmp(&b.bytes_out),
+        9 => a.rtt_us.cmp(&b.rtt_us),
+        _ => a.retransmits.cmp(&b.retransmits),
+    };
+    // Ties keep a stable, meaningful order.
+    by.then_with(|| (a.local, a.remote, a.cookie).cmp(&(b.local, b.remote, b.cookie)))
+}
+
+/// Orders two processes by column `col` of [`PROC_COLUMNS`].
+#[must_use]
+pub fn cmp_proc(a: &Proc, b: &Proc, col: usize) -> Ordering {
+    let by = match col {
+        0 => a.pid.cmp(&b.pid),
+        1 => a.comm.cmp(&b.comm),
+        2 => a.total.cmp(&b.total),
+        3 => a.established.cmp(&b.established),
+        4 => a.listen.cmp(&b.listen),
+        5 => a.close_wait.cmp(&b.close_wait),
+        6 => a.time_wait.cmp(&b.time_wait),
+        7 => a.other.cmp(&b.other),
+        8 => a.retransmits.cmp(&b.retransmits),
+        _ => (a.bytes_in + a.bytes_out).cmp(&(b.bytes_in + b.bytes_out)),
+    };
+    by.then_with(|| (a.pid, &a.comm).cmp(&(b.pid, &b.comm)))
+}
+
+/// The connections `filter` admits, sorted by `col` (descending when `reverse`).
+#[must_use]
+pub fn conns<'a>(all: &'a [Conn], filter: &Filter, col: usize, reverse: bool) -> Vec<&'a Conn> {
+    let mut rows: Vec<&Conn> = all.iter().filter(|c| filter.admits(c)).collect();
+    rows.sort_unstable_by(|a, b| {
+        let o = cmp_conn(a, b, col);
+        if reverse { o.reverse() } else { o }
+    });
+    rows
+}
+
+/// The processes `filter` admits, sorted by `col` (descending when `reverse`).
+#[must_use]
+pub fn procs(mut all: Vec<Proc>, filter: &Filter, col: usize, reverse: bool) -> Vec<Proc> {
+    all.retain(|p| filter.admits_proc(p));
+    all.sort_unstable_by(|a, b| {
+        let o = cmp_proc(a, b, col);
+        if reverse { o.reverse() } else { o }
+    });
+    all
+}

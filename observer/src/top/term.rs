@@ -1,0 +1,133 @@
+//! The real terminal: raw mode and the alternate screen, always given back — on return, on
+//! error (the guard's drop) and on panic (a hook that restores before the message prints).
+
+use std::{
+    io::{self, Stdout},
+    sync::Once,
+    time::Duration,
+};
+
+use crossterm::{
+    cursor::{Hide, Show},
+    event::{self, Event, KeyEventKind},
+    execute,
+    terminal::{EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode},
+};
+use ratatui::{Terminal, backend::CrosstermBackend};
+
+use super::{
+    input::{Action, Ui},
+    model::Model,
+    view,
+};
+
+/// The terminal while `observer top` owns it.
+pub struct Screen {
+    terminal: Terminal<CrosstermBackend<Stdout>>,
+    /// The original stderr, while stderr points at /dev/null: a warning printed over the
+    /// alternate screen would stay there until the cells under it change.
+    saved_stderr: Option<i32>,
+}
+
+static HOOK: Once = Once::new();
+
+fn restore() {
+    let _ = disable_raw_mode();
+    let _ = execute!(io::stdout(), LeaveAlternateScreen, Show);
+}
+
+impl Screen {
+    /// Takes the terminal: raw mode, alternate screen, hidden cursor.
+    ///
+    /// # Errors
+    /// When stdout is not a terminal or cannot be set up.
+    pub fn enter() -> io::Result<Self> {
+        HOOK.call_once(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                restore();
+                previous(info);
+            }));
+        });
+        enable_raw_mode()?;
+        if let Err(e) = execute!(io::stdout(), EnterAlternateScreen, Hide) {
+            restore();
+            return Err(e);
+        }
+        let terminal = match Terminal::new(CrosstermBackend::new(io::stdout())) {
+            Ok(t) => t,
+            Err(e) => {
+                restore();
+                return Err(e);
+            }
+        };
+        Ok(Self {
+            terminal,
+            saved_stderr: quiet_stderr(),
+        })
+    }
+
+    /// Draws a frame (resizing first when the terminal changed size).
+    ///
+    /// # Errors
+    /// When the terminal cannot be written.
+    pub fn draw(&mut self, model: &Model, ui: &mut Ui) -> io::Result<()> {
+        self.terminal.autoresize()?;
+        self.terminal.draw(|f| view::draw(f, model, ui)).map(|_| ())
+    }
+
+    /// Applies the keys typed since the last call, without waiting.
+    ///
+    /// # Errors
+    /// When the terminal cannot be read.
+    pub fn input(&mut self, ui: &mut Ui) -> io::Result<Action> {
+        let mut action = Action::None;
+        while event::poll(Duration::ZERO)? {
+            match event::read()? {
+                Event::Key(key) if key.kind != KeyEventKind::Release => match ui.key(key) {
+                    Action::Quit => return Ok(Action::Quit),
+                    Action::Redraw => action = Action::Redraw,
+                    Action::None => {}
+                },
+                Event::Resize(..) => {
+                    self.terminal.autoresize()?;
+                    action = Action::Redraw;
+                }
+                _ => {}
+            }
+        }
+        Ok(action)
+    }
+}
+
+impl Drop for Screen {
+    fn drop(&mut self) {
+        restore();
+        if let Some(fd) = self.saved_stderr.take() {
+            // SAFETY: `fd` is our duplicate of the original stderr.
+            unsafe {
+                libc::dup2(fd, libc::STDERR_FILENO);
+                libc::close(fd);
+            }
+        }
+    }
+}
+
+/// Points stderr at /dev/null; returns a duplicate of the original to put back.
+fn quiet_stderr() -> Option<i32> {
+    // SAFETY: plain fd calls; every fd opened here is checked and closed or kept.
+    unsafe {
+        let saved = libc::dup(libc::STDERR_FILENO);
+        if saved < 0 {
+            return None;
+        }
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if null < 0 {
+            libc::close(saved);
+            return None;
+        }
+        libc::dup2(null, libc::STDERR_FILENO);
+        libc::close(null);
+        Some(saved)
+    }
+}

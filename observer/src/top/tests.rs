@@ -1,0 +1,338 @@
+//! Frames drawn into ratatui's `TestBackend` from a fixed model, compared as text; and the
+//! filter and sort on their own.
+
+use std::net::SocketAddr;
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use observer_common::tcp_state;
+use ratatui::{Terminal, backend::TestBackend};
+
+use super::{
+    input::{Action, Tab, Ui},
+    model::{Conn, Model, Rates},
+    select::{self, Filter},
+    view,
+};
+
+const S: u64 = 1_000_000_000;
+
+fn conn(cookie: u64, pid: u32, comm: &str, local: &str, remote: &str, state: u8) -> Conn {
+    Conn {
+        cookie,
+        pid: Some(pid),
+        comm: comm.to_owned(),
+        local: local.parse::<SocketAddr>().expect("addr"),
+        remote: remote.parse::<SocketAddr>().expect("addr"),
+        state,
+        age_ns: Some(cookie * 7 * S),
+        in_state_ns: Some(cookie * 3 * S),
+        bytes_in: Some(cookie * 1500),
+        bytes_out: Some(cookie * 100),
+        rtt_us: Some(u32::try_from(cookie).expect("small") * 40),
+        retransmits: Some(u32::from(cookie == 3)),
+        uid: format!("C{cookie:017}"),
+        executable: Some(format!("/usr/bin/{comm}")),
+        owner_source: Some("connect"),
+    }
+}
+
+/// A host with a web server, its clients, a stuck `CLOSE_WAIT` and a listener.
+fn model() -> Model {
+    Model {
+        host: "web1".into(),
+        uptime_ns: 3725 * S,
+        rates: Rates {
+            new: 2.0,
+            closed: 1.5,
+            retransmits: 0.25,
+            resets: 0.0,
+        },
+        lost: 0,
+        conns: vec![
+            conn(
+                1,
+                100,
+                "nginx",
+                "10.0.0.1:443",
+                "0.0.0.0:0",
+                tcp_state::LISTEN,
+            ),
+            conn(
+                2,
+                100,
+                "nginx",
+                "10.0.0.1:443",
+                "10.0.0.9:50000",
+                tcp_state::ESTABLISHED,
+            ),
+            conn(
+                3,
+                200,
+                "curl",
+                "10.0.0.1:41000",
+                "93.184.216.34:80",
+                tcp_state::ESTABLISHED,
+            ),
+            conn(
+                4,
+                300,
+                "python3",
+                "10.0.0.1:8080",
+                "10.0.0.7:33000",
+                tcp_state::CLOSE_WAIT,
+            ),
+        ],
+    }
+}
+
+fn render(model: &Model, ui: &mut Ui, width: u16, height: u16) -> String {
+    let mut terminal = Terminal::new(TestBackend::new(width, height)).expect("terminal");
+    terminal.draw(|f| view::draw(f, model, ui)).expect("draw");
+    let buf = terminal.backend().buffer();
+    let mut out = String::new();
+    for y in 0..buf.area.height {
+        let mut line = String::new();
+        for x in 0..buf.area.width {
+            line.push_str(buf[(x, y)].symbol());
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn press(ui: &mut Ui, code: KeyCode) -> Action {
+    ui.key(KeyEvent::new(code, KeyModifiers::NONE))
+}
+
+fn type_filter(ui: &mut Ui, text: &str) {
+    press(ui, KeyCode::Char('/'));
+    for c in text.chars() {
+        press(ui, KeyCode::Char(c));
+    }
+    press(ui, KeyCode::Enter);
+}
+
+#[test]
+fn connections_view() {
+    let got = render(&model(), &mut Ui::default(), 130, 12);
+    println!("{got}");
+    assert_eq!(got, CONNECTIONS);
+}
+
+#[test]
+fn processes_view() {
+    let mut ui = Ui::default();
+    assert_eq!(press(&mut ui, KeyCode::Char('2')), Action::Redraw);
+    assert_eq!(ui.tab, Tab::Processes);
+    let got = render(&model(), &mut ui, 100, 9);
+    println!("{got}");
+    assert_eq!(got, PROCESSES);
+}
+
+#[test]
+fn detail_help_pause_and_loss() {
+    let mut m = model();
+    m.lost = 12;
+    let mut ui = Ui::default();
+    press(&mut ui, KeyCode::Down);
+    press(&mut ui, KeyCode::Enter);
+    press(&mut ui, KeyCode::Char('p'));
+    let got = render(&m, &mut ui, 130, 20);
+    println!("{got}");
+    assert_eq!(got, DETAIL);
+    let mut terminal = Terminal::new(TestBackend::new(130, 20)).expect("terminal");
+    terminal.draw(|f| view::draw(f, &m, &mut ui)).expect("draw");
+    let buf = terminal.backend().buffer();
+    let x = (0..130)
+        .find(|&x| (0..4).all(|i| buf[(x + i, 0)].symbol() == &"lost"[i as usize..=i as usize]))
+        .expect("loss shown");
+    assert_eq!(buf[(x, 0)].fg, ratatui::style::Color::Red, "loss is red");
+    press(&mut ui, KeyCode::Char('?'));
+    let got = render(&m, &mut ui, 130, 20);
+    assert!(got.contains("help (any key closes)"), "{got}");
+    press(&mut ui, KeyCode::Char('x'));
+    assert!(!ui.help);
+    assert_eq!(press(&mut ui, KeyCode::Char('q')), Action::Quit);
+    assert_eq!(
+        ui.key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)),
+        Action::Quit
+    );
+}
+
+#[test]
+fn sorting_by_column_and_reversed() {
+    let m = model();
+    let order = |ui: &Ui| -> Vec<u64> {
+        let (col, rev) = ui.sort();
+        select::conns(&m.conns, &ui.filter, col, rev)
+            .iter()
+            .map(|c| c.cookie)
+            .collect()
+    };
+    let mut ui = Ui::default();
+    // By state: CLOSE_WAIT, ESTABLISHED (by local address), LISTEN.
+    assert_eq!(order(&ui), [4, 2, 3, 1]);
+    press(&mut ui, KeyCode::Char('>'));
+    assert_eq!(ui.sort(), (5, false), "age");
+    assert_eq!(order(&ui), [1, 2, 3, 4]);
+    press(&mut ui, KeyCode::Char('r'));
+    assert_eq!(order(&ui), [4, 3, 2, 1]);
+    press(&mut ui, KeyCode::Char('<'));
+    press(&mut ui, KeyCode::Char('<'));
+    assert_eq!(ui.sort(), (3, true), "remote, still reversed");
+    assert_eq!(order(&ui), [3, 2, 4, 1]);
+    let got = render(&m, &mut ui, 130, 12);
+    assert!(got.contains("REMOTE▼"), "{got}");
+    assert!(got.contains("sort: REMOTE desc"), "{got}");
+    // Every column sorts, wrapping around.
+    for _ in 0..11 {
+        press(&mut ui, KeyCode::Char('>'));
+        assert_eq!(order(&ui).len(), 4);
+    }
+    // Processes: by connections, most first.
+    let procs = select::procs(m.processes(), &Filter::default(), 2, true);
+    assert_eq!(procs[0].comm, "nginx");
+    assert_eq!(procs[0].total, 2);
+    let by_close_wait = select::procs(m.processes(), &Filter::default(), 5, true);
+    assert_eq!(by_close_wait[0].comm, "python3");
+    assert_eq!(by_close_wait[0].close_wait, 1);
+}
+
+#[test]
+fn filter_expressions() {
+    let m = model();
+    let pick = |text: &str| -> Vec<u64> {
+        select::conns(&m.conns, &Filter::parse(text), 0, false)
+            .iter()
+            .map(|c| c.cookie)
+            .collect()
+    };
+    let cases: &[(&str, &[u64])] = &[
+        ("", &[1, 2, 3, 4]),
+        ("port:443", &[1, 2]),
+        ("sport:8080", &[4]),
+        ("dport:80", &[3]),
+        ("dport:8", &[]),
+        ("pid:200", &[3]),
+        ("comm:NGI", &[1, 2]),
+        ("state:close-wait", &[4]),
+        ("state:estab", &[2, 3]),
+        ("state:LISTEN", &[1]),
+        ("addr:93.184", &[3]),
+        ("nginx estab", &[2]),
+        ("python", &[4]),
+        ("300", &[4]),
+        ("10.0.0.9", &[2]),
+        ("nothing-like-this", &[]),
+    ];
+    for (text, want) in cases {
+        assert_eq!(pick(text), *want, "filter {text:?}");
+    }
+    let mut ui = Ui::default();
+    type_filter(&mut ui, "port:443");
+    assert_eq!(ui.filter_text, "port:443");
+    let got = render(&m, &mut ui, 130, 12);
+    assert!(got.contains("filter: port:443"), "{got}");
+    assert!(
+        got.contains("10.0.0.9:50000") && !got.contains("python3"),
+        "{got}"
+    );
+    // While typing, keys go to the filter, not to the commands.
+    press(&mut ui, KeyCode::Char('/'));
+    assert_eq!(press(&mut ui, KeyCode::Char('q')), Action::Redraw);
+    assert_eq!(ui.editing.as_deref(), Some("port:443q"));
+    press(&mut ui, KeyCode::Esc);
+    assert_eq!(ui.filter_text, "port:443", "Esc cancels the edit");
+    press(&mut ui, KeyCode::Esc);
+    assert!(ui.filter.is_empty(), "Esc again clears the filter");
+    // The processes view filters by pid and name.
+    let procs = select::procs(m.processes(), &Filter::parse("comm:curl"), 0, false);
+    assert_eq!(procs.len(), 1);
+}
+
+#[test]
+fn a_small_terminal_and_many_rows() {
+    let mut m = model();
+    m.conns = (1..=10_000)
+        .map(|i| {
+            conn(
+                i,
+                1000 + u32::try_from(i % 50).expect("small"),
+                "load",
+                "10.0.0.1:80",
+                &format!("10.1.{}.{}:{}", i / 250, i % 250, 1024 + i),
+                tcp_state::ESTABLISHED,
+            )
+        })
+        .collect();
+    let mut ui = Ui::default();
+    press(&mut ui, KeyCode::End);
+    let got = render(&m, &mut ui, 60, 8);
+    assert_eq!(ui.selected, 9_999, "End selects the last row");
+    assert!(got.contains("10000 sockets"), "{got}");
+    // Too small to be useful, but drawn without a panic.
+    render(&m, &mut ui, 10, 3);
+}
+
+#[test]
+fn formats() {
+    assert_eq!(view::duration(850_000_000), "850ms");
+    assert_eq!(view::duration(12 * S), "12s");
+    assert_eq!(view::duration(303 * S), "5m03s");
+    assert_eq!(view::duration(3 * 3600 * S + 7 * 60 * S), "3h07m");
+    assert_eq!(view::duration(2 * 86_400 * S + 4 * 3600 * S), "2d04h");
+    assert_eq!(view::bytes(512), "512");
+    assert_eq!(view::bytes(1536), "1.5K");
+    assert_eq!(view::bytes(20 << 20), "20M");
+    assert_eq!(view::rtt(85), "85µs");
+    assert_eq!(view::rtt(1250), "1.2ms");
+}
+
+const CONNECTIONS: &str = "\
+observer top — web1  up 1h02m  new 2.0/s  closed 1.5/s  retx 0.2/s  resets 0.0/s  lost 0
+4 sockets: CLOSE_WAIT 1 ESTABLISHED 2 LISTEN 1
+ 1 Connections   2 Processes    sort: STATE asc   filter: -
+PID     COMM            LOCAL                  REMOTE                 STATE▲      AGE     IN-STATE RX      TX      RTT     RETX
+300     python3         10.0.0.1:8080          10.0.0.7:33000         CLOSE_WAIT  28s     12s      5.9K    400     160µs   0
+100     nginx           10.0.0.1:443           10.0.0.9:50000         ESTABLISHED 14s     6s       2.9K    200     80µs    0
+200     curl            10.0.0.1:41000         93.184.216.34:80       ESTABLISHED 21s     9s       4.4K    300     120µs   1
+100     nginx           10.0.0.1:443           0.0.0.0:0              LISTEN      7s      3s       1.5K    100     40µs    0
+
+
+
+q quit  ? help  1/2/Tab view  </> sort column  r reverse  / filter  p pause  Enter detail
+";
+const PROCESSES: &str = "\
+observer top — web1  up 1h02m  new 2.0/s  closed 1.5/s  retx 0.2/s  resets 0.0/s  lost 0
+4 sockets: CLOSE_WAIT 1 ESTABLISHED 2 LISTEN 1
+ 1 Connections   2 Processes    sort: CONNS desc   filter: -
+PID     COMM            CONNS▼ ESTAB  LISTEN CLOSE_WAIT TIME_WAIT OTHER  RETX   RX+TX
+100     nginx           2      1      1      0          0         0      0      4.7K
+300     python3         1      0      0      1          0         0      0      6.2K
+200     curl            1      1      0      0          0         0      1      4.7K
+
+q quit  ? help  1/2/Tab view  </> sort column  r reverse  / filter  p pause  Enter detail
+";
+const DETAIL: &str = "\
+observer top — web1  up 1h02m  new 2.0/s  closed 1.5/s  retx 0.2/s  resets 0.0/s  lost 12  PAUSED
+4 sockets: CLOSE_WAIT 1 ESTABLISHED 2 LISTEN 1
+ 1 Connections   2 Processes    sort: STATE asc   filter: -
+PID     COMM            LOCAL                  REMOTE                 STATE▲      AGE     IN-STATE RX      TX      RTT     RETX
+300     python3         10.0.0.1:8080          10.0.0.7:33000         CLOSE_WAIT  28s     12s      5.9K    400     160µs   0
+100     nginx           10.0.0.1:443           10.0.0.9:50000         ESTABLISHED 14s     6s       2.9K    200     80µs    0
+200     curl            10.0.0.1:41000         93.184.216.34:80       ESTABLISHED 21s     9s       4.4K    300     120µs   1
+100     nginx           10.0.0.1:443           0.0.0.0:0              LISTEN      7s      3s       1.5K    100     40µs    0
+
+
+
+
+┌ detail (Enter/Esc closes) ─────────────────────────────────────────────────────────────────────────────────────────────────────┐
+│uid C00000000000000002  cookie 0x2                                                                                              │
+│owner 100 nginx (connect)  exe /usr/bin/nginx                                                                                   │
+│10.0.0.1:443 -> 10.0.0.9:50000                                                                                                  │
+│state ESTABLISHED for 6s, born 14s ago                                                                                          │
+│rx 2.9K  tx 200  rtt 80µs  retransmits 0                                                                                        │
+└────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────┘
+q quit  ? help  1/2/Tab view  </> sort column  r reverse  / filter  p pause  Enter detail
+";
