@@ -7,7 +7,9 @@ use std::{collections::BTreeMap, fs, path::PathBuf, sync::OnceLock};
 use jsonschema::{Retrieve, Uri, Validator};
 use serde_json::Value;
 
-/// `docs/schema/`.
+include!(concat!(env!("OUT_DIR"), "/schemas.rs"));
+
+/// `docs/schema/` (embedded at build time: see build.rs).
 #[must_use]
 pub fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/schema")
@@ -22,9 +24,12 @@ impl Retrieve for Local {
         uri: &Uri<String>,
     ) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
         let name = uri.path().as_str().rsplit('/').next().unwrap_or_default();
-        let text = fs::read_to_string(dir().join(name))
-            .map_err(|e| format!("schema {uri} (docs/schema/{name}): {e}"))?;
-        Ok(serde_json::from_str(&text)?)
+        let text = SCHEMAS
+            .iter()
+            .find(|(n, _)| format!("{n}.json") == name)
+            .map(|(_, t)| *t)
+            .ok_or_else(|| format!("schema {uri}: no docs/schema/{name}"))?;
+        Ok(serde_json::from_str(text)?)
     }
 }
 
@@ -33,17 +38,9 @@ fn validators() -> &'static BTreeMap<String, Validator> {
     static ALL: OnceLock<BTreeMap<String, Validator>> = OnceLock::new();
     ALL.get_or_init(|| {
         let mut all = BTreeMap::new();
-        for entry in fs::read_dir(dir()).expect("docs/schema/") {
-            let path = entry.expect("docs/schema entry").path();
-            let Some(stem) = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .filter(|_| path.extension().is_some_and(|e| e == "json"))
-            else {
-                continue;
-            };
-            let text = fs::read_to_string(&path).expect("schema file");
-            let schema: Value = serde_json::from_str(&text)
+        for &(stem, text) in SCHEMAS {
+            let path = dir().join(format!("{stem}.json"));
+            let schema: Value = serde_json::from_str(text)
                 .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
             let validator = jsonschema::options()
                 .should_validate_formats(true)

@@ -110,14 +110,17 @@ pub fn build(
     for test in tests {
         copy(&test.path, &format!("{TESTS_DIR}/{}", test.name))?;
     }
-    // The harness finds the peers through its compile-time manifest directory.
-    let peers = workspace::root()?.join("tests/peers");
-    let guest_peers = peers
-        .strip_prefix("/")
-        .context("the workspace path is not absolute")?;
-    for entry in fs::read_dir(&peers)?.filter_map(Result::ok) {
-        let file = guest_peers.join(entry.file_name());
-        copy(&entry.path(), &file.to_string_lossy())?;
+    // The harness finds the peers (and the schemas some tests read) through its compile-time
+    // manifest directory.
+    for dir in ["tests/peers", "docs/schema"] {
+        let host = workspace::root()?.join(dir);
+        let guest = host
+            .strip_prefix("/")
+            .context("the workspace path is not absolute")?;
+        for entry in fs::read_dir(&host)?.filter_map(Result::ok) {
+            let file = guest.join(entry.file_name());
+            copy(&entry.path(), &file.to_string_lossy())?;
+        }
     }
     let names: Vec<&str> = tests.iter().map(|t| t.name.as_str()).collect();
     let init = stage.join("init");
