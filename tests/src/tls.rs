@@ -426,3 +426,92 @@ pub fn schema() -> Value {
     serde_json::from_str(&fs::read_to_string(&path).expect("docs/schema/tls.json"))
         .expect("schema json")
 }
+
+/// `tests/peers/static_tls_client.c` compiled now, with OpenSSL linked in statically
+/// (`libssl.a`, `libcrypto.a`), into a new directory: an executable the observer has never
+/// seen, which maps no libssl. Needs `gcc` and `libssl-dev`.
+#[must_use]
+pub fn static_openssl_client() -> PathBuf {
+    let dir = scratch("static");
+    fs::create_dir_all(&dir).expect("static client dir");
+    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/static_tls_client.c");
+    // A short name: it is the process's comm (15 bytes).
+    let exe = dir.join("tls-static");
+    let out = Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&exe)
+        .arg(&source)
+        .args(["-lssl", "-lcrypto", "-lpthread", "-ldl"])
+        .output()
+        .expect("gcc (install gcc and libssl-dev)");
+    assert!(
+        out.status.success(),
+        "compiling the static TLS client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exe
+}
+
+/// The static OpenSSL client (`static_openssl_client`), waiting for a line on stdin.
+pub struct StaticClient {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<std::process::ChildStdout>,
+    pub pid: u32,
+    /// `OpenSSL_version()`: the version linked into it, e.g. "OpenSSL 3.0.19 27 Jan 2026".
+    pub openssl: String,
+}
+
+impl StaticClient {
+    /// Starts `exe` in `ns` against 127.0.0.1:`port`, offering only `ciphersuites` (TLS 1.3)
+    /// and the ALPN protocol `alpn`, with SNI `tls.test`.
+    #[must_use]
+    pub fn spawn(
+        ns: &NetNs,
+        exe: &Path,
+        port: u16,
+        ca: &str,
+        ciphersuites: &str,
+        alpn: &str,
+    ) -> Self {
+        let mut child = in_ns(ns, &exe.to_string_lossy())
+            .args([&port.to_string(), "tls.test", ca, ciphersuites, alpn])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn the static client");
+        let stdin = child.stdin.take();
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("static client hello");
+        let hello: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        Self {
+            pid: u32::try_from(hello["pid"].as_u64().expect("pid")).expect("pid"),
+            openssl: hello["openssl"].as_str().expect("openssl").to_owned(),
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// Lets it connect; returns its report (`handshake_ns`: its own measure of `SSL_connect`).
+    /// It closes the connection, and stays alive until `exit`.
+    #[must_use]
+    pub fn go(&mut self) -> Value {
+        if let Some(stdin) = &mut self.stdin {
+            stdin.write_all(b"go\n").expect("client stdin");
+        }
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .expect("static client report");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+    }
+
+    /// Lets it exit, and checks it succeeded.
+    pub fn exit(mut self) {
+        drop(self.stdin.take());
+        let status = self.child.wait().expect("static client exit");
+        assert!(status.success(), "static client: {status}");
+    }
+}

@@ -9,7 +9,7 @@ use observer_tests::{
     NetNs, Observer, field,
     observer::Stopped,
     privileged,
-    tls::{self, Pki, PythonClient},
+    tls::{self, Pki, PythonClient, StaticClient},
     wait_for,
 };
 use serde_json::Value;
@@ -430,6 +430,111 @@ fn client_started_later_from_a_new_library_path() {
     assert_eq!(field(c, "tls.established"), true);
     assert_openssl(c);
     let _ = std::fs::remove_dir_all(&libs);
+}
+
+#[test]
+fn static_openssl_client_started_later() {
+    if !privileged("static_openssl_client_started_later") {
+        return;
+    }
+    let ns = NetNs::new("tls-static");
+    let pki = Pki::new();
+    // Compiled now into a new directory: a file no process has run before.
+    let exe = tls::static_openssl_client();
+    let obs = Observer::start(&ns, &["--tls"]);
+    let nginx = tls::nginx(&ns, &pki, 8443, "TLSv1.3", "");
+    let mut client = StaticClient::spawn(
+        &ns,
+        &exe,
+        nginx.port,
+        &pki.path("ca.pem"),
+        "TLS_AES_128_GCM_SHA256",
+        "http/1.1",
+    );
+    // "OpenSSL 3.0.19 27 Jan 2026": the library name the observer reads from the executable.
+    let library = format!(
+        "openssl/{}",
+        client.openssl.split_whitespace().nth(1).expect("version")
+    );
+    assert!(library.starts_with("openssl/3."), "{}", client.openssl);
+    // OpenSSL is in the executable: the process maps no shared library at all.
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", client.pid)).expect("maps");
+    assert!(
+        !maps.contains(".so"),
+        "a shared library in the static client:\n{maps}"
+    );
+    // On its exec event the observer finds SSL_do_handshake in the executable and attaches
+    // there (the file, seen through /proc/PID/root).
+    let attached = format!("{} ({library})", exe.display());
+    wait_for(
+        Duration::from_secs(15),
+        "uprobes on the static executable",
+        || {
+            let err = std::fs::read_to_string(obs.stderr_path()).unwrap_or_default();
+            err.lines()
+                .any(|l| l.contains("TLS uprobes attached") && l.contains(&attached))
+                .then_some(())
+        },
+    );
+    let client_pid = client.pid;
+    let report = client.go();
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["version"], "TLSv1.3");
+    assert_eq!(report["cipher"], "TLS_AES_128_GCM_SHA256");
+    assert_eq!(report["alpn"], "http/1.1");
+    assert_eq!(report["status"], "HTTP/1.1 200 OK");
+    let took_us = report["handshake_ns"].as_u64().expect("handshake_ns") / 1000;
+    let _ = obs.wait_records("observer.tls", 2);
+    let _ = obs.wait_records("observer.connection", 2);
+    // The client exits only once its connection's record is out, so that the record's
+    // process.executable is read from a live process: with the exit racing the socket's close,
+    // one run in ~25 under load named no executable or another one (not TLS's concern).
+    client.exit();
+    let stopped = obs.stop();
+    let records = tls_records(&stopped);
+    assert_eq!(records.len(), 2, "{records:#?}");
+    let c = one(&records, "client", client_pid);
+    let s = one(&records, "server", nginx.pid);
+    assert_eq!(field(c, "process.name"), "tls-static");
+    assert_eq!(field(s, "process.name"), "nginx");
+    // Only the uprobes on the executable can have seen the client's handshake and its ALPN
+    // answer (encrypted on the wire under TLS 1.3).
+    assert_eq!(field(c, "tls.library"), library.as_str());
+    assert_openssl(s);
+    for r in [c, s] {
+        assert_eq!(field(r, "event.outcome"), "success", "{r}");
+        assert_eq!(field(r, "tls.established"), true);
+        assert_eq!(field(r, "tls.version"), "1.3");
+        assert_eq!(field(r, "tls.version_protocol"), "tls");
+        assert_eq!(field(r, "tls.cipher"), "TLS_AES_128_GCM_SHA256");
+        assert_eq!(field(r, "tls.curve"), "x25519");
+        assert_eq!(field(r, "tls.client.server_name"), "tls.test");
+        assert_eq!(
+            field(r, "tls.client.alpn_offered"),
+            &serde_json::json!(["http/1.1"])
+        );
+        assert_eq!(field(r, "tls.next_protocol"), "http/1.1", "{r}");
+        assert_eq!(field(r, "tls.resumed"), false);
+        assert_eq!(field(r, "tls.source"), "uprobe+wire");
+        assert_eq!(field(r, "destination.port"), nginx.port);
+        assert_joined(&stopped, r);
+    }
+    assert_eq!(field(c, "source.port"), field(s, "source.port"));
+    // Within the client's own measure of its SSL_connect call.
+    assert_duration(c, took_us);
+    let conn = stopped
+        .dataset("observer.connection")
+        .into_iter()
+        .find(|r| field(r, "conn.uid") == field(c, "conn.uid"))
+        .expect("the client's connection");
+    assert_eq!(field(&conn, "process.pid"), client_pid);
+    assert_eq!(field(&conn, "process.name"), "tls-static");
+    assert_eq!(
+        field(&conn, "process.executable"),
+        exe.to_string_lossy().as_ref(),
+        "{conn}"
+    );
+    let _ = std::fs::remove_dir_all(exe.parent().expect("dir"));
 }
 
 #[test]

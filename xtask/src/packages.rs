@@ -27,6 +27,10 @@ const PACKAGES: &[&str] = &[
     "nginx-light",
     "gnutls-bin",
     "openssl",
+    // The TLS tests compile a client statically against OpenSSL (libssl.a, libcrypto.a).
+    "gcc",
+    "libc6-dev",
+    "libssl-dev",
     "kmod",
     "busybox-static",
     "procps",
