@@ -295,7 +295,9 @@ fn c_simultaneous_close_reaches_closing() {
     obs.stop().assert_clean();
     let listing = observer_tests::sh(
         "ip",
-        &["netns", "exec", &ns.name, "nft", "list", "table", "inet", "wire"],
+        &[
+            "netns", "exec", &ns.name, "nft", "list", "table", "inet", "wire",
+        ],
     );
     let fins: u64 = listing
         .split("packets ")
