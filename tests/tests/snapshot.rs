@@ -215,7 +215,12 @@ fn without_an_agent_snapshot_lists_the_kernels_sockets() {
         String::from_utf8_lossy(&out.stderr)
     );
     let rows = parse_lines(&String::from_utf8_lossy(&out.stdout));
-    assert_eq!(from_snapshot(&rows), from_ss(&ss), "{ss}");
+    assert_eq!(
+        from_snapshot(&rows),
+        from_ss(&ss),
+        "{ss}\nobserver snapshot said: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r = rows
         .iter()
         .find(|r| field(r, "local.port") == cp)

@@ -16,9 +16,11 @@ use crate::cmd;
 /// Modules the guest loads at boot, with what they depend on. The suite's nft rules need
 /// `nf_tables`, which Debian builds as a module (`CONFIG_NF_TABLES=m` on 6.1 and 6.12; built into
 /// the host's 6.18). The rest are what tests may use for links, delays and drops (veth, netem,
-/// the ingress qdisc, `cls_bpf`, iptables); lo, network namespaces, tmpfs and BPF are built in.
+/// the ingress qdisc, `cls_bpf`, iptables) and `tcp_diag` (observer's `sock_diag` listings:
+/// seeding and `observer snapshot`); lo, network namespaces, tmpfs and BPF are built in.
 pub const GUEST_MODULES: &[&str] = &[
     "nf_tables",
+    "tcp_diag",
     "veth",
     "sch_netem",
     "sch_ingress",

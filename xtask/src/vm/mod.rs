@@ -29,9 +29,9 @@ use console::{Outcome, Report};
 pub const MARK: &str = "@@OBSERVER-VM";
 
 /// The kernel series `cargo xtask test` runs besides the host's.
-/// None by default: on Debian's 6.1 the `--tls` packet hook is refused by the verifier and the
-/// `sock_diag` seeding and snapshot tests fail (docs/kernels.md), so the README's test command
-/// runs this host's kernel until they pass there; `--kernels 6.1,6.12` runs the matrix.
+/// None by default: on Debian's 6.1 the `--tls` packet hook is refused by the verifier
+/// (docs/kernels.md), so the README's test command runs this host's kernel until the TLS tests
+/// pass there; `--kernels 6.1,6.12` runs the matrix.
 pub const DEFAULT_SERIES: &str = "";
 
 /// How long one guest may run before QEMU is killed.
