@@ -215,9 +215,7 @@ impl Probe {
             .load(OBJECT)
             .map_err(ProbeError::Load)?;
         load_all(&mut ebpf)?;
-        if config.tls {
-            tls_hooks::load(&mut ebpf)?;
-        }
+        let wire_loaded = config.tls && tls_hooks::load(&mut ebpf)?;
         let ring = take_map(&mut ebpf, "EVENTS")?;
         let ring = RingBuf::try_from(ring).map_err(|source| ProbeError::Map {
             name: "EVENTS",
@@ -232,7 +230,11 @@ impl Probe {
             ebpf,
             links: Vec::new(),
             accept_hook: config.accept_hook,
-            tls: config.tls.then(tls_hooks::TlsHooks::default),
+            tls: config.tls.then(|| {
+                let mut hooks = tls_hooks::TlsHooks::default();
+                hooks.wire_loaded = wire_loaded;
+                hooks
+            }),
             counters,
             choices,
             attached: Vec::new(),

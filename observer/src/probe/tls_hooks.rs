@@ -76,6 +76,9 @@ pub struct TlsHooks {
     files: Vec<LibFile>,
     uprobes: Vec<(&'static str, UProbeLinkId)>,
     wire: Vec<(&'static str, CgroupSkbLinkId)>,
+    /// The packet hooks loaded (`load`): without them, handshakes are seen through the
+    /// libraries only.
+    pub wire_loaded: bool,
     /// `uprobe:openssl/3.0.19:/usr/lib/…/libssl.so.3`, for `observer.agent`.
     pub attached: Vec<String>,
 }
@@ -92,7 +95,10 @@ fn fail(
 }
 
 /// Verifies the four TLS programs.
-pub fn load(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+///
+/// Returns whether the packet hooks loaded: a kernel whose verifier refuses them (seen on
+/// Debian's 6.1) degrades to the library uprobes, with a named warning.
+pub fn load(ebpf: &mut Ebpf) -> Result<bool, ProbeError> {
     for name in [CALL, RETURN] {
         let p: &mut UProbe = super::program_mut(ebpf, name)?
             .try_into()
@@ -103,9 +109,18 @@ pub fn load(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
         let p: &mut CgroupSkb = super::program_mut(ebpf, name)?
             .try_into()
             .map_err(fail(name, "type".into()))?;
-        p.load().map_err(fail(name, "loading".into()))?;
+        if let Err(err) = p.load() {
+            let first_line = err.to_string();
+            let first_line = first_line.lines().next().unwrap_or_default();
+            eprintln!(
+                "observer: warning: tls-wire-unavailable: this kernel refused the TLS packet hook \
+                 {name} ({first_line}); TLS handshakes are seen through the libraries only \
+                 (timing and outcome, no version, cipher, SNI or ALPN from the wire)"
+            );
+            return Ok(false);
+        }
     }
-    Ok(())
+    Ok(true)
 }
 
 impl TlsHooks {
@@ -121,10 +136,15 @@ impl TlsHooks {
             action: format!("opening {root}: {e}"),
             source: aya::programs::ProgramError::UnexpectedProgramType,
         })?;
-        for (name, kind) in [
-            (EGRESS, CgroupSkbAttachType::Egress),
-            (INGRESS, CgroupSkbAttachType::Ingress),
-        ] {
+        let wire: &[_] = if self.wire_loaded {
+            &[
+                (EGRESS, CgroupSkbAttachType::Egress),
+                (INGRESS, CgroupSkbAttachType::Ingress),
+            ]
+        } else {
+            &[]
+        };
+        for &(name, kind) in wire {
             let p: &mut CgroupSkb = super::program_mut(ebpf, name)?
                 .try_into()
                 .map_err(fail(name, "type".into()))?;
@@ -135,7 +155,9 @@ impl TlsHooks {
                 .map_err(fail(name, format!("attaching to {root}")))?;
             self.wire.push((name, id));
         }
-        self.attached.push(format!("cgroup_skb:{root}"));
+        if self.wire_loaded {
+            self.attached.push(format!("cgroup_skb:{root}"));
+        }
         for file in self.files.clone() {
             self.attach_file(ebpf, &file, false);
         }
