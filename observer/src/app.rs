@@ -329,7 +329,8 @@ impl Pipeline {
     }
 }
 
-fn run(args: &RunArgs) -> Result<()> {
+/// A single-threaded runtime, with the signals registered before anything slow starts.
+fn runtime() -> Result<(tokio::runtime::Runtime, Signals)> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -338,6 +339,11 @@ fn run(args: &RunArgs) -> Result<()> {
         let _context = runtime.enter();
         Signals::new()?
     };
+    Ok((runtime, signals))
+}
+
+fn run(args: &RunArgs) -> Result<()> {
+    let (runtime, signals) = runtime()?;
     let filter = filter(&args.filters, false)?;
     let sink = open_sink(args.output.as_deref())?;
     let config = ProbeConfig {

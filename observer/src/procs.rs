@@ -121,7 +121,7 @@ fn socket_inode(link: &[u8]) -> Option<u64> {
 }
 
 /// Numeric entries of /proc, ascending.
-fn pids() -> Vec<u32> {
+pub(crate) fn pids() -> Vec<u32> {
     let mut pids: Vec<u32> = fs::read_dir("/proc")
         .into_iter()
         .flatten()

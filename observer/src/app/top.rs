@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use tokio::io::{Interest, unix::AsyncFd};
 
-use super::{DRAIN_EVERY, Pipeline, Ring, Signals, TABLE_EVERY, drain, filter};
+use super::{DRAIN_EVERY, Pipeline, Ring, Signals, TABLE_EVERY, drain, filter, runtime};
 use crate::{
     cli::TopArgs,
     facts::Purpose,
@@ -31,14 +31,7 @@ use crate::{
 };
 
 pub fn run(args: &TopArgs) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
-    let signals = {
-        let _context = runtime.enter();
-        Signals::new()?
-    };
+    let (runtime, signals) = runtime()?;
     let filter = filter(&args.filters, false)?;
     let config = ProbeConfig {
         max_connections: args.max_connections,

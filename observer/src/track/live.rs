@@ -53,18 +53,6 @@ pub struct Open {
     pub key: TupleKey,
 }
 
-impl Open {
-    /// The socket's current kernel state.
-    #[must_use]
-    pub fn state(&self) -> u8 {
-        match (&self.seen, &self.kernel) {
-            (Some(s), _) => s.state,
-            (None, Some(k)) => last_state(k),
-            (None, None) => 0,
-        }
-    }
-}
-
 /// A listening socket: seen at `listen()`, or first met listening (it predates the observer;
 /// a listener's child is born with `LISTEN` as its first state too, but is not first met).
 #[must_use]

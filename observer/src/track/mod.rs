@@ -242,15 +242,6 @@ impl Tracker {
         Some(record)
     }
 
-    /// The open connections as the latest tables describe them (`observer snapshot`).
-    pub fn open_records(&mut self, ts_ns: u64) -> Vec<record::ConnRecord> {
-        let cookies: Vec<u64> = self.live.iter().map(|(&c, _)| c).collect();
-        cookies
-            .into_iter()
-            .filter_map(|c| self.open_record_of(c, RecordKind::Update, ts_ns))
-            .collect()
-    }
-
     /// Whether records wait for a kernel table newer than the latest: `app` reads one.
     #[must_use]
     pub fn wants_table(&self) -> bool {

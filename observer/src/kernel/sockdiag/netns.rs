@@ -87,22 +87,10 @@ pub fn namespaces() -> Vec<NetNs> {
         named.sort();
         named.into_iter().for_each(&mut add);
     }
-    for pid in pids() {
+    for pid in crate::procs::pids() {
         add(PathBuf::from(format!("/proc/{pid}/ns/net")));
     }
     found
-}
-
-/// Numeric entries of /proc, ascending.
-fn pids() -> Vec<u32> {
-    let mut pids: Vec<u32> = fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
-        .collect();
-    pids.sort_unstable();
-    pids
 }
 
 /// TCP sockets of every network namespace, each with its namespace's inode. A namespace that
