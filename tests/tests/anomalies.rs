@@ -23,24 +23,55 @@ fn wait_alerts(obs: &Observer, n: usize, timeout: Duration) -> Vec<Value> {
     })
 }
 
-/// The alerts `observer replay` finds in `recording` with these detector flags.
-fn replayed(recording: &std::path::Path, flags: &[&str]) -> Vec<Value> {
-    let out = scratch("ndjson");
-    let status = Command::new(bin())
-        .arg("replay")
-        .args(flags)
-        .arg("--output")
-        .arg(&out)
-        .arg(recording)
-        .status()
-        .expect("replay");
-    assert!(status.success());
-    let alerts = of_dataset(
-        &parse_lines(&std::fs::read_to_string(&out).expect("replay output")),
-        ANOMALY,
-    );
-    let _ = std::fs::remove_file(&out);
-    alerts
+/// The input of an observer recorded (`--record`) with its detector flags, to check that
+/// `observer replay` gives the same alerts; the file goes when this does.
+struct Recording {
+    path: std::path::PathBuf,
+    flags: Vec<String>,
+}
+
+impl Recording {
+    /// Starts an observer in `ns` with `flags`, recording.
+    fn start(ns: &NetNs, flags: &[&str]) -> (Observer, Self) {
+        let path = scratch("rec");
+        let rec = path.to_str().expect("utf-8").to_owned();
+        let mut args = vec!["--record", &rec];
+        args.extend_from_slice(flags);
+        let obs = Observer::start(ns, &args);
+        let flags = flags.iter().map(|&f| f.to_owned()).collect();
+        (obs, Self { path, flags })
+    }
+
+    /// The alerts `observer replay` finds in the recording with the same flags.
+    fn replayed(&self) -> Vec<Value> {
+        let out = scratch("ndjson");
+        let status = Command::new(bin())
+            .arg("replay")
+            .args(&self.flags)
+            .arg("--output")
+            .arg(&out)
+            .arg(&self.path)
+            .status()
+            .expect("replay");
+        assert!(status.success());
+        let alerts = of_dataset(
+            &parse_lines(&std::fs::read_to_string(&out).expect("replay output")),
+            ANOMALY,
+        );
+        let _ = std::fs::remove_file(&out);
+        alerts
+    }
+
+    /// Replaying gives exactly `alerts`.
+    fn assert_replays(&self, alerts: &[Value]) {
+        assert_eq!(self.replayed(), alerts, "replay gives the same alerts");
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// `docs/schema/anomaly.json`.
@@ -73,12 +104,7 @@ fn close_wait_stuck_names_the_process_and_resolves_when_it_closes() {
         return;
     }
     let ns = NetNs::new("cw");
-    let recording = scratch("rec");
-    let rec = recording.to_str().expect("utf-8");
-    let flags = ["--anomalies", "--close-wait-after", "2"];
-    let mut args = vec!["--record", rec];
-    args.extend_from_slice(&flags);
-    let obs = Observer::start(&ns, &args);
+    let (obs, recording) = Recording::start(&ns, &["--anomalies", "--close-wait-after", "2"]);
     let mut server = Peer::spawn(&ns, "obs-cw-server");
     let mut client = Peer::spawn(&ns, "obs-cw-client");
     let port = server.port("listen 4 127.0.0.1", "port");
@@ -143,12 +169,7 @@ fn close_wait_stuck_names_the_process_and_resolves_when_it_closes() {
         &json!([field(&server_record, "conn.uid")]),
         "{a}"
     );
-    assert_eq!(
-        replayed(&recording, &flags),
-        alerts,
-        "replay gives the same alerts"
-    );
-    let _ = std::fs::remove_file(&recording);
+    recording.assert_replays(&alerts);
 }
 
 #[test]
@@ -157,18 +178,16 @@ fn connect_failures_to_a_closed_port_fire_and_resolve() {
         return;
     }
     let ns = NetNs::new("cf");
-    let recording = scratch("rec");
-    let rec = recording.to_str().expect("utf-8");
-    let flags = [
-        "--anomalies",
-        "--connect-failures",
-        "3",
-        "--connect-failures-window",
-        "2",
-    ];
-    let mut args = vec!["--record", rec];
-    args.extend_from_slice(&flags);
-    let obs = Observer::start(&ns, &args);
+    let (obs, recording) = Recording::start(
+        &ns,
+        &[
+            "--anomalies",
+            "--connect-failures",
+            "3",
+            "--connect-failures-window",
+            "2",
+        ],
+    );
     let mut client = Peer::spawn(&ns, "obs-cf-client");
     let port = client.port("freeport 4 127.0.0.1", "port");
     for _ in 0..3 {
@@ -214,12 +233,7 @@ fn connect_failures_to_a_closed_port_fire_and_resolve() {
         "a whole window after the last: {r}"
     );
     assert_eq!(stopped.dataset(ANOMALY).len(), 2);
-    assert_eq!(
-        replayed(&recording, &flags),
-        alerts,
-        "replay gives the same alerts"
-    );
-    let _ = std::fs::remove_file(&recording);
+    recording.assert_replays(&alerts);
 }
 
 #[test]
@@ -308,7 +322,7 @@ fn rst_storm_per_remote_host_and_per_listener() {
         return;
     }
     let ns = NetNs::new("rs");
-    let obs = Observer::start(
+    let (obs, recording) = Recording::start(
         &ns,
         &[
             "--anomalies",
@@ -393,6 +407,7 @@ fn rst_storm_per_remote_host_and_per_listener() {
     assert_eq!(field(h, "anomaly.resets_received"), 0, "{h}");
     assert_eq!(field(h, "process.pid"), client.pid, "{h}");
     check_common(host[1], "rst_storm", "resolved");
+    recording.assert_replays(&all);
 }
 
 #[test]

@@ -2,11 +2,14 @@
 //! kernel's counters move (read every second). While it fires, connection records are missing
 //! or incomplete. Resolved once a whole window passes without loss.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use serde_json::json;
 
-use super::{Alert, NS, Status, Subject};
+use super::{
+    Alert, Status, Subject,
+    window::{self, Item, Windows},
+};
 use crate::track::record::{LossRecord, Losses};
 
 pub const DEFAULT_COUNT: u64 = 1;
@@ -37,10 +40,8 @@ fn lost(l: &Losses) -> u64 {
 #[derive(Debug)]
 pub struct Rule {
     config: Config,
-    recent: VecDeque<(u64, Losses)>,
-    firing: bool,
-    /// Lost since it fired.
-    total: u64,
+    /// One subject, the observer itself.
+    loss: Windows<(), Losses>,
 }
 
 impl Rule {
@@ -48,29 +49,8 @@ impl Rule {
     pub fn new(config: Config) -> Self {
         Self {
             config,
-            recent: VecDeque::new(),
-            firing: false,
-            total: 0,
+            loss: Windows::new(config.window_s),
         }
-    }
-
-    fn window_ns(&self) -> u64 {
-        self.config.window_s.saturating_mul(NS)
-    }
-
-    fn prune(&mut self, now_ns: u64) {
-        let window_ns = self.window_ns();
-        while self
-            .recent
-            .front()
-            .is_some_and(|(ts, _)| ts.saturating_add(window_ns) <= now_ns)
-        {
-            self.recent.pop_front();
-        }
-    }
-
-    fn observed(&self) -> u64 {
-        self.recent.iter().map(|(_, l)| lost(l)).sum()
     }
 
     /// One loss record (the exit summary is not a new loss).
@@ -78,91 +58,97 @@ impl Rule {
         if l.summary || lost(&l.delta) == 0 {
             return;
         }
-        self.recent.push_back((l.ts_ns, l.delta));
-        self.prune(l.ts_ns);
-        if self.firing {
-            self.total += lost(&l.delta);
-        } else if self.observed() >= self.config.count {
-            self.firing = true;
-            self.total = self.observed();
-            alerts.push(self.alert(Status::Firing, l.ts_ns, l.events));
+        let item = Item {
+            ts_ns: l.ts_ns,
+            weight: lost(&l.delta),
+            data: l.delta,
+        };
+        let window_ns = self.loss.window_ns();
+        if let Some(subj) = self.loss.push((), item, |_| self.config.count) {
+            alerts.push(alert(
+                &self.config,
+                window_ns,
+                Status::Firing,
+                l.ts_ns,
+                l.events,
+                subj,
+            ));
         }
     }
 
     pub fn tick(&mut self, now_ns: u64, alerts: &mut Vec<Alert>) {
-        let Some(&(last, _)) = self.recent.back() else {
-            return;
-        };
-        let end = last.saturating_add(self.window_ns());
-        if end > now_ns {
-            return;
-        }
-        if self.firing {
-            self.firing = false;
-            let mut alert = self.alert(Status::Resolved, end, 0);
-            alert.evidence.remove("events_delivered");
-            alerts.push(alert);
-        }
-        self.recent.clear();
+        let window_ns = self.loss.window_ns();
+        let config = &self.config;
+        self.loss.tick(
+            now_ns,
+            |_| 0,
+            |at, (), subj| {
+                let mut alert = alert(config, window_ns, Status::Resolved, at, 0, subj);
+                alert.evidence.remove("events_delivered");
+                alerts.push(alert);
+            },
+        );
     }
+}
 
-    fn alert(&self, status: Status, ts_ns: u64, events: u64) -> Alert {
-        let window_ns = self.window_ns();
-        let mut sum = Losses::default();
-        for (_, l) in self
-            .recent
-            .iter()
-            .filter(|(ts, _)| ts.saturating_add(window_ns) > ts_ns)
-        {
-            sum.ring_full += l.ring_full;
-            sum.map_full += l.map_full;
-            sum.transitions_truncated += l.transitions_truncated;
-            sum.read_failed += l.read_failed;
-            sum.decode_errors += l.decode_errors;
-            sum.table_full += l.table_full;
-        }
-        let observed = lost(&sum);
-        let reason = match status {
-            Status::Firing => {
-                let fix = if sum.ring_full > 0 {
-                    "raise --ring-mib"
-                } else if sum.map_full + sum.table_full > 0 {
-                    "raise --max-connections"
-                } else {
-                    "see the observer.loss records"
-                };
-                format!(
-                    "the observer lost {observed} events within {} s ({} ring full, {} map \
+fn alert(
+    config: &Config,
+    window_ns: u64,
+    status: Status,
+    ts_ns: u64,
+    events: u64,
+    subj: &window::Subject<Losses>,
+) -> Alert {
+    let mut sum = Losses::default();
+    for l in subj.window.at(window_ns, ts_ns).map(|i| &i.data) {
+        sum.ring_full += l.ring_full;
+        sum.map_full += l.map_full;
+        sum.transitions_truncated += l.transitions_truncated;
+        sum.read_failed += l.read_failed;
+        sum.decode_errors += l.decode_errors;
+        sum.table_full += l.table_full;
+    }
+    let observed = lost(&sum);
+    let reason = match status {
+        Status::Firing => {
+            let fix = if sum.ring_full > 0 {
+                "raise --ring-mib"
+            } else if sum.map_full + sum.table_full > 0 {
+                "raise --max-connections"
+            } else {
+                "see the observer.loss records"
+            };
+            format!(
+                "the observer lost {observed} events within {} s ({} ring full, {} map \
                      full, {} table full): connection records are missing; {fix}",
-                    self.config.window_s, sum.ring_full, sum.map_full, sum.table_full
-                )
-            }
-            Status::Resolved => format!(
-                "no events lost for {} s ({} lost while firing)",
-                self.config.window_s, self.total
-            ),
-        };
-        let mut evidence = BTreeMap::new();
-        evidence.insert("ring_full", json!(sum.ring_full));
-        evidence.insert("map_full", json!(sum.map_full));
-        evidence.insert("table_full", json!(sum.table_full));
-        evidence.insert("read_failed", json!(sum.read_failed));
-        evidence.insert("decode_errors", json!(sum.decode_errors));
-        evidence.insert("transitions_truncated", json!(sum.transitions_truncated));
-        evidence.insert("total", json!(self.total));
-        evidence.insert("events_delivered", json!(events));
-        Alert {
-            rule: "event_loss",
-            status,
-            ts_ns,
-            severity: 4,
-            reason,
-            subject: Subject::default(),
-            observed,
-            threshold: self.config.count,
-            window_s: self.config.window_s,
-            evidence,
-            samples: Vec::new(),
+                config.window_s, sum.ring_full, sum.map_full, sum.table_full
+            )
         }
+        Status::Resolved => format!(
+            "no events lost for {} s ({} lost while firing)",
+            config.window_s, subj.total
+        ),
+    };
+    let mut evidence = BTreeMap::new();
+    evidence.insert("ring_full", json!(sum.ring_full));
+    evidence.insert("map_full", json!(sum.map_full));
+    evidence.insert("table_full", json!(sum.table_full));
+    evidence.insert("read_failed", json!(sum.read_failed));
+    evidence.insert("decode_errors", json!(sum.decode_errors));
+    evidence.insert("transitions_truncated", json!(sum.transitions_truncated));
+    evidence.insert("total", json!(subj.total));
+    evidence.insert("events_delivered", json!(events));
+    Alert {
+        rule: "event_loss",
+        status,
+        ts_ns,
+        severity: 4,
+        reason,
+        subject: Subject::default(),
+        observed,
+        threshold: config.count,
+        window_s: config.window_s,
+        evidence,
+        samples: Vec::new(),
     }
 }

@@ -9,6 +9,7 @@ pub mod close_wait;
 pub mod connect_failures;
 pub mod event_loss;
 pub mod rst_storm;
+pub mod window;
 
 use std::{collections::BTreeMap, net::IpAddr};
 

@@ -3,12 +3,15 @@
 //! else: a peer refusing or aborting this host's connections). From closed connection records
 //! that carried a RST either way. Resolved once a whole window passes without one.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use serde_json::json;
 
-use super::{Alert, NS, SAMPLES, Status, Subject, endpoint};
+use super::{
+    Alert, SAMPLES, Status, Subject, endpoint,
+    window::{self, Item, Windows},
+};
 use crate::track::record::{ConnRecord, Process, RecordKind, Role, Uid};
 
 pub const DEFAULT_COUNT: u64 = 20;
@@ -32,18 +35,10 @@ impl Default for Config {
 
 #[derive(Debug, Clone, Copy)]
 struct Reset {
-    end_ns: u64,
     uid: Uid,
     process: Option<Process>,
     sent: u32,
     received: u32,
-}
-
-#[derive(Debug, Default)]
-struct Subj {
-    recent: VecDeque<Reset>,
-    firing: bool,
-    total: u64,
 }
 
 /// (netns, ip, port): a local listener, or a remote host with port 0.
@@ -52,7 +47,7 @@ type Key = (u32, IpAddr, u16);
 #[derive(Debug)]
 pub struct Rule {
     config: Config,
-    subjects: HashMap<Key, Subj>,
+    subjects: Windows<Key, Reset>,
 }
 
 impl Rule {
@@ -60,12 +55,8 @@ impl Rule {
     pub fn new(config: Config) -> Self {
         Self {
             config,
-            subjects: HashMap::new(),
+            subjects: Windows::new(config.window_s),
         }
-    }
-
-    fn window_ns(&self) -> u64 {
-        self.config.window_s.saturating_mul(NS)
     }
 
     /// One connection record: counted when it closed with a RST sent or received.
@@ -79,118 +70,101 @@ impl Rule {
         } else {
             (c.netns, c.destination.ip, 0)
         };
-        let window_ns = self.window_ns();
-        let threshold = self.config.count;
-        let subj = self.subjects.entry(key).or_default();
-        subj.recent.push_back(Reset {
-            end_ns: c.end_ns,
-            uid: c.uid,
-            process: c.process,
-            sent: c.resets_sent,
-            received: c.resets_received,
-        });
-        while subj
-            .recent
-            .front()
-            .is_some_and(|r| r.end_ns.saturating_add(window_ns) <= c.end_ns)
-        {
-            subj.recent.pop_front();
-        }
-        if subj.firing {
-            subj.total += 1;
-        } else if subj.recent.len() as u64 >= threshold {
-            subj.firing = true;
-            subj.total = subj.recent.len() as u64;
-            let alert = self.alert(Status::Firing, c.end_ns, key);
-            alerts.push(alert);
+        let item = Item {
+            ts_ns: c.end_ns,
+            weight: 1,
+            data: Reset {
+                uid: c.uid,
+                process: c.process,
+                sent: c.resets_sent,
+                received: c.resets_received,
+            },
+        };
+        let window_ns = self.subjects.window_ns();
+        if let Some(subj) = self.subjects.push(key, item, |_| self.config.count) {
+            alerts.push(alert(
+                &self.config,
+                window_ns,
+                Status::Firing,
+                c.end_ns,
+                key,
+                subj,
+            ));
         }
     }
 
     /// Resolves the subjects without a reset for a whole window before `now_ns`.
     pub fn tick(&mut self, now_ns: u64, alerts: &mut Vec<Alert>) {
-        let window_ns = self.window_ns();
-        let mut quiet: Vec<(u64, Key)> = self
-            .subjects
-            .iter()
-            .filter_map(|(key, s)| {
-                let end = s
-                    .recent
-                    .back()
-                    .map_or(0, |r| r.end_ns)
-                    .saturating_add(window_ns);
-                (end <= now_ns).then_some((end, *key))
-            })
-            .collect();
-        quiet.sort_unstable();
-        for (end, key) in quiet {
-            if self.subjects.get(&key).is_some_and(|s| s.firing) {
-                let alert = self.alert(Status::Resolved, end, key);
-                alerts.push(alert);
-            }
-            self.subjects.remove(&key);
-        }
+        let window_ns = self.subjects.window_ns();
+        let config = &self.config;
+        self.subjects.tick(
+            now_ns,
+            |_| 0,
+            |at, key, subj| alerts.push(alert(config, window_ns, Status::Resolved, at, *key, subj)),
+        );
     }
+}
 
-    fn alert(&self, status: Status, ts_ns: u64, key: Key) -> Alert {
-        let subj = &self.subjects[&key];
-        let window_ns = self.window_ns();
-        let in_window: Vec<&Reset> = subj
-            .recent
-            .iter()
-            .filter(|r| r.end_ns.saturating_add(window_ns) > ts_ns)
-            .collect();
-        let sent: u64 = in_window.iter().map(|r| u64::from(r.sent)).sum();
-        let received: u64 = in_window.iter().map(|r| u64::from(r.received)).sum();
-        let observed = in_window.len() as u64;
-        let process = subj.recent.back().and_then(|r| r.process);
-        let listener = key.2 != 0;
-        let what = if listener {
-            format!("connections to the listener {}", endpoint((key.1, key.2)))
-        } else {
-            format!("connections with {}", key.1)
-        };
-        let reason = match status {
-            Status::Firing => format!(
-                "{observed} {what} ended by a reset within {} s ({sent} RST sent, {received} \
+fn alert(
+    config: &Config,
+    window_ns: u64,
+    status: Status,
+    ts_ns: u64,
+    key: Key,
+    subj: &window::Subject<Reset>,
+) -> Alert {
+    let in_window: Vec<&Reset> = subj.window.at(window_ns, ts_ns).map(|i| &i.data).collect();
+    let sent: u64 = in_window.iter().map(|r| u64::from(r.sent)).sum();
+    let received: u64 = in_window.iter().map(|r| u64::from(r.received)).sum();
+    let observed = in_window.len() as u64;
+    let process = subj.window.last().and_then(|i| i.data.process);
+    let listener = key.2 != 0;
+    let what = if listener {
+        format!("connections to the listener {}", endpoint((key.1, key.2)))
+    } else {
+        format!("connections with {}", key.1)
+    };
+    let reason = match status {
+        Status::Firing => format!(
+            "{observed} {what} ended by a reset within {} s ({sent} RST sent, {received} \
                  received): {}",
-                self.config.window_s,
-                if listener {
-                    "check whether the service aborts connections or its clients give up"
-                } else {
-                    "check whether that host refuses or aborts this host's connections"
-                }
-            ),
-            Status::Resolved => format!(
-                "no {what} ended by a reset for {} s ({} while firing)",
-                self.config.window_s, subj.total
-            ),
-        };
-        let mut evidence = BTreeMap::new();
-        evidence.insert("scope", json!(if listener { "listener" } else { "remote" }));
-        evidence.insert("resets_sent", json!(sent));
-        evidence.insert("resets_received", json!(received));
-        evidence.insert("total", json!(subj.total));
-        Alert {
-            rule: "rst_storm",
-            status,
-            ts_ns,
-            severity: 3,
-            reason,
-            subject: Subject {
-                netns: Some(key.0),
-                process,
-                destination: Some((key.1, key.2)),
-            },
-            observed,
-            threshold: self.config.count,
-            window_s: self.config.window_s,
-            evidence,
-            samples: in_window
-                .iter()
-                .rev()
-                .take(SAMPLES)
-                .map(|r| r.uid)
-                .collect(),
-        }
+            config.window_s,
+            if listener {
+                "check whether the service aborts connections or its clients give up"
+            } else {
+                "check whether that host refuses or aborts this host's connections"
+            }
+        ),
+        Status::Resolved => format!(
+            "no {what} ended by a reset for {} s ({} while firing)",
+            config.window_s, subj.total
+        ),
+    };
+    let mut evidence = BTreeMap::new();
+    evidence.insert("scope", json!(if listener { "listener" } else { "remote" }));
+    evidence.insert("resets_sent", json!(sent));
+    evidence.insert("resets_received", json!(received));
+    evidence.insert("total", json!(subj.total));
+    Alert {
+        rule: "rst_storm",
+        status,
+        ts_ns,
+        severity: 3,
+        reason,
+        subject: Subject {
+            netns: Some(key.0),
+            process,
+            destination: Some((key.1, key.2)),
+        },
+        observed,
+        threshold: config.count,
+        window_s: config.window_s,
+        evidence,
+        samples: in_window
+            .iter()
+            .rev()
+            .take(SAMPLES)
+            .map(|r| r.uid)
+            .collect(),
     }
 }
