@@ -59,6 +59,7 @@ impl<T> Window<T> {
     }
 
     /// The items still inside the window at `t`.
+    #[must_use = "an iterator does nothing unless consumed"]
     pub fn at(&self, window_ns: u64, t: u64) -> impl DoubleEndedIterator<Item = &Item<T>> {
         self.items
             .iter()
