@@ -168,13 +168,28 @@ pub struct AnomalyArgs {
     /// `connect_failures`: the window; resolved after a whole window without a failure.
     #[arg(long, value_name = "SECONDS", default_value_t = detect::connect_failures::DEFAULT_WINDOW_S, value_parser = clap::value_parser!(u64).range(1..))]
     pub connect_failures_window: u64,
-    /// `rst_storm`: fires at this many connections ended by a RST, per listener or per remote
-    /// host, within the window (0: off).
+    /// `rst_storm`: the floor: fires at no fewer than this many connections ended by a RST, per
+    /// listener or per remote host, within the window (0: off).
     #[arg(long, value_name = "N", default_value_t = detect::rst_storm::DEFAULT_COUNT)]
     pub rst_storm: u64,
     /// `rst_storm`: the window; resolved after a whole window without a reset connection.
     #[arg(long, value_name = "SECONDS", default_value_t = detect::rst_storm::DEFAULT_WINDOW_S, value_parser = clap::value_parser!(u64).range(1..))]
     pub rst_storm_window: u64,
+    /// `rst_storm`: fires at this many times the subject's learnt count per window, when that
+    /// is above the floor.
+    #[arg(long, value_name = "N", default_value_t = detect::rst_storm::DEFAULT_FACTOR, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rst_storm_factor: u64,
+    /// `retransmit_storm`: the floor: fires at no fewer than this many data segments
+    /// retransmitted, per listener or per remote host, within the window (0: off).
+    #[arg(long, value_name = "N", default_value_t = detect::retransmit_storm::DEFAULT_COUNT)]
+    pub retransmit_storm: u64,
+    /// `retransmit_storm`: the window.
+    #[arg(long, value_name = "SECONDS", default_value_t = detect::retransmit_storm::DEFAULT_WINDOW_S, value_parser = clap::value_parser!(u64).range(1..))]
+    pub retransmit_storm_window: u64,
+    /// `retransmit_storm`: fires at this many times the subject's learnt count per window, when
+    /// that is above the floor.
+    #[arg(long, value_name = "N", default_value_t = detect::retransmit_storm::DEFAULT_FACTOR, value_parser = clap::value_parser!(u64).range(1..))]
+    pub retransmit_storm_factor: u64,
     /// `event_loss`: fires at this many events lost by the observer within the window (0: off).
     #[arg(long, value_name = "N", default_value_t = detect::event_loss::DEFAULT_COUNT)]
     pub event_loss: u64,
@@ -201,7 +216,15 @@ impl AnomalyArgs {
             rst_storm: (self.rst_storm > 0).then_some(detect::rst_storm::Config {
                 count: self.rst_storm,
                 window_s: self.rst_storm_window,
+                factor: self.rst_storm_factor,
             }),
+            retransmit_storm: (self.retransmit_storm > 0).then_some(
+                detect::retransmit_storm::Config {
+                    count: self.retransmit_storm,
+                    window_s: self.retransmit_storm_window,
+                    factor: self.retransmit_storm_factor,
+                },
+            ),
             event_loss: (self.event_loss > 0).then_some(detect::event_loss::Config {
                 count: self.event_loss,
                 window_s: self.event_loss_window,

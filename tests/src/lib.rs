@@ -11,6 +11,7 @@
     reason = "in a test harness a panic is a test failure"
 )]
 
+pub mod anomaly;
 pub mod observer;
 pub mod peer;
 pub mod schema;

@@ -79,16 +79,15 @@ impl Rule {
             },
         };
         let window_ns = self.dests.window_ns();
-        if let Some(dest) = self.dests.push(key, item, |_| self.config.count) {
-            alerts.push(alert(
-                &self.config,
-                window_ns,
-                Status::Firing,
-                c.end_ns,
-                key,
-                dest,
-            ));
-        }
+        let config = &self.config;
+        self.dests.push(
+            key,
+            item,
+            |_| (config.count, 0),
+            |status, at, s| {
+                alerts.push(alert(config, window_ns, status, at, key, s));
+            },
+        );
     }
 
     /// Resolves the destinations without a failure for a whole window before `now_ns`.

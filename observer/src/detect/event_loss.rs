@@ -64,16 +64,19 @@ impl Rule {
             data: l.delta,
         };
         let window_ns = self.loss.window_ns();
-        if let Some(subj) = self.loss.push((), item, |_| self.config.count) {
-            alerts.push(alert(
-                &self.config,
-                window_ns,
-                Status::Firing,
-                l.ts_ns,
-                l.events,
-                subj,
-            ));
-        }
+        let config = &self.config;
+        self.loss.push(
+            (),
+            item,
+            |_| (config.count, 0),
+            |status, at, s| {
+                let mut a = alert(config, window_ns, status, at, l.events, s);
+                if status == Status::Resolved {
+                    a.evidence.remove("events_delivered");
+                }
+                alerts.push(a);
+            },
+        );
     }
 
     pub fn tick(&mut self, now_ns: u64, alerts: &mut Vec<Alert>) {

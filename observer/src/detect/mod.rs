@@ -8,6 +8,7 @@
 pub mod close_wait;
 pub mod connect_failures;
 pub mod event_loss;
+pub mod retransmit_storm;
 pub mod rst_storm;
 pub mod window;
 
@@ -75,6 +76,7 @@ pub struct Config {
     pub connect_failures: Option<connect_failures::Config>,
     pub event_loss: Option<event_loss::Config>,
     pub rst_storm: Option<rst_storm::Config>,
+    pub retransmit_storm: Option<retransmit_storm::Config>,
 }
 
 /// Every enabled rule, fed by the pipeline.
@@ -84,6 +86,7 @@ pub struct Detector {
     connect_failures: Option<connect_failures::Rule>,
     event_loss: Option<event_loss::Rule>,
     rst_storm: Option<rst_storm::Rule>,
+    retransmit_storm: Option<retransmit_storm::Rule>,
 }
 
 impl Detector {
@@ -94,6 +97,7 @@ impl Detector {
             connect_failures: config.connect_failures.map(connect_failures::Rule::new),
             event_loss: config.event_loss.map(event_loss::Rule::new),
             rst_storm: config.rst_storm.map(rst_storm::Rule::new),
+            retransmit_storm: config.retransmit_storm.map(retransmit_storm::Rule::new),
         }
     }
 
@@ -111,6 +115,9 @@ impl Detector {
                     rule.record(c, alerts);
                 }
                 if let Some(rule) = &mut self.rst_storm {
+                    rule.record(c, alerts);
+                }
+                if let Some(rule) = &mut self.retransmit_storm {
                     rule.record(c, alerts);
                 }
             }
@@ -139,6 +146,9 @@ impl Detector {
         if let Some(rule) = &mut self.rst_storm {
             rule.tick(now_ns, alerts);
         }
+        if let Some(rule) = &mut self.retransmit_storm {
+            rule.tick(now_ns, alerts);
+        }
         if let Some(rule) = &mut self.event_loss {
             rule.tick(now_ns, alerts);
         }
@@ -154,3 +164,6 @@ fn endpoint((ip, port): (IpAddr, u16)) -> String {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod storm_tests;

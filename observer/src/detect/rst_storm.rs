@@ -1,7 +1,12 @@
 //! `rst_storm`: a burst of connections ended by a reset, per listener (the server sockets of one
 //! local port: clients aborting, or the service resetting them) or per remote host (everything
 //! else: a peer refusing or aborting this host's connections). From closed connection records
-//! that carried a RST either way. Resolved once a whole window passes without one.
+//! that carried a RST either way.
+//!
+//! Against a baseline: each subject learns its usual count per window (an exponentially
+//! weighted mean, `window::Baseline`), and fires when a window holds at least
+//! max(floor, factor × baseline); resolved when the window's count is back to half of
+//! factor × baseline (with no baseline, once a whole window passes without a reset).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -10,18 +15,23 @@ use serde_json::json;
 
 use super::{
     Alert, SAMPLES, Status, Subject, endpoint,
-    window::{self, Item, Windows},
+    window::{self, BASELINE_ALPHA, Item, Windows, rounded, storm_release, storm_threshold},
 };
 use crate::track::record::{ConnRecord, Process, RecordKind, Role, Uid};
 
 pub const DEFAULT_COUNT: u64 = 20;
 pub const DEFAULT_WINDOW_S: u64 = 10;
+pub const DEFAULT_FACTOR: u64 = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Config {
-    /// Fires at this many reset connections of one subject within the window.
+    /// The floor: fires at no fewer than this many reset connections of one subject within
+    /// the window.
     pub count: u64,
     pub window_s: u64,
+    /// Fires at this many times the subject's baseline (its learnt mean per window), when that
+    /// is above the floor.
+    pub factor: u64,
 }
 
 impl Default for Config {
@@ -29,6 +39,7 @@ impl Default for Config {
         Self {
             count: DEFAULT_COUNT,
             window_s: DEFAULT_WINDOW_S,
+            factor: DEFAULT_FACTOR,
         }
     }
 }
@@ -55,7 +66,7 @@ impl Rule {
     pub fn new(config: Config) -> Self {
         Self {
             config,
-            subjects: Windows::new(config.window_s),
+            subjects: Windows::new(config.window_s).with_baseline(BASELINE_ALPHA),
         }
     }
 
@@ -81,25 +92,29 @@ impl Rule {
             },
         };
         let window_ns = self.subjects.window_ns();
-        if let Some(subj) = self.subjects.push(key, item, |_| self.config.count) {
-            alerts.push(alert(
-                &self.config,
-                window_ns,
-                Status::Firing,
-                c.end_ns,
-                key,
-                subj,
-            ));
-        }
+        let config = &self.config;
+        self.subjects.push(
+            key,
+            item,
+            |s| {
+                (
+                    storm_threshold(config.count, config.factor, s.baseline.mean()),
+                    storm_release(config.factor, s.baseline.mean()),
+                )
+            },
+            |status, at, s| {
+                alerts.push(alert(config, window_ns, status, at, key, s));
+            },
+        );
     }
 
-    /// Resolves the subjects without a reset for a whole window before `now_ns`.
+    /// Resolves the subjects whose count fell back to their release level before `now_ns`.
     pub fn tick(&mut self, now_ns: u64, alerts: &mut Vec<Alert>) {
         let window_ns = self.subjects.window_ns();
         let config = &self.config;
         self.subjects.tick(
             now_ns,
-            |_| 0,
+            |s| storm_release(config.factor, s.baseline.mean()),
             |at, key, subj| alerts.push(alert(config, window_ns, Status::Resolved, at, *key, subj)),
         );
     }
@@ -124,10 +139,14 @@ fn alert(
     } else {
         format!("connections with {}", key.1)
     };
+    let mean = subj.baseline.mean();
+    let threshold = storm_threshold(config.count, config.factor, mean);
     let reason = match status {
         Status::Firing => format!(
             "{observed} {what} ended by a reset within {} s ({sent} RST sent, {received} \
-                 received): {}",
+                 received; usually {:.2} per {} s): {}",
+            config.window_s,
+            rounded(mean),
             config.window_s,
             if listener {
                 "check whether the service aborts connections or its clients give up"
@@ -135,9 +154,16 @@ fn alert(
                 "check whether that host refuses or aborts this host's connections"
             }
         ),
-        Status::Resolved => format!(
+        Status::Resolved if observed == 0 => format!(
             "no {what} ended by a reset for {} s ({} while firing)",
             config.window_s, subj.total
+        ),
+        Status::Resolved => format!(
+            "{what} ended by a reset are back to {observed} within {} s, near the usual {:.2} \
+             ({} while firing)",
+            config.window_s,
+            rounded(mean),
+            subj.total
         ),
     };
     let mut evidence = BTreeMap::new();
@@ -145,6 +171,9 @@ fn alert(
     evidence.insert("resets_sent", json!(sent));
     evidence.insert("resets_received", json!(received));
     evidence.insert("total", json!(subj.total));
+    evidence.insert("baseline", json!(rounded(mean)));
+    evidence.insert("factor", json!(config.factor));
+    evidence.insert("floor", json!(config.count));
     Alert {
         rule: "rst_storm",
         status,
@@ -157,7 +186,7 @@ fn alert(
             destination: Some((key.1, key.2)),
         },
         observed,
-        threshold: config.count,
+        threshold,
         window_s: config.window_s,
         evidence,
         samples: in_window

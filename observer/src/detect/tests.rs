@@ -15,40 +15,41 @@ use crate::track::{
     zeek::History,
 };
 
-const S: u64 = 1_000_000_000;
-const NETNS: u32 = 4_026_532_000;
+pub(super) const S: u64 = 1_000_000_000;
+pub(super) const NETNS: u32 = 4_026_532_000;
 
-fn uid(n: u8) -> Uid {
+pub(super) fn uid(n: u8) -> Uid {
     let mut u = *b"C00000000000000000";
     u[17] = b'a' + n;
     Uid(u)
 }
 
-fn process(pid: u32, name: &str) -> Process {
+pub(super) fn process(pid: u32, name: &str) -> Process {
     let mut comm = [0u8; observer_common::COMM_LEN];
     comm[..name.len()].copy_from_slice(name.as_bytes());
     Process { pid, uid: 0, comm }
 }
 
-fn ip(last: u8) -> IpAddr {
+pub(super) fn ip(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
 }
 
-fn only(rules: Config) -> Detector {
+pub(super) fn only(rules: Config) -> Detector {
     Detector::new(&rules)
 }
 
-fn none() -> Config {
+pub(super) fn none() -> Config {
     Config {
         close_wait: None,
         connect_failures: None,
         event_loss: None,
         rst_storm: None,
+        retransmit_storm: None,
     }
 }
 
 /// (rule, status, time in s, observed) of each alert.
-fn summary(alerts: &[Alert]) -> Vec<(&'static str, Status, u64, u64)> {
+pub(super) fn summary(alerts: &[Alert]) -> Vec<(&'static str, Status, u64, u64)> {
     alerts
         .iter()
         .map(|a| (a.rule, a.status, a.ts_ns / S, a.observed))
@@ -143,7 +144,13 @@ fn close_wait_alert_names_the_process_peers_and_port() {
     assert_eq!(alerts[0].evidence["peak"], 2);
 }
 
-fn failed(n: u8, end_s: u64, port: u16, reason: &'static str, state: &'static str) -> Output {
+pub(super) fn failed(
+    n: u8,
+    end_s: u64,
+    port: u16,
+    reason: &'static str,
+    state: &'static str,
+) -> Output {
     let st = ConnState::zeroed();
     Output::Connection(ConnRecord {
         kind: RecordKind::Closed,
@@ -194,12 +201,12 @@ fn failed(n: u8, end_s: u64, port: u16, reason: &'static str, state: &'static st
     clippy::large_enum_variant,
     reason = "a short constructed stream, built once per test"
 )]
-enum Step {
+pub(super) enum Step {
     R(Output),
     T(u64),
 }
 
-fn run(d: &mut Detector, steps: Vec<Step>) -> Vec<Alert> {
+pub(super) fn run(d: &mut Detector, steps: Vec<Step>) -> Vec<Alert> {
     let mut alerts = Vec::new();
     for step in steps {
         match step {
@@ -383,7 +390,7 @@ fn disabled_rules_raise_nothing() {
     assert!(alerts.is_empty(), "{alerts:#?}");
 }
 
-fn reset(n: u8, end_s: u64, role: Role, port: u16, sent: u32, received: u32) -> Output {
+pub(super) fn reset(n: u8, end_s: u64, role: Role, port: u16, sent: u32, received: u32) -> Output {
     let Output::Connection(mut c) = failed(n, end_s, port, "rst_received", "RSTR") else {
         unreachable!()
     };
@@ -400,6 +407,7 @@ fn rst_storm_per_listener_and_per_remote_host() {
         rst_storm: Some(rst_storm::Config {
             count: 3,
             window_s: 5,
+            factor: 10,
         }),
         ..none()
     });

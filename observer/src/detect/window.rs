@@ -20,7 +20,7 @@ use std::{
     hash::Hash,
 };
 
-use super::NS;
+use super::{NS, Status};
 
 /// One counted occurrence.
 #[derive(Debug, Clone, Copy)]
@@ -58,12 +58,12 @@ impl<T> Window<T> {
         }
     }
 
-    /// The items still inside the window at `t`.
+    /// The items inside the window that ends at `t`: (t - window, t].
     #[must_use = "an iterator does nothing unless consumed"]
     pub fn at(&self, window_ns: u64, t: u64) -> impl DoubleEndedIterator<Item = &Item<T>> {
         self.items
             .iter()
-            .filter(move |i| i.ts_ns.saturating_add(window_ns) > t)
+            .filter(move |i| i.ts_ns.saturating_add(window_ns) > t && i.ts_ns <= t)
     }
 
     /// The sum of the weights inside the window at `t`.
@@ -167,6 +167,44 @@ impl Baseline {
     }
 }
 
+/// How much of each new epoch a baseline learns: 0.2 remembers about five windows (50 s with
+/// the default 10 s windows, like netdata's one-minute average behind its RST alarm).
+pub const BASELINE_ALPHA: f64 = 0.2;
+
+/// The firing level of a rate rule with a baseline: `factor` × the learnt mean per window,
+/// rounded up, and never below `floor`.
+#[must_use]
+pub fn storm_threshold(floor: u64, factor: u64, mean: f64) -> u64 {
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "a non-negative mean of small counts"
+    )]
+    let learnt = (factor as f64 * mean).ceil() as u64;
+    floor.max(learnt)
+}
+
+/// The release level of a rate rule with a baseline: half of `factor` × the learnt mean,
+/// rounded down; 0 (a whole window without an item) while nothing was learnt.
+#[must_use]
+pub fn storm_release(factor: u64, mean: f64) -> u64 {
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "a non-negative mean of small counts"
+    )]
+    let release = (factor as f64 * mean / 2.0).floor() as u64;
+    release
+}
+
+/// A mean for an alert line: two decimals.
+#[must_use]
+pub fn rounded(mean: f64) -> f64 {
+    (mean * 100.0).round() / 100.0
+}
+
 /// One subject's window and hysteresis state.
 #[derive(Debug)]
 pub struct Subject<T> {
@@ -188,6 +226,19 @@ impl<T> Default for Subject<T> {
             total: 0,
             baseline: Baseline::default(),
         }
+    }
+}
+
+impl<T> Subject<T> {
+    /// When a firing subject's sum falls to `release`: never before it fired.
+    fn clears_at(&self, window_ns: u64, release: u64) -> u64 {
+        self.window.clears_at(window_ns, release).max(self.fired_ns)
+    }
+
+    fn resolve(&mut self, at: u64) {
+        self.firing = false;
+        self.total = 0;
+        self.baseline.thaw(at);
     }
 }
 
@@ -227,42 +278,51 @@ impl<K: Copy + Eq + Hash + Ord, T> Windows<K, T> {
         self.subjects.get(key)
     }
 
-    /// Counts one item for `key`. `threshold` is asked, before the item counts, for the level
-    /// that fires this subject (from its baseline, if it has one). Returns the subject when
-    /// this item made it fire.
+    /// Counts one item for `key`. `levels` gives the subject's (threshold, release) levels
+    /// (from its baseline, if it has one), asked before the item counts. `change` hears of a
+    /// resolve the item shows happened before it (no tick came in between), then of the
+    /// firing this item causes.
     pub fn push(
         &mut self,
         key: K,
         item: Item<T>,
-        threshold: impl FnOnce(&Subject<T>) -> u64,
-    ) -> Option<&Subject<T>> {
+        levels: impl Fn(&Subject<T>) -> (u64, u64),
+        mut change: impl FnMut(Status, u64, &Subject<T>),
+    ) {
         let window_ns = self.window_ns;
         let subj = self.subjects.entry(key).or_default();
-        if let Some(alpha) = self.alpha {
-            subj.baseline.advance(window_ns, alpha, item.ts_ns);
-        }
-        let threshold = threshold(subj);
-        if let Some(alpha) = self.alpha {
-            subj.baseline.add(window_ns, alpha, item.ts_ns, item.weight);
-        }
         let (ts, weight) = (item.ts_ns, item.weight);
+        if subj.firing {
+            let at = subj.clears_at(window_ns, levels(subj).1);
+            if at <= ts {
+                change(Status::Resolved, at, subj);
+                subj.resolve(at);
+            }
+        }
+        if let Some(alpha) = self.alpha {
+            subj.baseline.advance(window_ns, alpha, ts);
+        }
+        let threshold = levels(subj).0;
+        if let Some(alpha) = self.alpha {
+            subj.baseline.add(window_ns, alpha, ts, weight);
+        }
         subj.window.push(window_ns, item);
         if subj.firing {
             subj.total = subj.total.saturating_add(weight);
-            return None;
+            return;
         }
         let sum = subj.window.sum_at(window_ns, ts);
         if sum < threshold {
-            return None;
+            return;
         }
         subj.firing = true;
         subj.fired_ns = ts;
         subj.total = sum;
         subj.baseline.freeze();
-        Some(subj)
+        change(Status::Firing, ts, subj);
     }
 
-    /// Time passed up to `now_ns`. A firing subject whose window sum fell to its `release`
+    /// Time passed up to `now_ns`. A firing subject whose window sum fell to its release
     /// level by then resolves: `resolved(ts, key, subject)` is called with the moment it fell,
     /// in time order. Subjects with an empty window and no baseline are then forgotten.
     pub fn tick(
@@ -277,7 +337,7 @@ impl<K: Copy + Eq + Hash + Ord, T> Windows<K, T> {
             .iter()
             .filter(|(_, s)| s.firing)
             .filter_map(|(k, s)| {
-                let at = s.window.clears_at(window_ns, release(s)).max(s.fired_ns);
+                let at = s.clears_at(window_ns, release(s));
                 (at <= now_ns).then_some((at, *k))
             })
             .collect();
@@ -285,9 +345,7 @@ impl<K: Copy + Eq + Hash + Ord, T> Windows<K, T> {
         for (at, key) in due {
             if let Some(subj) = self.subjects.get_mut(&key) {
                 resolved(at, &key, subj);
-                subj.firing = false;
-                subj.total = 0;
-                subj.baseline.thaw(at);
+                subj.resolve(at);
             }
         }
         let alpha = self.alpha;
@@ -336,11 +394,19 @@ mod tests {
         let mut out = Vec::new();
         for step in steps {
             match *step {
-                Step::P(t, weight) => {
-                    if let Some(s) = w.push(1, item(t, weight), |_| threshold) {
-                        out.push(("fire", t, s.total));
-                    }
-                }
+                Step::P(t, weight) => w.push(
+                    1,
+                    item(t, weight),
+                    |_| (threshold, release),
+                    |status, at, s| {
+                        let what = if status == Status::Firing {
+                            "fire"
+                        } else {
+                            "resolve"
+                        };
+                        out.push((what, at / S, s.total));
+                    },
+                ),
                 Step::T(t) => w.tick(
                     t * S,
                     |_| release,
@@ -351,10 +417,21 @@ mod tests {
         out
     }
 
+    /// (name, window in s, threshold, release, the stream, what it must give).
+    type Case = (
+        &'static str,
+        u64,
+        u64,
+        u64,
+        &'static [Step],
+        &'static [(&'static str, u64, u64)],
+    );
+
     #[test]
+    #[expect(clippy::too_many_lines, reason = "a table of cases")]
     fn fires_at_the_threshold_holds_and_resolves_after_the_quiet_window() {
         use Step::{P, T};
-        let cases: &[(&str, u64, u64, u64, &[Step], &[(&str, u64, u64)])] = &[
+        let cases: &[Case] = &[
             (
                 "below the threshold: nothing",
                 10,
@@ -434,6 +511,19 @@ mod tests {
                 &[("fire", 2, 2), ("resolve", 7, 5)],
             ),
             (
+                "no tick in between: the next item resolves the first burst before it counts",
+                10,
+                2,
+                0,
+                &[P(1, 1), P(2, 1), P(30, 1), P(31, 1), T(50)],
+                &[
+                    ("fire", 2, 2),
+                    ("resolve", 12, 2),
+                    ("fire", 31, 2),
+                    ("resolve", 41, 2),
+                ],
+            ),
+            (
                 "a burst, a quiet window, a burst: two firings",
                 10,
                 3,
@@ -457,11 +547,7 @@ mod tests {
             ),
         ];
         for (name, window_s, threshold, release, steps, want) in cases {
-            assert_eq!(
-                run(*window_s, *threshold, *release, steps),
-                *want,
-                "{name}"
-            );
+            assert_eq!(run(*window_s, *threshold, *release, steps), *want, "{name}");
         }
     }
 
@@ -469,12 +555,35 @@ mod tests {
     fn resolves_in_time_order_and_forgets_quiet_subjects() {
         let mut w: Windows<u8, u8> = Windows::new(5);
         for (key, t) in [(2, 3), (2, 3), (1, 4), (1, 4)] {
-            let _ = w.push(key, item(t, 1), |_| 2);
+            w.push(key, item(t, 1), |_| (2, 0), |_, _, _| {});
         }
         let mut out = Vec::new();
         w.tick(20 * S, |_| 0, |at, k, _| out.push((at / S, *k)));
         assert_eq!(out, [(8, 2), (9, 1)]);
         assert!(w.get(&1).is_none() && w.get(&2).is_none());
+    }
+
+    #[test]
+    fn storm_levels_from_floor_factor_and_baseline() {
+        // (floor, factor, mean) → (threshold, release)
+        let cases = [
+            ((20, 10, 0.0), (20, 0)),
+            ((20, 10, 0.3), (20, 1)),
+            ((20, 10, 1.99), (20, 9)),
+            ((20, 10, 2.01), (21, 10)),
+            ((20, 10, 7.5), (75, 37)),
+            ((5, 3, 4.0), (12, 6)),
+        ];
+        for ((floor, factor, mean), want) in cases {
+            assert_eq!(
+                (
+                    storm_threshold(floor, factor, mean),
+                    storm_release(factor, mean)
+                ),
+                want,
+                "floor {floor} factor {factor} mean {mean}"
+            );
+        }
     }
 
     #[test]

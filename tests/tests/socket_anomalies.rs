@@ -1,0 +1,171 @@
+//! The anomaly rules about sockets that misbehave (docs/anomalies.md), provoked for real in the
+//! test's own namespace: `retransmit_storm`, `fin_wait_2_stuck`, `time_wait_pressure`. Each
+//! fires with the exact subject and evidence, resolves after, and replays to the same alerts.
+
+use std::time::Duration;
+
+use observer_tests::{
+    NetNs, Peer,
+    anomaly::{ANOMALY, Recording, check_common, wait_alerts},
+    field, parse_ts, privileged, sh,
+};
+use serde_json::{Value, json};
+
+/// `tcp.retransmits_data` of a connection record.
+fn data_retransmits(c: &Value) -> u64 {
+    field(c, "tcp.retransmits_data")
+        .as_u64()
+        .expect("retransmits_data")
+}
+
+fn end_us(c: &Value) -> i64 {
+    parse_ts(field(c, "event.end").as_str().expect("event.end"))
+}
+
+/// One client → server transfer of `bytes`, both ends closed.
+fn transfer(client: &mut Peer, server: &mut Peer, port: u16, bytes: usize) {
+    client.port(&format!("connect 4 127.0.0.1 {port}"), "local_port");
+    server.ok("accept");
+    client.ok(&format!("send {bytes}"));
+    server.ok(&format!("recv {bytes}"));
+    client.ok("close");
+    server.ok("wait_eof");
+    server.ok("close");
+}
+
+#[test]
+#[expect(clippy::too_many_lines, reason = "one scenario, checked field by field")]
+fn retransmit_storm_names_the_remote_and_process_and_resolves_when_loss_stops() {
+    if !privileged("retransmit_storm_names_the_remote_and_process_and_resolves_when_loss_stops") {
+        return;
+    }
+    let ns = NetNs::new("rt");
+    // Ethernet-sized segments, so a transfer is many of them.
+    sh("ip", &["-n", &ns.name, "link", "set", "lo", "mtu", "1500"]);
+    let (obs, recording) = Recording::start(
+        &ns,
+        &[
+            "--anomalies",
+            "--connect-failures",
+            "0",
+            "--rst-storm",
+            "0",
+            "--retransmit-storm",
+            "10",
+            "--retransmit-storm-window",
+            "3",
+        ],
+    );
+    let mut server = Peer::spawn(&ns, "obs-rt-server");
+    let mut client = Peer::spawn(&ns, "obs-rt-client");
+    let port = server.port("listen 4 127.0.0.1", "port");
+    // A lossy path towards the server: 30% of the client's large data segments lost on
+    // arrival (handshakes, FINs and ACKs pass). netem is not in this kernel; nft's numgen is.
+    // Dropped on input, not output: a drop in the output hook fails the sender's transmit,
+    // which TCP just repeats without counting a retransmission.
+    ns.nft(&format!(
+        "add table inet obs; \
+         add chain inet obs in {{ type filter hook input priority 0; }}; \
+         add rule inet obs in tcp dport {port} meta length > 1000 numgen random mod 10 < 3 drop"
+    ));
+    for _ in 0..6 {
+        transfer(&mut client, &mut server, port, 60_000);
+    }
+    let fired = wait_alerts(&obs, 1, Duration::from_secs(10));
+    // The loss stops; clean transfers follow.
+    ns.nft("delete table inet obs");
+    for _ in 0..3 {
+        transfer(&mut client, &mut server, port, 60_000);
+    }
+    let both = wait_alerts(&obs, 2, Duration::from_secs(10));
+    assert_eq!(both[0], fired[0]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let stopped = obs.stop();
+    stopped.assert_clean();
+    let alerts = stopped.dataset(ANOMALY);
+    assert_eq!(alerts, both, "fired and resolved once: {alerts:#?}");
+
+    let records = stopped.dataset("observer.connection");
+    assert_eq!(records.len(), 18, "{records:#?}");
+    let (clients, servers): (Vec<&Value>, Vec<&Value>) = records
+        .iter()
+        .partition(|c| field(c, "conn.role") == "client");
+    assert!(
+        servers.iter().all(|c| data_retransmits(c) == 0),
+        "only the client's direction is lossy: {servers:#?}"
+    );
+    let lossy: Vec<&Value> = clients
+        .iter()
+        .copied()
+        .filter(|c| data_retransmits(c) > 0)
+        .collect();
+    assert!(
+        clients[6..].iter().all(|c| data_retransmits(c) == 0),
+        "clean after the rule went: {clients:#?}"
+    );
+    // The record that crossed 10 within 3 s fires; the window then holds those of the last 3 s.
+    let window_us = 3_000_000;
+    let (at, in_window) = (0..lossy.len())
+        .find_map(|i| {
+            let end = end_us(lossy[i]);
+            let inside: Vec<&Value> = lossy[..=i]
+                .iter()
+                .copied()
+                .filter(|c| end_us(c) > end - window_us)
+                .collect();
+            (inside.iter().map(|c| data_retransmits(c)).sum::<u64>() >= 10).then_some((i, inside))
+        })
+        .expect("a window with 10 retransmits");
+    let observed: u64 = in_window.iter().map(|c| data_retransmits(c)).sum();
+
+    let a = &alerts[0];
+    check_common(a, "retransmit_storm", "firing");
+    assert_eq!(field(a, "anomaly.scope"), "remote", "{a}");
+    assert_eq!(field(a, "destination.ip"), "127.0.0.1", "{a}");
+    assert_eq!(field(a, "destination.port"), &Value::Null, "a host: {a}");
+    assert_eq!(field(a, "process.pid"), client.pid, "{a}");
+    assert_eq!(field(a, "process.name"), "obs-rt-client", "{a}");
+    assert_eq!(field(a, "anomaly.observed"), observed, "{a}");
+    assert_eq!(
+        field(a, "anomaly.threshold"),
+        10,
+        "no baseline yet: the floor: {a}"
+    );
+    assert_eq!(field(a, "anomaly.floor"), 10, "{a}");
+    assert_eq!(field(a, "anomaly.factor"), 10, "default factor: {a}");
+    assert_eq!(field(a, "anomaly.baseline"), 0.0, "{a}");
+    assert_eq!(field(a, "anomaly.window_s"), 3, "{a}");
+    assert_eq!(field(a, "anomaly.connections"), in_window.len(), "{a}");
+    let sent: u64 = in_window
+        .iter()
+        .map(|c| field(c, "source.packets").as_u64().expect("packets"))
+        .sum();
+    assert_eq!(field(a, "anomaly.segments_sent"), sent, "{a}");
+    assert_eq!(field(a, "@timestamp"), field(lossy[at], "event.end"), "{a}");
+    let uids: Vec<&Value> = in_window
+        .iter()
+        .rev()
+        .take(5)
+        .map(|c| field(c, "conn.uid"))
+        .collect();
+    assert_eq!(field(a, "conn.uids"), &json!(uids), "newest first: {a}");
+
+    let r = &alerts[1];
+    check_common(r, "retransmit_storm", "resolved");
+    assert_eq!(field(r, "destination.ip"), "127.0.0.1", "{r}");
+    assert_eq!(field(r, "anomaly.observed"), 0, "{r}");
+    let total = observed
+        + lossy[at + 1..]
+            .iter()
+            .map(|c| data_retransmits(c))
+            .sum::<u64>();
+    assert_eq!(field(r, "anomaly.total"), total, "{r}");
+    let last = end_us(lossy[lossy.len() - 1]);
+    let resolved = parse_ts(field(r, "@timestamp").as_str().expect("ts"));
+    assert_eq!(
+        resolved - last,
+        window_us,
+        "a whole window after the last: {r}"
+    );
+    recording.assert_replays(&alerts);
+}
