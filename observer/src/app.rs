@@ -267,7 +267,7 @@ impl Pipeline {
         match event {
             Event::Tracked(t) => {
                 let waiting = if detector.wants_table() {
-                    self.tracker.close_waiting()
+                    self.tracker.stuck_sockets()
                 } else {
                     Vec::new()
                 };

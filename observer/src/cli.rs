@@ -152,7 +152,7 @@ pub struct AnomalyArgs {
         long,
         help = "Detect anomalies and write alerts (event.dataset = observer.anomaly, \
                 docs/anomalies.md). Reads the kernel's socket table every second while \
-                close_wait_stuck is on"
+                close_wait_stuck or fin_wait_2_stuck is on"
     )]
     pub anomalies: bool,
     /// `close_wait_stuck`: a socket is stuck after this long in `CLOSE_WAIT`.
@@ -161,6 +161,13 @@ pub struct AnomalyArgs {
     /// `close_wait_stuck`: fires when one process holds this many stuck sockets (0: off).
     #[arg(long, value_name = "N", default_value_t = detect::close_wait::DEFAULT_MIN)]
     pub close_wait_min: u64,
+    /// `fin_wait_2_stuck`: a socket is stuck after this long in `FIN_WAIT2` (its process shut
+    /// down writing; the peer never closed).
+    #[arg(long, value_name = "SECONDS", default_value_t = detect::fin_wait_2::DEFAULT_AFTER_S, value_parser = clap::value_parser!(u64).range(1..))]
+    pub fin_wait_2_after: u64,
+    /// `fin_wait_2_stuck`: fires when one process holds this many stuck sockets (0: off).
+    #[arg(long, value_name = "N", default_value_t = detect::fin_wait_2::DEFAULT_MIN)]
+    pub fin_wait_2_min: u64,
     /// `connect_failures`: fires at this many refused or timed-out connects to one destination
     /// within the window (0: off).
     #[arg(long, value_name = "N", default_value_t = detect::connect_failures::DEFAULT_COUNT)]
@@ -206,6 +213,10 @@ impl AnomalyArgs {
             close_wait: (self.close_wait_min > 0).then_some(detect::close_wait::Config {
                 after_s: self.close_wait_after,
                 min: self.close_wait_min,
+            }),
+            fin_wait_2: (self.fin_wait_2_min > 0).then_some(detect::fin_wait_2::Config {
+                after_s: self.fin_wait_2_after,
+                min: self.fin_wait_2_min,
             }),
             connect_failures: (self.connect_failures > 0).then_some(
                 detect::connect_failures::Config {

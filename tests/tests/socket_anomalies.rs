@@ -7,7 +7,7 @@ use std::time::Duration;
 use observer_tests::{
     NetNs, Peer,
     anomaly::{ANOMALY, Recording, check_common, wait_alerts},
-    field, parse_ts, privileged, sh,
+    field, now_us, parse_ts, privileged, sh,
 };
 use serde_json::{Value, json};
 
@@ -34,7 +34,10 @@ fn transfer(client: &mut Peer, server: &mut Peer, port: u16, bytes: usize) {
 }
 
 #[test]
-#[expect(clippy::too_many_lines, reason = "one scenario, checked field by field")]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario, checked field by field"
+)]
 fn retransmit_storm_names_the_remote_and_process_and_resolves_when_loss_stops() {
     if !privileged("retransmit_storm_names_the_remote_and_process_and_resolves_when_loss_stops") {
         return;
@@ -166,6 +169,92 @@ fn retransmit_storm_names_the_remote_and_process_and_resolves_when_loss_stops() 
         resolved - last,
         window_us,
         "a whole window after the last: {r}"
+    );
+    recording.assert_replays(&alerts);
+}
+
+#[test]
+fn fin_wait_2_stuck_names_the_process_and_resolves_when_the_peer_closes() {
+    if !privileged("fin_wait_2_stuck_names_the_process_and_resolves_when_the_peer_closes") {
+        return;
+    }
+    let ns = NetNs::new("fw");
+    let (obs, recording) = Recording::start(
+        &ns,
+        &[
+            "--anomalies",
+            "--close-wait-min",
+            "0",
+            "--fin-wait-2-after",
+            "2",
+        ],
+    );
+    let mut server = Peer::spawn(&ns, "obs-fw-server");
+    let mut client = Peer::spawn(&ns, "obs-fw-client");
+    let port = server.port("listen 4 127.0.0.1", "port");
+    let cport = client.port(&format!("connect 4 127.0.0.1 {port}"), "local_port");
+    server.ok("accept");
+    // The client shuts down writing and keeps its socket; the server never closes its end.
+    client.ok("shutdown_wr");
+    let shut_at = now_us();
+    ns.wait_tcp_state(cport, "fin-wait-2");
+
+    let fired = wait_alerts(&obs, 1, Duration::from_secs(10));
+    let a = &fired[0];
+    check_common(a, "fin_wait_2_stuck", "firing");
+    assert_eq!(field(a, "process.pid"), client.pid, "{a}");
+    assert_eq!(field(a, "process.name"), "obs-fw-client", "{a}");
+    assert_eq!(field(a, "anomaly.observed"), 1, "{a}");
+    assert_eq!(field(a, "anomaly.threshold"), 1, "default min: {a}");
+    assert_eq!(field(a, "anomaly.window_s"), 2, "{a}");
+    assert_eq!(
+        field(a, "anomaly.peers"),
+        &json!([format!("127.0.0.1:{port}")]),
+        "{a}"
+    );
+    assert_eq!(
+        field(a, "anomaly.listen_ports"),
+        &json!([]),
+        "a client: {a}"
+    );
+    let age = field(a, "anomaly.oldest_age_s").as_u64().expect("age");
+    assert!((2..=4).contains(&age), "{a}");
+    let after = parse_ts(field(a, "@timestamp").as_str().expect("ts")) - shut_at;
+    assert!(
+        (1_990_000..4_500_000).contains(&after),
+        "fired {after} µs after the shutdown: {a}"
+    );
+
+    // The peer closes at last: the client's socket goes on to TIME_WAIT. Resolved, once.
+    server.ok("close");
+    let closed_at = now_us();
+    let both = wait_alerts(&obs, 2, Duration::from_secs(10));
+    let r = &both[1];
+    check_common(r, "fin_wait_2_stuck", "resolved");
+    assert_eq!(field(r, "process.pid"), client.pid, "{r}");
+    assert_eq!(field(r, "anomaly.observed"), 0, "{r}");
+    assert_eq!(field(r, "anomaly.peak"), 1, "{r}");
+    let after = parse_ts(field(r, "@timestamp").as_str().expect("ts")) - closed_at;
+    assert!(
+        after < 2_500_000,
+        "resolved {after} µs after the close: {r}"
+    );
+    client.ok("close");
+
+    std::thread::sleep(Duration::from_millis(1500));
+    let stopped = obs.stop();
+    stopped.assert_clean();
+    let alerts = stopped.dataset(ANOMALY);
+    assert_eq!(alerts, both, "no flapping: {alerts:#?}");
+    let client_record = stopped
+        .dataset("observer.connection")
+        .into_iter()
+        .find(|c| field(c, "conn.role") == "client")
+        .expect("client record");
+    assert_eq!(
+        field(a, "conn.uids"),
+        &json!([field(&client_record, "conn.uid")]),
+        "{a}"
     );
     recording.assert_replays(&alerts);
 }

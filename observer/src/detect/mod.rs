@@ -8,8 +8,10 @@
 pub mod close_wait;
 pub mod connect_failures;
 pub mod event_loss;
+pub mod fin_wait_2;
 pub mod retransmit_storm;
 pub mod rst_storm;
+pub mod stuck;
 pub mod window;
 
 use std::{collections::BTreeMap, net::IpAddr};
@@ -73,6 +75,7 @@ pub struct Alert {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Config {
     pub close_wait: Option<close_wait::Config>,
+    pub fin_wait_2: Option<fin_wait_2::Config>,
     pub connect_failures: Option<connect_failures::Config>,
     pub event_loss: Option<event_loss::Config>,
     pub rst_storm: Option<rst_storm::Config>,
@@ -82,7 +85,8 @@ pub struct Config {
 /// Every enabled rule, fed by the pipeline.
 #[derive(Debug)]
 pub struct Detector {
-    close_wait: Option<close_wait::Rule>,
+    close_wait: Option<stuck::Rule>,
+    fin_wait_2: Option<stuck::Rule>,
     connect_failures: Option<connect_failures::Rule>,
     event_loss: Option<event_loss::Rule>,
     rst_storm: Option<rst_storm::Rule>,
@@ -93,7 +97,8 @@ impl Detector {
     #[must_use]
     pub fn new(config: &Config) -> Self {
         Self {
-            close_wait: config.close_wait.map(close_wait::Rule::new),
+            close_wait: config.close_wait.map(close_wait::rule),
+            fin_wait_2: config.fin_wait_2.map(fin_wait_2::rule),
             connect_failures: config.connect_failures.map(connect_failures::Rule::new),
             event_loss: config.event_loss.map(event_loss::Rule::new),
             rst_storm: config.rst_storm.map(rst_storm::Rule::new),
@@ -104,7 +109,7 @@ impl Detector {
     /// Whether a rule needs the kernel's socket table read regularly (about every second).
     #[must_use]
     pub fn wants_table(&self) -> bool {
-        self.close_wait.is_some()
+        self.close_wait.is_some() || self.fin_wait_2.is_some()
     }
 
     /// One tracker output (a connection or loss record).
@@ -130,9 +135,12 @@ impl Detector {
         }
     }
 
-    /// The sockets in `CLOSE_WAIT` of a kernel table read at `now_ns`.
+    /// The sockets in `CLOSE_WAIT` or `FIN_WAIT2` of a kernel table read at `now_ns`.
     pub fn table(&mut self, now_ns: u64, waiting: &[Waiting], alerts: &mut Vec<Alert>) {
         if let Some(rule) = &mut self.close_wait {
+            rule.table(now_ns, waiting, alerts);
+        }
+        if let Some(rule) = &mut self.fin_wait_2 {
             rule.table(now_ns, waiting, alerts);
         }
         self.tick(now_ns, alerts);
@@ -167,3 +175,6 @@ mod tests;
 
 #[cfg(test)]
 mod storm_tests;
+
+#[cfg(test)]
+mod socket_tests;

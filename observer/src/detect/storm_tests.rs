@@ -89,7 +89,10 @@ fn rst_storm_learns_a_subjects_usual_rate_and_fires_on_factor_times_it() {
         storm.reason
     );
     let back = &alerts[3];
-    assert_eq!(back.evidence["total"], 24, "the burst and the usual four while firing");
+    assert_eq!(
+        back.evidence["total"], 24,
+        "the burst and the usual four while firing"
+    );
     assert_eq!(back.threshold, 14);
 }
 

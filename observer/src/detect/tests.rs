@@ -41,6 +41,7 @@ pub(super) fn only(rules: Config) -> Detector {
 pub(super) fn none() -> Config {
     Config {
         close_wait: None,
+        fin_wait_2: None,
         connect_failures: None,
         event_loss: None,
         rst_storm: None,
@@ -56,8 +57,9 @@ pub(super) fn summary(alerts: &[Alert]) -> Vec<(&'static str, Status, u64, u64)>
         .collect()
 }
 
-fn waiting(n: u8, pid: u32, since_s: u64) -> Waiting {
+pub(super) fn waiting(n: u8, pid: u32, since_s: u64) -> Waiting {
     Waiting {
+        state: observer_common::tcp_state::CLOSE_WAIT,
         uid: uid(n),
         netns: NETNS,
         process: Some(process(pid, "leaky")),

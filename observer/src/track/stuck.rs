@@ -1,5 +1,5 @@
-//! The open connections the detectors look at: sockets in `CLOSE_WAIT`, and since when, as the
-//! latest kernel table describes them.
+//! The open connections the detectors look at: sockets in `CLOSE_WAIT` or `FIN_WAIT2`, and
+//! since when, as the latest kernel table describes them.
 
 use std::net::IpAddr;
 
@@ -12,13 +12,16 @@ use super::{
     record::{Process, Uid},
 };
 
-/// One socket in `CLOSE_WAIT`: the peer closed, its owner has not.
+/// One socket waiting on a close: in `CLOSE_WAIT` (the peer closed, its owner has not) or in
+/// `FIN_WAIT2` (its owner shut down writing, the peer has not closed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Waiting {
+    /// `tcp_state::CLOSE_WAIT` or `tcp_state::FIN_WAIT2`.
+    pub state: u8,
     pub uid: Uid,
     pub netns: u32,
     pub process: Option<Process>,
-    /// When it entered `CLOSE_WAIT` (`CLOCK_BOOTTIME`).
+    /// When it entered that state (`CLOCK_BOOTTIME`).
     pub since_ns: u64,
     pub local: (IpAddr, u16),
     pub remote: (IpAddr, u16),
@@ -27,18 +30,21 @@ pub struct Waiting {
 }
 
 impl Tracker {
-    /// The admitted sockets in `CLOSE_WAIT` whose entry into it the kernel recorded. Sockets
-    /// that were already in it when the observer started have no known age and are left out.
+    /// The admitted sockets in `CLOSE_WAIT` or `FIN_WAIT2` whose entry into it the kernel
+    /// recorded. Sockets that were already in it when the observer started have no known age
+    /// and are left out. (An orphaned `FIN_WAIT2`, closed by its process, becomes a time-wait
+    /// mini socket the kernel reaps after `tcp_fin_timeout`; it is not here.)
     #[must_use]
-    pub fn close_waiting(&self) -> Vec<Waiting> {
+    pub fn stuck_sockets(&self) -> Vec<Waiting> {
         let mut out: Vec<Waiting> = self
             .live
             .iter()
             .filter_map(|(&cookie, open)| {
                 let st = open.kernel.as_ref()?;
                 let n = usize::from(st.n_transitions).min(st.ts.len());
+                let state = last_state(st);
                 if n == 0
-                    || last_state(st) != tcp_state::CLOSE_WAIT
+                    || !matches!(state, tcp_state::CLOSE_WAIT | tcp_state::FIN_WAIT2)
                     || !self.filter.admits_ports(open.netns, open.key.1, open.key.3)
                 {
                     return None;
@@ -58,6 +64,7 @@ impl Tracker {
                     })
                 });
                 Some(Waiting {
+                    state,
                     uid: self.uid(cookie),
                     netns: open.netns,
                     process,
