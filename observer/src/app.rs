@@ -48,6 +48,8 @@ const COUNTERS_EVERY: Duration = Duration::from_secs(1);
 const TABLE_EVERY: Duration = Duration::from_millis(500);
 /// How often the kernel's socket table is read for the detectors that need it.
 const DETECT_TABLE_EVERY: Duration = Duration::from_secs(1);
+/// How often the time-wait sockets are counted for `time_wait_pressure`.
+const TIME_WAIT_EVERY: Duration = Duration::from_secs(2);
 
 /// Entry point of the binary.
 #[must_use]
@@ -214,6 +216,15 @@ impl Pipeline {
         self.event(&Event::Tracked(Tracked { ts_ns, states }));
     }
 
+    /// The time-wait sockets of every namespace (or of `netns`), counted now for the detectors.
+    fn time_wait_census(&mut self, netns: Option<u32>) {
+        let (census, warnings) = gather::time_wait_census(kernel::boottime_ns(), netns);
+        for w in warnings {
+            eprintln!("observer: warning: {w}");
+        }
+        self.event(&Event::Fact(Box::new(Fact::TimeWait(census))));
+    }
+
     /// Every TCP socket of the host, listed now for `purpose`; returned for a snapshot.
     fn scan(&mut self, purpose: Purpose, ring: &mut Ring) -> Option<SocketScan> {
         let ts_ns = kernel::boottime_ns();
@@ -274,6 +285,11 @@ impl Pipeline {
                 detector.table(t.ts_ns, &waiting, &mut self.alerts);
             }
             Event::Counters(c) => detector.tick(c.ts_ns, &mut self.alerts),
+            Event::Fact(f) => {
+                if let Fact::TimeWait(census) = &**f {
+                    detector.time_wait(census, &mut self.alerts);
+                }
+            }
             _ => {}
         }
     }
@@ -440,6 +456,7 @@ async fn live(
     let updates = Duration::from_secs(args.update_interval.max(1));
     let mut update_tick = tokio::time::interval_at(tokio::time::Instant::now() + updates, updates);
     let mut last_table = Instant::now();
+    let mut last_census = Instant::now();
     let control = if args.control_socket.as_os_str() == "none" {
         None
     } else {
@@ -494,6 +511,12 @@ async fn live(
                 {
                     pipeline.table(probe, ring.get_mut());
                     last_table = Instant::now();
+                }
+                if pipeline.detector.as_ref().is_some_and(Detector::wants_time_wait)
+                    && last_census.elapsed() >= TIME_WAIT_EVERY
+                {
+                    pipeline.time_wait_census(header.netns);
+                    last_census = Instant::now();
                 }
                 pipeline.flush(kernel::boottime_ns())
             }

@@ -197,6 +197,10 @@ pub struct AnomalyArgs {
     /// that is above the floor.
     #[arg(long, value_name = "N", default_value_t = detect::retransmit_storm::DEFAULT_FACTOR, value_parser = clap::value_parser!(u64).range(1..))]
     pub retransmit_storm_factor: u64,
+    /// `time_wait_pressure`: fires when the `TIME_WAIT` sockets from one local ip to one
+    /// destination reach this percentage of the namespace's ephemeral port range (0: off).
+    #[arg(long, value_name = "PERCENT", default_value_t = detect::time_wait::DEFAULT_PERCENT, value_parser = clap::value_parser!(u64).range(0..=100))]
+    pub time_wait_pressure: u64,
     /// `event_loss`: fires at this many events lost by the observer within the window (0: off).
     #[arg(long, value_name = "N", default_value_t = detect::event_loss::DEFAULT_COUNT)]
     pub event_loss: u64,
@@ -236,6 +240,9 @@ impl AnomalyArgs {
                     factor: self.retransmit_storm_factor,
                 },
             ),
+            time_wait: (self.time_wait_pressure > 0).then_some(detect::time_wait::Config {
+                percent: self.time_wait_pressure,
+            }),
             event_loss: (self.event_loss > 0).then_some(detect::event_loss::Config {
                 count: self.event_loss,
                 window_s: self.event_loss_window,

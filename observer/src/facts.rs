@@ -27,6 +27,25 @@ pub enum Fact {
     Cgroup { id: u64, path: String },
     /// The TCP sockets of every network namespace.
     Sockets(SocketScan),
+    /// The time-wait sockets of every network namespace, counted (`time_wait_pressure`).
+    TimeWait(TimeWaitCensus),
+}
+
+/// Time-wait sockets per (netns, local ip, remote ip:port), and each namespace's ephemeral
+/// port range, read at `ts_ns`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeWaitCensus {
+    pub ts_ns: u64,
+    pub namespaces: Vec<NetnsTimeWait>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetnsTimeWait {
+    pub netns: u32,
+    /// `net.ipv4.ip_local_port_range` (inclusive); `None` if unreadable.
+    pub port_range: Option<(u16, u16)>,
+    /// (local ip, remote address, time-wait sockets), sorted.
+    pub pairs: Vec<(std::net::IpAddr, SocketAddr, u32)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,7 +13,10 @@ use std::collections::HashSet;
 use observer_common::{ConnState, conn_flag};
 
 use crate::{
-    facts::{Fact, Holder, ProcessFact, Purpose, SeenCounters, SeenSocket, SocketScan},
+    facts::{
+        Fact, Holder, NetnsTimeWait, ProcessFact, Purpose, SeenCounters, SeenSocket, SocketScan,
+        TimeWaitCensus,
+    },
     kernel::sockdiag::{self, TcpSocket},
     procs::{self, CgroupIndex},
 };
@@ -47,6 +50,29 @@ pub fn scan(ts_ns: u64, purpose: Purpose, holders: bool) -> (SocketScan, Vec<Str
         },
         warnings,
     )
+}
+
+/// Counts the time-wait sockets of every network namespace (or only of `netns`) per (local
+/// ip, remote ip:port), with each namespace's ephemeral port range. One kernel-filtered dump
+/// per namespace: it lists time-wait sockets only.
+#[must_use]
+pub fn time_wait_census(ts_ns: u64, netns: Option<u32>) -> (TimeWaitCensus, Vec<String>) {
+    let (dumps, warnings) = sockdiag::time_wait_all(netns);
+    let namespaces = dumps
+        .into_iter()
+        .map(|d| {
+            let mut counts: std::collections::BTreeMap<_, u32> = std::collections::BTreeMap::new();
+            for s in &d.sockets {
+                *counts.entry((s.local.ip(), s.remote)).or_default() += 1;
+            }
+            NetnsTimeWait {
+                netns: d.inode,
+                port_range: d.port_range,
+                pairs: counts.into_iter().map(|((l, r), n)| (l, r, n)).collect(),
+            }
+        })
+        .collect();
+    (TimeWaitCensus { ts_ns, namespaces }, warnings)
 }
 
 fn holder(pid: u32) -> Holder {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use observer_tests::{
     NetNs, Peer,
     anomaly::{ANOMALY, Recording, check_common, wait_alerts},
-    field, now_us, parse_ts, privileged, sh,
+    field, now_us, parse_ts, privileged, sh, wait_for,
 };
 use serde_json::{Value, json};
 
@@ -256,5 +256,121 @@ fn fin_wait_2_stuck_names_the_process_and_resolves_when_the_peer_closes() {
         &json!([field(&client_record, "conn.uid")]),
         "{a}"
     );
+    recording.assert_replays(&alerts);
+}
+
+/// The time-wait sockets in the namespace, as `ss` counts them.
+fn time_waits(ns: &NetNs) -> usize {
+    sh(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &ns.name,
+            "ss",
+            "-Htan",
+            "state",
+            "time-wait",
+        ],
+    )
+    .lines()
+    .count()
+}
+
+#[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario, checked field by field"
+)]
+fn time_wait_pressure_names_the_churning_process_against_the_port_range() {
+    if !privileged("time_wait_pressure_names_the_churning_process_against_the_port_range") {
+        return;
+    }
+    let ns = NetNs::new("tw");
+    // A hundred ephemeral ports, and no early reuse of time-wait ones.
+    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40099");
+    ns.sysctl("net.ipv4.tcp_tw_reuse", "0");
+    let (obs, recording) = Recording::start(&ns, &["--anomalies"]);
+    let mut server = Peer::spawn(&ns, "obs-tw-server");
+    let mut client = Peer::spawn(&ns, "obs-tw-client");
+    let port = server.port("listen 4 127.0.0.1", "port");
+    // The client churns: connect, close first (its port goes to TIME_WAIT for 60 s).
+    for _ in 0..60 {
+        let cport = client.port(&format!("connect 4 127.0.0.1 {port}"), "local_port");
+        assert!((40_000..=40_099).contains(&cport), "{cport}");
+        server.ok("accept");
+        client.ok("close");
+        server.ok("wait_eof");
+        server.ok("close");
+    }
+    assert_eq!(time_waits(&ns), 60);
+    let fired = wait_alerts(&obs, 1, Duration::from_secs(10));
+    let a = &fired[0];
+    check_common(a, "time_wait_pressure", "firing");
+    assert_eq!(field(a, "process.pid"), client.pid, "{a}");
+    assert_eq!(field(a, "process.name"), "obs-tw-client", "{a}");
+    assert_eq!(field(a, "destination.ip"), "127.0.0.1", "{a}");
+    assert_eq!(field(a, "destination.port"), port, "{a}");
+    assert_eq!(field(a, "anomaly.local_ip"), "127.0.0.1", "{a}");
+    assert_eq!(field(a, "anomaly.observed"), 60, "{a}");
+    assert_eq!(field(a, "anomaly.threshold"), 50, "50% of 100 ports: {a}");
+    assert_eq!(field(a, "anomaly.percent"), 50, "the default: {a}");
+    assert_eq!(
+        field(a, "anomaly.port_range"),
+        &json!([40000, 40099]),
+        "{a}"
+    );
+    assert_eq!(field(a, "anomaly.port_range_size"), 100, "{a}");
+    assert_eq!(field(a, "anomaly.closed_locally"), 60, "{a}");
+    assert_eq!(field(a, "anomaly.window_s"), 60, "TIME_WAIT's length: {a}");
+
+    // TIME_WAIT lasts 60 s; rather than wait, destroy the time-wait sockets (`ss -K`, which
+    // the kernel's tcp_abort supports for them): the next census sees them drained.
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, "ss", "-K", "state", "time-wait"])
+        .output();
+    wait_for(
+        Duration::from_secs(5),
+        "time-wait sockets destroyed",
+        || (time_waits(&ns) == 0).then_some(()),
+    );
+    let killed_at = now_us();
+    let both = wait_alerts(&obs, 2, Duration::from_secs(10));
+    let r = &both[1];
+    check_common(r, "time_wait_pressure", "resolved");
+    assert_eq!(field(r, "destination.port"), port, "{r}");
+    assert_eq!(field(r, "process.pid"), client.pid, "{r}");
+    assert_eq!(field(r, "anomaly.observed"), 0, "{r}");
+    assert_eq!(field(r, "anomaly.peak"), 60, "{r}");
+    let after = parse_ts(field(r, "@timestamp").as_str().expect("ts")) - killed_at;
+    assert!(
+        after < 2_500_000,
+        "resolved {after} µs after the drain: {r}"
+    );
+
+    std::thread::sleep(Duration::from_millis(1500));
+    let stopped = obs.stop();
+    stopped.assert_clean();
+    let alerts = stopped.dataset(ANOMALY);
+    assert_eq!(alerts, both, "fired and resolved once: {alerts:#?}");
+    let clients: Vec<Value> = stopped
+        .dataset("observer.connection")
+        .into_iter()
+        .filter(|c| field(c, "conn.role") == "client")
+        .collect();
+    assert_eq!(clients.len(), 60);
+    assert!(
+        clients
+            .iter()
+            .all(|c| field(c, "conn.close_initiator") == "local"),
+        "{clients:#?}"
+    );
+    let uids: Vec<&Value> = clients
+        .iter()
+        .rev()
+        .take(5)
+        .map(|c| field(c, "conn.uid"))
+        .collect();
+    assert_eq!(field(a, "conn.uids"), &json!(uids), "newest first: {a}");
     recording.assert_replays(&alerts);
 }

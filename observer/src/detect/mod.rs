@@ -12,12 +12,14 @@ pub mod fin_wait_2;
 pub mod retransmit_storm;
 pub mod rst_storm;
 pub mod stuck;
+pub mod time_wait;
 pub mod window;
 
 use std::{collections::BTreeMap, net::IpAddr};
 
 use serde_json::Value;
 
+use crate::facts::TimeWaitCensus;
 use crate::track::{
     record::{Output, Process, Uid},
     stuck::Waiting,
@@ -80,6 +82,7 @@ pub struct Config {
     pub event_loss: Option<event_loss::Config>,
     pub rst_storm: Option<rst_storm::Config>,
     pub retransmit_storm: Option<retransmit_storm::Config>,
+    pub time_wait: Option<time_wait::Config>,
 }
 
 /// Every enabled rule, fed by the pipeline.
@@ -91,6 +94,7 @@ pub struct Detector {
     event_loss: Option<event_loss::Rule>,
     rst_storm: Option<rst_storm::Rule>,
     retransmit_storm: Option<retransmit_storm::Rule>,
+    time_wait: Option<time_wait::Rule>,
 }
 
 impl Detector {
@@ -103,6 +107,7 @@ impl Detector {
             event_loss: config.event_loss.map(event_loss::Rule::new),
             rst_storm: config.rst_storm.map(rst_storm::Rule::new),
             retransmit_storm: config.retransmit_storm.map(retransmit_storm::Rule::new),
+            time_wait: config.time_wait.map(time_wait::Rule::new),
         }
     }
 
@@ -110,6 +115,20 @@ impl Detector {
     #[must_use]
     pub fn wants_table(&self) -> bool {
         self.close_wait.is_some() || self.fin_wait_2.is_some()
+    }
+
+    /// Whether a rule needs the time-wait sockets counted regularly (every few seconds).
+    #[must_use]
+    pub fn wants_time_wait(&self) -> bool {
+        self.time_wait.is_some()
+    }
+
+    /// A census of time-wait sockets.
+    pub fn time_wait(&mut self, census: &TimeWaitCensus, alerts: &mut Vec<Alert>) {
+        if let Some(rule) = &mut self.time_wait {
+            rule.census(census, alerts);
+        }
+        self.tick(census.ts_ns, alerts);
     }
 
     /// One tracker output (a connection or loss record).
@@ -124,6 +143,9 @@ impl Detector {
                 }
                 if let Some(rule) = &mut self.retransmit_storm {
                     rule.record(c, alerts);
+                }
+                if let Some(rule) = &mut self.time_wait {
+                    rule.record(c);
                 }
             }
             Output::Loss(l) => {

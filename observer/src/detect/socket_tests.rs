@@ -91,3 +91,82 @@ fn fin_wait_2_counts_only_its_state_per_process_and_resolves_when_none_is_left()
         }
     }
 }
+
+fn census(t_s: u64, count: u32) -> crate::facts::TimeWaitCensus {
+    use crate::facts::{NetnsTimeWait, TimeWaitCensus};
+    let dest = std::net::SocketAddr::new(ip(9), 80);
+    TimeWaitCensus {
+        ts_ns: t_s * S,
+        namespaces: vec![
+            NetnsTimeWait {
+                netns: NETNS,
+                port_range: Some((40_000, 40_099)),
+                pairs: vec![(ip(1), dest, count)],
+            },
+            // A namespace whose range could not be read: never judged.
+            NetnsTimeWait {
+                netns: NETNS + 1,
+                port_range: None,
+                pairs: vec![(ip(1), dest, 100_000)],
+            },
+        ],
+    }
+}
+
+#[test]
+fn time_wait_pressure_against_the_port_range_names_the_churner() {
+    use crate::track::record::Output;
+    let mut d = only(Config {
+        time_wait: Some(super::time_wait::Config { percent: 50 }),
+        ..none()
+    });
+    let mut alerts = Vec::new();
+    // Three connections from curl (pid 300) to 10.0.0.9:80 that it closed first, one that the
+    // server closed first (not parked here).
+    for (n, initiator) in [(0, "local"), (1, "local"), (2, "remote"), (3, "local")] {
+        let Output::Connection(mut c) = super::tests::failed(n, 1, 80, "fin", "SF") else {
+            unreachable!()
+        };
+        c.close_initiator = initiator;
+        c.resets_received = 0;
+        d.output(&Output::Connection(c), &mut alerts);
+    }
+    // (time in s, time-wait sockets) and the alerts: fires at 50 of 100, holds down to 25,
+    // resolves below.
+    let steps: [(u64, u32, Alerts); 5] = [
+        (2, 49, vec![]),
+        (4, 50, vec![("time_wait_pressure", Status::Firing, 4, 50)]),
+        (6, 70, vec![]),
+        (8, 25, vec![]),
+        (
+            10,
+            24,
+            vec![("time_wait_pressure", Status::Resolved, 10, 24)],
+        ),
+    ];
+    for (t, count, want) in steps {
+        alerts.clear();
+        d.time_wait(&census(t, count), &mut alerts);
+        assert_eq!(summary(&alerts), want, "census at {t} s: {alerts:#?}");
+        for a in &alerts {
+            assert_eq!(a.subject.netns, Some(NETNS));
+            assert_eq!(a.subject.destination, Some((ip(9), 80)));
+            assert_eq!(a.subject.process.map(|p| p.pid), Some(300));
+            assert_eq!((a.threshold, a.window_s), (50, 60));
+            assert_eq!(a.evidence["port_range"], serde_json::json!([40000, 40099]));
+            assert_eq!(a.evidence["port_range_size"], 100);
+            assert_eq!(a.evidence["local_ip"], "10.0.0.1");
+            assert_eq!(a.evidence["closed_locally"], 3);
+        }
+        if let Some(a) = alerts.first() {
+            if a.status == Status::Firing {
+                assert_eq!(a.samples, vec![uid(3), uid(1), uid(0)]);
+                assert!(a.reason.contains("curl (pid 300)"), "{}", a.reason);
+                assert!(a.reason.contains("50% of the 100"), "{}", a.reason);
+            } else {
+                assert_eq!(a.evidence["peak"], 70);
+                assert!(a.samples.is_empty());
+            }
+        }
+    }
+}

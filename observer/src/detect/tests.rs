@@ -46,6 +46,7 @@ pub(super) fn none() -> Config {
         event_loss: None,
         rst_storm: None,
         retransmit_storm: None,
+        time_wait: None,
     }
 }
 

@@ -36,7 +36,7 @@ use std::{
 use observer_common::{AF_INET, AF_INET6, tcp_state};
 use thiserror::Error;
 
-pub use netns::{NetNs, dump_all, in_netns, namespaces};
+pub use netns::{NetNs, TimeWaitDump, dump_all, in_netns, namespaces, time_wait_all};
 pub use tcp_info::TcpInfo;
 
 #[derive(Debug, Error)]
@@ -120,11 +120,20 @@ const RECV_TIMEOUT_S: libc::time_t = 5;
 /// # Errors
 /// When netlink cannot be used, the kernel refuses the dump, or a reply is malformed.
 pub fn dump_tcp() -> Result<Vec<TcpSocket>, SockDiagError> {
+    dump_tcp_states(u32::MAX)
+}
+
+/// The TCP sockets in the states of `mask` (bit n: state n), IPv4 then IPv6, in the calling
+/// thread's network namespace. The kernel filters: a dump of one rare state is cheap.
+///
+/// # Errors
+/// As [`dump_tcp`].
+pub fn dump_tcp_states(mask: u32) -> Result<Vec<TcpSocket>, SockDiagError> {
     let netlink = Netlink::open()?;
     let mut buffer = vec![0u8; RECV_BUFFER];
     let mut sockets = Vec::new();
     for (seq, family) in [(1, AF_INET), (2, AF_INET6)] {
-        netlink.send(&request(family, seq))?;
+        netlink.send(&request(family, seq, mask))?;
         loop {
             let len = netlink.recv(&mut buffer)?;
             let datagram = buffer.get(..len).unwrap_or_default();
@@ -136,8 +145,9 @@ pub fn dump_tcp() -> Result<Vec<TcpSocket>, SockDiagError> {
     Ok(sockets)
 }
 
-/// A `SOCK_DIAG_BY_FAMILY` dump of TCP sockets of `family` in every state, with `tcp_info`.
-fn request(family: u16, seq: u32) -> [u8; REQUEST_LEN] {
+/// A `SOCK_DIAG_BY_FAMILY` dump of TCP sockets of `family` in the states of `mask`, with
+/// `tcp_info`.
+fn request(family: u16, seq: u32, mask: u32) -> [u8; REQUEST_LEN] {
     let mut req = [0u8; REQUEST_LEN];
     req[0..4].copy_from_slice(&72u32.to_ne_bytes());
     req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
@@ -146,7 +156,7 @@ fn request(family: u16, seq: u32) -> [u8; REQUEST_LEN] {
     req[16] = u8::try_from(family).unwrap_or_default();
     req[17] = 6; // IPPROTO_TCP
     req[18] = 1 << (INET_DIAG_INFO - 1);
-    req[20..24].copy_from_slice(&u32::MAX.to_ne_bytes()); // all states
+    req[20..24].copy_from_slice(&mask.to_ne_bytes());
     req
 }
 

@@ -180,6 +180,8 @@ impl Tracker {
             Fact::Process(p) => self.procs.fact(p),
             Fact::Cgroup { id, path } => self.procs.cgroup(*id, path),
             Fact::Sockets(scan) => self.scan(scan, out),
+            // For the detectors only.
+            Fact::TimeWait(_) => {}
         }
     }
 

@@ -11,7 +11,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::{SockDiagError, TcpSocket, dump_tcp};
+use super::{SockDiagError, TcpSocket, dump_tcp, dump_tcp_states};
 
 /// A network namespace and one path that opens it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +126,60 @@ pub fn dump_all() -> (Vec<(u32, TcpSocket)>, Vec<String>) {
         }
     }
     (sockets, warnings)
+}
+
+/// One namespace's time-wait sockets and its ephemeral port range.
+#[derive(Debug)]
+pub struct TimeWaitDump {
+    pub inode: u32,
+    pub sockets: Vec<TcpSocket>,
+    /// `net.ipv4.ip_local_port_range` as the namespace has it; `None` if unreadable.
+    pub port_range: Option<(u16, u16)>,
+}
+
+/// The time-wait sockets and the ephemeral port range of every network namespace (or of the
+/// one whose inode is `only`), with warnings for those skipped.
+#[must_use]
+pub fn time_wait_all(only: Option<u32>) -> (Vec<TimeWaitDump>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut warnings = Vec::new();
+    let here = fs::metadata("/proc/thread-self/ns/net")
+        .ok()
+        .and_then(|m| u32::try_from(m.ino()).ok());
+    let dump = || {
+        let mask = 1u32 << observer_common::tcp_state::TIME_WAIT;
+        // sysctls under /proc/sys/net are those of the reader's namespace.
+        let range = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|text| {
+                let mut it = text.split_whitespace().map(str::parse::<u16>);
+                Some((it.next()?.ok()?, it.next()?.ok()?))
+            });
+        dump_tcp_states(mask).map(|sockets| (sockets, range))
+    };
+    for ns in namespaces() {
+        if only.is_some_and(|inode| inode != ns.inode) {
+            continue;
+        }
+        let dumped = if Some(ns.inode) == here {
+            dump()
+        } else {
+            in_netns(&ns.path, dump).and_then(|dumped| dumped)
+        };
+        match dumped {
+            Ok((sockets, port_range)) => out.push(TimeWaitDump {
+                inode: ns.inode,
+                sockets,
+                port_range,
+            }),
+            Err(err) => warnings.push(format!(
+                "network namespace {} ({}) skipped: {err}",
+                ns.inode,
+                ns.path.display()
+            )),
+        }
+    }
+    (out, warnings)
 }
 
 #[cfg(test)]

@@ -103,7 +103,7 @@ fn message(kind: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
 
 #[test]
 fn request_asks_for_every_tcp_state_with_tcp_info() {
-    let req = request(AF_INET6, 9);
+    let req = request(AF_INET6, 9, u32::MAX);
     assert_eq!(u32_at(&req, 0), Some(72));
     assert_eq!(u16_at(&req, 4), Some(SOCK_DIAG_BY_FAMILY));
     assert_eq!(u16_at(&req, 6), Some(0x301));
