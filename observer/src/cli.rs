@@ -201,6 +201,13 @@ pub struct AnomalyArgs {
     /// destination reach this percentage of the namespace's ephemeral port range (0: off).
     #[arg(long, value_name = "PERCENT", default_value_t = detect::time_wait::DEFAULT_PERCENT, value_parser = clap::value_parser!(u64).range(0..=100))]
     pub time_wait_pressure: u64,
+    /// `tls_handshake_failures` (with `--tls`): fires at this many failed handshakes with one
+    /// server within the window (0: off).
+    #[arg(long, value_name = "N", default_value_t = detect::tls_failures::DEFAULT_COUNT)]
+    pub tls_handshake_failures: u64,
+    /// `tls_handshake_failures`: the window; resolved after a whole window without a failure.
+    #[arg(long, value_name = "SECONDS", default_value_t = detect::tls_failures::DEFAULT_WINDOW_S, value_parser = clap::value_parser!(u64).range(1..))]
+    pub tls_handshake_failures_window: u64,
     /// `event_loss`: fires at this many events lost by the observer within the window (0: off).
     #[arg(long, value_name = "N", default_value_t = detect::event_loss::DEFAULT_COUNT)]
     pub event_loss: u64,
@@ -243,6 +250,12 @@ impl AnomalyArgs {
             time_wait: (self.time_wait_pressure > 0).then_some(detect::time_wait::Config {
                 percent: self.time_wait_pressure,
             }),
+            tls_failures: (self.tls_handshake_failures > 0).then_some(
+                detect::tls_failures::Config {
+                    count: self.tls_handshake_failures,
+                    window_s: self.tls_handshake_failures_window,
+                },
+            ),
             event_loss: (self.event_loss > 0).then_some(detect::event_loss::Config {
                 count: self.event_loss,
                 window_s: self.event_loss_window,

@@ -278,10 +278,6 @@ fn time_waits(ns: &NetNs) -> usize {
 }
 
 #[test]
-#[expect(
-    clippy::too_many_lines,
-    reason = "one scenario, checked field by field"
-)]
 fn time_wait_pressure_names_the_churning_process_against_the_port_range() {
     if !privileged("time_wait_pressure_names_the_churning_process_against_the_port_range") {
         return;

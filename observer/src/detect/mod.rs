@@ -13,6 +13,7 @@ pub mod retransmit_storm;
 pub mod rst_storm;
 pub mod stuck;
 pub mod time_wait;
+pub mod tls_failures;
 pub mod window;
 
 use std::{collections::BTreeMap, net::IpAddr};
@@ -83,6 +84,7 @@ pub struct Config {
     pub rst_storm: Option<rst_storm::Config>,
     pub retransmit_storm: Option<retransmit_storm::Config>,
     pub time_wait: Option<time_wait::Config>,
+    pub tls_failures: Option<tls_failures::Config>,
 }
 
 /// Every enabled rule, fed by the pipeline.
@@ -95,6 +97,7 @@ pub struct Detector {
     rst_storm: Option<rst_storm::Rule>,
     retransmit_storm: Option<retransmit_storm::Rule>,
     time_wait: Option<time_wait::Rule>,
+    tls_failures: Option<tls_failures::Rule>,
 }
 
 impl Detector {
@@ -108,6 +111,7 @@ impl Detector {
             rst_storm: config.rst_storm.map(rst_storm::Rule::new),
             retransmit_storm: config.retransmit_storm.map(retransmit_storm::Rule::new),
             time_wait: config.time_wait.map(time_wait::Rule::new),
+            tls_failures: config.tls_failures.map(tls_failures::Rule::new),
         }
     }
 
@@ -153,7 +157,12 @@ impl Detector {
                     rule.loss(l, alerts);
                 }
             }
-            Output::State(_) | Output::Tls(_) => {}
+            Output::Tls(t) => {
+                if let Some(rule) = &mut self.tls_failures {
+                    rule.record(t, alerts);
+                }
+            }
+            Output::State(_) => {}
         }
     }
 
@@ -177,6 +186,9 @@ impl Detector {
             rule.tick(now_ns, alerts);
         }
         if let Some(rule) = &mut self.retransmit_storm {
+            rule.tick(now_ns, alerts);
+        }
+        if let Some(rule) = &mut self.tls_failures {
             rule.tick(now_ns, alerts);
         }
         if let Some(rule) = &mut self.event_loss {

@@ -170,3 +170,118 @@ fn time_wait_pressure_against_the_port_range_names_the_churner() {
         }
     }
 }
+
+/// A handshake record of a client (pid 300) of 10.0.0.9:443, or of that server (pid 400),
+/// ending at `t_s`.
+fn handshake(n: u8, t_s: u64, server: bool, established: bool) -> crate::track::record::Output {
+    use crate::tls::{TlsFacts, TlsProcess, TlsRecord, TlsRole};
+    let (client_end, server_end) = ((1u8, 50_000 + u16::from(n)), (9u8, 443u16));
+    let ((l, lp), (r, rp)) = if server {
+        (server_end, client_end)
+    } else {
+        (client_end, server_end)
+    };
+    let addr = |last: u8| {
+        let mut a = [0u8; 16];
+        a[..4].copy_from_slice(&[10, 0, 0, last]);
+        a
+    };
+    let mut comm = [0u8; 16];
+    let name: &[u8] = if server { b"nginx" } else { b"curl" };
+    comm[..name.len()].copy_from_slice(name);
+    crate::track::record::Output::Tls(Box::new(TlsRecord {
+        cookie_birth: None,
+        uid: Some(uid(n)),
+        cookie: u64::from(n),
+        netns: NETNS,
+        tuple: Some(observer_common::Endpoints {
+            local_addr: addr(l),
+            remote_addr: addr(r),
+            local_port: lp,
+            remote_port: rp,
+            family: observer_common::AF_INET,
+            _pad: 0,
+        }),
+        start_ns: t_s * S - S / 100,
+        end_ns: t_s * S,
+        process: Some(TlsProcess {
+            pid: if server { 400 } else { 300 },
+            tid: 1,
+            comm,
+        }),
+        facts: TlsFacts {
+            established,
+            server_name: Some("shop.test".to_owned()),
+            error: (!established).then(|| {
+                if server {
+                    "alert received: unknown_ca"
+                } else {
+                    "alert sent: unknown_ca"
+                }
+                .to_owned()
+            }),
+            role: Some(if server {
+                TlsRole::Server
+            } else {
+                TlsRole::Client
+            }),
+            source: "uprobe+wire",
+            ..TlsFacts::default()
+        },
+    }))
+}
+
+#[test]
+fn tls_handshake_failures_per_server_and_side() {
+    use super::tests::Step::{R, T};
+    let mut d = only(Config {
+        tls_failures: Some(super::tls_failures::Config {
+            count: 3,
+            window_s: 5,
+        }),
+        ..none()
+    });
+    let alerts = super::tests::run(
+        &mut d,
+        vec![
+            // Established handshakes never count.
+            R(handshake(0, 1, false, true)),
+            R(handshake(1, 1, false, false)),
+            R(handshake(1, 1, true, false)),
+            R(handshake(2, 2, false, false)),
+            R(handshake(2, 2, true, false)),
+            T(3),
+            // The third failure of each side: two subjects fire.
+            R(handshake(3, 4, false, false)),
+            R(handshake(3, 4, true, false)),
+            T(8),
+            // A whole window after the last: both resolve at 9.
+            T(9),
+            T(20),
+        ],
+    );
+    assert_eq!(
+        summary(&alerts),
+        [
+            ("tls_handshake_failures", Status::Firing, 4, 3),
+            ("tls_handshake_failures", Status::Firing, 4, 3),
+            ("tls_handshake_failures", Status::Resolved, 9, 0),
+            ("tls_handshake_failures", Status::Resolved, 9, 0),
+        ],
+        "{alerts:#?}"
+    );
+    let (client, server) = (&alerts[0], &alerts[1]);
+    for (a, scope, pid, error) in [
+        (client, "remote", 300, "alert sent: unknown_ca"),
+        (server, "server", 400, "alert received: unknown_ca"),
+    ] {
+        assert_eq!(a.subject.destination, Some((ip(9), 443)));
+        assert_eq!(a.subject.process.map(|p| p.pid), Some(pid));
+        assert_eq!(a.evidence["scope"], scope);
+        assert_eq!(a.evidence["errors"], serde_json::json!({ error: 3 }));
+        assert_eq!(a.evidence["server_name"], "shop.test");
+        assert_eq!(a.samples, vec![uid(3), uid(2), uid(1)]);
+        assert!(a.reason.contains("SNI shop.test"), "{}", a.reason);
+    }
+    assert_eq!(alerts[2].evidence["total"], 3);
+}

@@ -47,6 +47,7 @@ pub(super) fn none() -> Config {
         rst_storm: None,
         retransmit_storm: None,
         time_wait: None,
+        tls_failures: None,
     }
 }
 
