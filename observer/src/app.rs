@@ -392,7 +392,7 @@ fn run(args: &RunArgs) -> Result<()> {
     let mut pipeline = Pipeline::new(tracker, encoder, sink, recorder);
     pipeline.resolver = Some(Resolver::new());
     pipeline.detector = args.anomalies.config().map(|c| Detector::new(&c));
-    pipeline.tracker.tls.libraries = probe.tls_libraries();
+    tls_libraries(&probe, &mut pipeline);
     eprintln!(
         "observer: capturing on {} ({})",
         header.kernel,
@@ -620,7 +620,15 @@ fn tls_attached(probe: &Probe, pipeline: &mut Pipeline, new: &[String]) {
         return;
     }
     eprintln!("observer: TLS uprobes attached to {}", new.join(", "));
-    pipeline.tracker.tls.libraries = probe.tls_libraries();
+    tls_libraries(probe, pipeline);
+}
+
+/// Tells the tracker the names of the library files with uprobes, through the recording.
+fn tls_libraries(probe: &Probe, pipeline: &mut Pipeline) {
+    let names = probe.tls_libraries();
+    if !names.is_empty() {
+        pipeline.event(&Event::Fact(Box::new(Fact::TlsLibraries(names))));
+    }
 }
 
 /// SIGUSR1 pauses capture (every hook detached: the kernel runs none of observer's code) and

@@ -68,7 +68,7 @@ impl Event {
                 Fact::Process(p) => p.ts_ns,
                 Fact::Sockets(s) => s.ts_ns,
                 Fact::TimeWait(c) => c.ts_ns,
-                Fact::Cgroup { .. } => 0,
+                Fact::Cgroup { .. } | Fact::TlsLibraries(_) => 0,
             },
             Event::TlsHello(e) => e.header.ts_ns,
             Event::TlsHandshake(e) => e.header.ts_ns,

@@ -29,6 +29,9 @@ pub enum Fact {
     Sockets(SocketScan),
     /// The time-wait sockets of every network namespace, counted (`time_wait_pressure`).
     TimeWait(TimeWaitCensus),
+    /// The names (`openssl/3.0.19`) of the TLS library files with uprobes, by the `lib_file`
+    /// index their handshake events carry: a replay names libraries as the live run did.
+    TlsLibraries(Vec<String>),
 }
 
 /// Time-wait sockets per (netns, local ip, remote ip:port), and each namespace's ephemeral

@@ -182,6 +182,7 @@ impl Tracker {
             Fact::Sockets(scan) => self.scan(scan, out),
             // For the detectors only.
             Fact::TimeWait(_) => {}
+            Fact::TlsLibraries(names) => self.tls.libraries.clone_from(names),
         }
     }
 
