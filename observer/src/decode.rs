@@ -67,6 +67,7 @@ impl Event {
             Event::Fact(f) => match &**f {
                 Fact::Process(p) => p.ts_ns,
                 Fact::Sockets(s) => s.ts_ns,
+                Fact::Listeners(l) => l.ts_ns,
                 Fact::Cgroup { .. } => 0,
             },
             Event::TlsHello(e) => e.header.ts_ns,

@@ -5,6 +5,8 @@
 //! replay reproduces every record (`recording.rs`). They are gathered by `app.rs` (the impure
 //! side); the tracker only consumes them.
 
+pub mod listeners;
+
 use std::net::SocketAddr;
 
 use observer_common::ConnState;
@@ -27,6 +29,8 @@ pub enum Fact {
     Cgroup { id: u64, path: String },
     /// The TCP sockets of every network namespace.
     Sockets(SocketScan),
+    /// Every listener's queues and SYN counts (`listeners.rs`).
+    Listeners(listeners::ListenerSample),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

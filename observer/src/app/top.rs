@@ -39,6 +39,7 @@ pub fn run(args: &TopArgs) -> Result<()> {
         transitions: false,
         accept_hook: false,
         tls: false,
+        listeners: false,
     };
     let (mut probe, ring) = Probe::load(config)
         .context("cannot start capture (`observer check` shows what is missing)")?;

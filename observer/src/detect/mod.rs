@@ -5,18 +5,23 @@
 //! rule keeps per-subject state with hysteresis: it fires once when its threshold is crossed,
 //! stays firing while the condition holds, and resolves once the condition has fully cleared.
 
+pub mod accept_queue;
 pub mod close_wait;
 pub mod connect_failures;
 pub mod event_loss;
 pub mod rst_storm;
+pub mod syn_flood;
 
 use std::{collections::BTreeMap, net::IpAddr};
 
 use serde_json::Value;
 
-use crate::track::{
-    record::{Output, Process, Uid},
-    stuck::Waiting,
+use crate::{
+    facts::listeners::ListenerSample,
+    track::{
+        record::{Output, Process, Uid},
+        stuck::Waiting,
+    },
 };
 
 /// At most this many sample connection uids (and peers) are named in an alert.
@@ -74,6 +79,8 @@ pub struct Config {
     pub connect_failures: Option<connect_failures::Config>,
     pub event_loss: Option<event_loss::Config>,
     pub rst_storm: Option<rst_storm::Config>,
+    pub syn_flood: Option<syn_flood::Config>,
+    pub accept_queue: Option<accept_queue::Config>,
 }
 
 /// Every enabled rule, fed by the pipeline.
@@ -83,6 +90,8 @@ pub struct Detector {
     connect_failures: Option<connect_failures::Rule>,
     event_loss: Option<event_loss::Rule>,
     rst_storm: Option<rst_storm::Rule>,
+    syn_flood: Option<syn_flood::Rule>,
+    accept_queue: Option<accept_queue::Rule>,
 }
 
 impl Detector {
@@ -93,6 +102,37 @@ impl Detector {
             connect_failures: config.connect_failures.map(connect_failures::Rule::new),
             event_loss: config.event_loss.map(event_loss::Rule::new),
             rst_storm: config.rst_storm.map(rst_storm::Rule::new),
+            syn_flood: config.syn_flood.map(syn_flood::Rule::new),
+            accept_queue: config.accept_queue.map(accept_queue::Rule::new),
+        }
+    }
+
+    /// Whether a rule needs listener samples (about every second).
+    #[must_use]
+    pub fn wants_listeners(&self) -> bool {
+        self.syn_flood.is_some() || self.accept_queue.is_some()
+    }
+
+    /// Whether a rule needs SYN counts per listener (the `listener_counts` program).
+    #[must_use]
+    pub fn wants_syn_counts(&self) -> bool {
+        self.syn_flood.is_some()
+    }
+
+    /// A listener sample (`facts::listeners`).
+    pub fn listeners(&mut self, sample: &ListenerSample, alerts: &mut Vec<Alert>) {
+        if let Some(rule) = &mut self.accept_queue {
+            rule.sample(sample, alerts);
+        }
+        if let Some(rule) = &mut self.syn_flood {
+            rule.sample(sample, alerts);
+        }
+    }
+
+    /// A SYN-ACK retransmit (`tcp:tcp_retransmit_synack`).
+    pub fn synack(&mut self, s: &observer_common::SynackRetransmit) {
+        if let Some(rule) = &mut self.syn_flood {
+            rule.synack(s);
         }
     }
 
@@ -151,5 +191,7 @@ fn endpoint((ip, port): (IpAddr, u16)) -> String {
     std::net::SocketAddr::new(ip, port).to_string()
 }
 
+#[cfg(test)]
+mod listener_tests;
 #[cfg(test)]
 mod tests;

@@ -44,6 +44,8 @@ fn none() -> Config {
         connect_failures: None,
         event_loss: None,
         rst_storm: None,
+        syn_flood: None,
+        accept_queue: None,
     }
 }
 

@@ -180,6 +180,7 @@ impl Tracker {
             Fact::Process(p) => self.procs.fact(p),
             Fact::Cgroup { id, path } => self.procs.cgroup(*id, path),
             Fact::Sockets(scan) => self.scan(scan, out),
+            Fact::Listeners(_) => {}
         }
     }
 
