@@ -527,3 +527,30 @@ fn real_clients_at_full_loopback_rate_raise_nothing() {
     // Every connection was seen: both ends' records.
     assert!(stopped.dataset("observer.connection").len() as u64 >= 2 * made);
 }
+
+#[test]
+fn bad_listener_rule_flags_get_a_clear_error() {
+    for (args, message) in [
+        (
+            ["--syn-flood-ratio", "101"],
+            "invalid value '101' for '--syn-flood-ratio <PERCENT>': 101 is not in 1..=100",
+        ),
+        (
+            ["--syn-flood-window", "0"],
+            "invalid value '0' for '--syn-flood-window <SECONDS>': 0 is not in 1..",
+        ),
+        (
+            ["--accept-queue-window", "soon"],
+            "invalid value 'soon' for '--accept-queue-window <SECONDS>'",
+        ),
+    ] {
+        let out = Command::new(bin())
+            .args(["run", "--anomalies"])
+            .args(args)
+            .output()
+            .expect("observer");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.starts_with(&format!("error: {message}")), "{stderr}");
+    }
+}
