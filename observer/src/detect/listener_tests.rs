@@ -196,6 +196,27 @@ fn syn_flood_needs_the_ratio_and_the_rate() {
 }
 
 #[test]
+fn syn_flood_leaves_a_full_accept_queue_to_accept_queue_overflow() {
+    let mut d = rules(
+        Some(syn_flood::Config::default()),
+        Some(accept_queue::Config::default()),
+    );
+    // Real clients retry their SYNs at 500/s into a listener whose queue (backlog 4) is full.
+    let points: Vec<At> = (0..=3)
+        .map(|t| At {
+            queue: 5,
+            overflows: 500 * t,
+            ..at(t, 500 * t, 0, 0)
+        })
+        .collect();
+    let alerts = feed(&mut d, &points);
+    assert_eq!(
+        summary(&alerts),
+        vec![("accept_queue_overflow", Status::Firing, 1, 5)]
+    );
+}
+
+#[test]
 fn syn_flood_fires_on_half_open_alone_and_holds_without_flapping() {
     let mut d = rules(
         Some(syn_flood::Config {

@@ -7,7 +7,9 @@
 //! so SYNs minus handshakes stays near zero however high the rate. The rule fires when, over the
 //! window, the unanswered SYNs per second reach `--syn-flood-rate` and are at least
 //! `--syn-flood-ratio` percent of all SYNs, or when the half-open requests reach
-//! `--syn-flood-half-open` (a slow flood filling the SYN queue, or no SYN counts). Resolved
+//! `--syn-flood-half-open` (a slow flood filling the SYN queue, or no SYN counts). Not by rate
+//! while every socket of the port has a full accept queue: the kernel then drops real clients'
+//! SYNs too, and `accept_queue_overflow` names the cause. Resolved
 //! once both fall below half their thresholds, or the listener closed.
 
 use std::{
@@ -245,7 +247,14 @@ impl Rule {
         let rate = w.per_s(w.unanswered);
         let ratio_ok = w.syns > 0
             && w.unanswered.saturating_mul(100) >= self.config.ratio_pct.saturating_mul(w.syns);
-        let by_rate = w.counted && rate >= self.config.rate && ratio_ok;
+        // A full accept queue drops real clients' SYNs too (they retry, unanswered): that is
+        // `accept_queue_overflow`'s finding, not a flood.
+        let accept_full = !port.sockets.is_empty()
+            && port
+                .sockets
+                .iter()
+                .all(|s| s.queue > 0 && s.queue >= s.backlog);
+        let by_rate = w.counted && rate >= self.config.rate && ratio_ok && !accept_full;
         let by_half_open =
             self.config.half_open > 0 && u64::from(w.half_open) >= self.config.half_open;
         let firing = self.ports.get(&key).and_then(|p| p.firing);
