@@ -13,6 +13,7 @@ use ratatui::{
     widgets::{Row, Table},
 };
 
+use super::{model::Conn, select::Filter};
 use crate::facts::listeners::ListenerSample;
 
 /// The columns of the Listeners view, in screen order.
@@ -95,6 +96,30 @@ pub fn rows(prev: Option<&ListenerSample>, cur: &ListenerSample) -> Vec<Listener
     out
 }
 
+impl Listener {
+    /// As a listening socket of the Connections view, for the `/` filter (port, pid, comm,
+    /// state, address).
+    fn as_conn(&self) -> Conn {
+        Conn {
+            cookie: 0,
+            pid: self.pid,
+            comm: self.comm.clone(),
+            local: self.local,
+            remote: SocketAddr::from(([0, 0, 0, 0], 0)),
+            state: observer_common::tcp_state::LISTEN,
+            age_ns: None,
+            in_state_ns: None,
+            bytes_in: None,
+            bytes_out: None,
+            rtt_us: None,
+            retransmits: None,
+            uid: String::new(),
+            executable: None,
+            owner_source: None,
+        }
+    }
+}
+
 fn by(col: usize, a: &Listener, b: &Listener) -> Ordering {
     let rate = |r: Option<f64>| r.unwrap_or(-1.0);
     match col {
@@ -112,10 +137,18 @@ fn by(col: usize, a: &Listener, b: &Listener) -> Ordering {
     .then_with(|| a.netns.cmp(&b.netns))
 }
 
-/// The rows sorted by column `col` (reversed with `rev`).
+/// The rows `filter` admits, sorted by column `col` (reversed with `rev`).
 #[must_use]
-pub fn sorted(rows: &[Listener], col: usize, rev: bool) -> Vec<&Listener> {
-    let mut out: Vec<&Listener> = rows.iter().collect();
+pub fn sorted<'a>(
+    rows: &'a [Listener],
+    filter: &Filter,
+    col: usize,
+    rev: bool,
+) -> Vec<&'a Listener> {
+    let mut out: Vec<&Listener> = rows
+        .iter()
+        .filter(|l| filter.is_empty() || filter.admits(&l.as_conn()))
+        .collect();
     out.sort_by(|a, b| {
         let o = by(col, a, b);
         if rev { o.reverse() } else { o }
@@ -132,11 +165,11 @@ pub fn draw(
     frame: &mut Frame,
     area: Rect,
     rows: &[Listener],
-    (col, rev): (usize, bool),
+    (filter, col, rev): (&Filter, usize, bool),
     selected: usize,
     header: Row<'static>,
 ) -> usize {
-    let rows = sorted(rows, col, rev);
+    let rows = sorted(rows, filter, col, rev);
     let selected = selected.min(rows.len().saturating_sub(1));
     let fit = usize::from(area.height.saturating_sub(1)).max(1);
     let start = (selected + 1).saturating_sub(fit);
@@ -299,6 +332,22 @@ q quit  ? help  1/2/3/Tab view  </> sort column  r reverse  / filter  p pause  E
             .collect();
         assert_eq!(order, ["[::]:443", "0.0.0.0:443", "127.0.0.1:8080"]);
         assert!(got.contains("SYN/s▼"), "{got}");
+        // The `/` filter: by comm, then by port.
+        for (text, want) in [
+            ("comm:worker", vec!["127.0.0.1:8080"]),
+            ("port:443", vec!["[::]:443", "0.0.0.0:443"]),
+        ] {
+            ui.filter = crate::top::select::Filter::parse(text);
+            let got = render(&model, &mut ui);
+            let shown: Vec<&str> = got
+                .lines()
+                .skip(4)
+                .take(3)
+                .filter_map(|l| l.split_whitespace().next())
+                .filter(|w| w.contains(':'))
+                .collect();
+            assert_eq!(shown, want, "{text}: {got}");
+        }
     }
 
     #[test]

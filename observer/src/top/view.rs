@@ -75,7 +75,7 @@ pub fn draw(frame: &mut Frame, model: &Model, ui: &mut Ui) {
                 frame,
                 body,
                 &model.listeners,
-                (col, rev),
+                (&ui.filter, col, rev),
                 ui.selected,
                 head,
             );
