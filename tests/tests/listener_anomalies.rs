@@ -11,7 +11,7 @@ use std::{
     path::Path,
     process::{Child, Command, Stdio},
     sync::{
-        Arc,
+        Arc, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -25,6 +25,11 @@ use observer_tests::{
 use serde_json::{Value, json};
 
 const ANOMALY: &str = "observer.anomaly";
+
+/// The full-rate test runs alone: every observer decodes every host event (its `--netns`
+/// filter applies in userspace), so its churn would overflow the others' rings and rightly
+/// fire their `event_loss`. The other tests share.
+static CHURN: RwLock<()> = RwLock::new(());
 
 fn wait_alerts(obs: &Observer, n: usize, timeout: Duration) -> Vec<Value> {
     wait_for(timeout, &format!("{n} alerts"), || {
@@ -196,6 +201,9 @@ fn accept_queue_overflow_names_the_process_and_resolves_once_it_accepts() {
     if !privileged("accept_queue_overflow_names_the_process_and_resolves_once_it_accepts") {
         return;
     }
+    let _shared = CHURN
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let ns = NetNs::new("aq");
     let recording = scratch("rec");
     let rec = recording.to_str().expect("utf-8");
@@ -245,6 +253,9 @@ fn accept_queue_overflow_resolves_when_the_server_exits() {
     if !privileged("accept_queue_overflow_resolves_when_the_server_exits") {
         return;
     }
+    let _shared = CHURN
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let ns = NetNs::new("aqx");
     // The clients whose SYNs were dropped are refused once the listener is gone: that is
     // `connect_failures`' business, off here.
@@ -404,7 +415,12 @@ fn syn_flood(syncookies: &str) {
     check_common(r, "syn_flood", "resolved");
     assert_eq!(field(r, "process.pid"), server.pid, "{r}");
     assert_eq!(field(r, "destination.port"), port, "{r}");
-    assert_eq!(field(r, "anomaly.observed"), 0, "{r}");
+    // Resolved once the unanswered rate fell below half the threshold (the flood's tail may
+    // still be in the window), with nothing answered.
+    let left = field(r, "anomaly.observed").as_u64().expect("n");
+    assert!(left < 50, "{r}");
+    assert_eq!(field(r, "anomaly.syn_rate"), left, "{r}");
+    assert_eq!(field(r, "anomaly.handshakes"), 0, "{r}");
     assert!(
         field(r, "anomaly.peak_rate").as_u64().expect("peak") >= 100,
         "{r}"
@@ -439,6 +455,9 @@ fn syn_flood_with_syncookies_on_overflow() {
     if !privileged("syn_flood_with_syncookies_on_overflow") {
         return;
     }
+    let _shared = CHURN
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     syn_flood("1");
 }
 
@@ -447,6 +466,9 @@ fn syn_flood_with_syncookies_always() {
     if !privileged("syn_flood_with_syncookies_always") {
         return;
     }
+    let _shared = CHURN
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     syn_flood("2");
 }
 
@@ -468,6 +490,9 @@ fn real_clients_at_full_loopback_rate_raise_nothing() {
     if !privileged("real_clients_at_full_loopback_rate_raise_nothing") {
         return;
     }
+    let _alone = CHURN
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let ns = NetNs::new("sfc");
     // A ring that holds a second of this churn: the default 1 MiB loses events (and rightly
     // fires event_loss) when other tests load the CPUs too.
