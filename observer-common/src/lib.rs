@@ -302,6 +302,29 @@ pub struct SynackRetransmit {
     pub tuple: Endpoints,
 }
 
+/// Per-CPU counts of the segments that reached one listening socket (`LISTEN_COUNTS`, keyed
+/// by the listener's socket cookie) since the observer attached.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ListenCounts {
+    /// SYNs (SYN without ACK).
+    pub syns: u64,
+    /// Pure ACKs: the last step of a handshake (to a queued request or as a SYN cookie).
+    pub acks: u64,
+}
+
+/// Key of the per-source-prefix SYN counters (`SYN_SOURCES`): a listener's socket cookie and
+/// the SYN's source /24 (IPv4, first 3 bytes of `prefix`) or /64 (IPv6, 8 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SynSourceKey {
+    pub cookie: u64,
+    /// 4 or 6.
+    pub family: u8,
+    pub _pad: [u8; 7],
+    pub prefix: [u8; 8],
+}
+
 /// Bytes of an executed file name kept in [`ProcessExec`], NUL included.
 pub const EXEC_PATH_LEN: usize = 256;
 
@@ -620,6 +643,8 @@ const _: () = {
     assert!(size_of::<Transition>() == 96);
     assert!(size_of::<Reset>() == 80);
     assert!(size_of::<SynackRetransmit>() == 80);
+    assert!(size_of::<ListenCounts>() == 16);
+    assert!(size_of::<SynSourceKey>() == 24);
     assert!(size_of::<ProcessExec>() == 24 + EXEC_PATH_LEN);
     assert!(size_of::<ProcessExit>() == 24);
     assert!(size_of::<TlsHello>() == 24 + 16 + 40 + 8 + 8 + TLS_CAPTURE_LEN);
@@ -638,4 +663,6 @@ mod pod {
     unsafe impl aya::Pod for super::Layout {}
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::TlsSession {}
+    unsafe impl aya::Pod for super::ListenCounts {}
+    unsafe impl aya::Pod for super::SynSourceKey {}
 }

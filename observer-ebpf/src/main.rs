@@ -19,6 +19,8 @@ mod kernel;
 #[cfg(target_arch = "bpf")]
 mod lifecycle;
 #[cfg(target_arch = "bpf")]
+mod listen;
+#[cfg(target_arch = "bpf")]
 mod process;
 #[cfg(target_arch = "bpf")]
 mod runtime;
@@ -111,6 +113,13 @@ mod programs {
     #[cgroup_skb(ingress)]
     pub fn tls_wire_ingress(ctx: SkBuffContext) -> i32 {
         crate::tls_wire::on_skb(&ctx, tls_dir::INGRESS);
+        1
+    }
+
+    /// SYNs and handshake ACKs per listener (`syn_flood`); always lets the packet through.
+    #[cgroup_skb(ingress)]
+    pub fn listener_counts(ctx: SkBuffContext) -> i32 {
+        crate::listen::on_skb(&ctx);
         1
     }
 

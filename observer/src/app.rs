@@ -113,6 +113,9 @@ struct Pipeline {
     /// Anomaly detection (`--anomalies`), and the alerts it raised since the last write.
     detector: Option<Detector>,
     alerts: Vec<Alert>,
+    /// Listener samples (live runs whose rules need them) and the filter they pass.
+    listeners: Option<gather::listeners::Listeners>,
+    filter: Filter,
     /// What the written records add up to, for `observer top`'s rates.
     tally: Tally,
 }
@@ -144,6 +147,8 @@ impl Pipeline {
             execs: Vec::new(),
             detector: None,
             alerts: Vec::new(),
+            listeners: None,
+            filter: Filter::default(),
             tally: Tally::default(),
         }
     }
@@ -165,6 +170,9 @@ impl Pipeline {
         match decoded {
             Ok(event) => {
                 self.tracker.ingest(&event, &mut self.outputs);
+                if let (Event::SynackRetransmit(_), Some(_)) = (&event, &self.detector) {
+                    self.detect(&event);
+                }
                 if let Event::Exec(e) = &event {
                     let pid = (e.header.pid_tgid >> 32) as u32;
                     self.execs.push(pid);
@@ -244,6 +252,21 @@ impl Pipeline {
         kept
     }
 
+    /// A sample of every listener (in the `--netns` namespace only, when given), fed as a fact.
+    fn listeners(&mut self, probe: &Probe, ring: &mut Ring) {
+        let Some(gatherer) = &mut self.listeners else {
+            return;
+        };
+        let counts = probe.listen_counts();
+        let ts_ns = kernel::boottime_ns();
+        let (sample, warnings) = gatherer.sample(ts_ns, self.filter.netns, counts.as_ref());
+        for w in warnings {
+            eprintln!("observer: warning: {w}");
+        }
+        drain(ring, self);
+        self.event(&Event::Fact(Box::new(Fact::Listeners(sample))));
+    }
+
     /// The answer to `observer snapshot`: NDJSON, a line per socket.
     fn snapshot(&mut self, probe: &Probe, ring: &mut Ring) -> Vec<u8> {
         self.table(probe, ring);
@@ -285,9 +308,18 @@ impl Pipeline {
                 detector.table(t.ts_ns, &waiting, &mut self.alerts);
             }
             Event::Counters(c) => detector.tick(c.ts_ns, &mut self.alerts),
+            Event::SynackRetransmit(s) => detector.synack(s),
             Event::Fact(f) => {
                 if let Fact::TimeWait(census) = &**f {
                     detector.time_wait(census, &mut self.alerts);
+                }
+                if let Fact::Listeners(sample) = &**f {
+                    let filter = self.filter;
+                    let admitted = sample.filtered(|netns, port| {
+                        filter.netns.is_none_or(|n| n == netns)
+                            && filter.port.is_none_or(|p| p == port)
+                    });
+                    detector.listeners(&admitted, &mut self.alerts);
                 }
             }
             _ => {}
@@ -362,12 +394,16 @@ fn run(args: &RunArgs) -> Result<()> {
     let (runtime, signals) = runtime()?;
     let filter = filter(&args.filters, false)?;
     let sink = open_sink(args.output.as_deref())?;
+    let detector_config = args.anomalies.config();
     let config = ProbeConfig {
         max_connections: args.max_connections,
         ring_bytes: args.ring_mib << 20,
         transitions: args.filters.transitions,
         accept_hook: args.accept_hook,
         tls: args.tls,
+        listeners: detector_config
+            .as_ref()
+            .is_some_and(|c| c.syn_flood.is_some()),
     };
     let (mut probe, ring) = Probe::load(config)
         .context("cannot start capture (`observer check` shows what is missing)")?;
@@ -391,7 +427,15 @@ fn run(args: &RunArgs) -> Result<()> {
     let tracker = Tracker::new(boot_id, filter, args.max_connections as usize);
     let mut pipeline = Pipeline::new(tracker, encoder, sink, recorder);
     pipeline.resolver = Some(Resolver::new());
-    pipeline.detector = args.anomalies.config().map(|c| Detector::new(&c));
+    pipeline.detector = detector_config.map(|c| Detector::new(&c));
+    pipeline.filter = filter;
+    if pipeline
+        .detector
+        .as_ref()
+        .is_some_and(Detector::wants_listeners)
+    {
+        pipeline.listeners = Some(gather::listeners::Listeners::default());
+    }
     tls_libraries(&probe, &mut pipeline);
     eprintln!(
         "observer: capturing on {} ({})",
@@ -532,6 +576,7 @@ async fn live(
                 Ok(())
             }
             _ = counter_tick.tick() => {
+                pipeline.listeners(probe, ring.get_mut());
                 let counters = Counters { ts_ns: kernel::boottime_ns(), values: probe.counters() };
                 pipeline.event(&Event::Counters(counters));
                 pipeline.write()
@@ -680,6 +725,7 @@ fn replay(args: &ReplayArgs) -> Result<()> {
     let encoder = Encoder::new(header.host.clone(), header.boot_to_unix_ns);
     let mut pipeline = Pipeline::new(tracker, encoder, sink, None);
     pipeline.detector = args.anomalies.config().map(|c| Detector::new(&c));
+    pipeline.filter = filter;
     let mut last_ts = 0;
     while let Some(event) = input.next_event()? {
         last_ts = last_ts.max(event.ts_ns());

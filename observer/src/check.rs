@@ -130,6 +130,7 @@ fn rows() -> Vec<Row> {
         accept_hook: true,
         // The TLS hooks attach per library file found; `check` lists the fixed hooks.
         tls: false,
+        listeners: true,
     };
     match Probe::load(config) {
         Ok((probe, _ring)) => rows.push(row(

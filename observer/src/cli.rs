@@ -214,6 +214,52 @@ pub struct AnomalyArgs {
     /// `event_loss`: the window; resolved after a whole window without loss.
     #[arg(long, value_name = "SECONDS", default_value_t = detect::event_loss::DEFAULT_WINDOW_S, value_parser = clap::value_parser!(u64).range(1..))]
     pub event_loss_window: u64,
+    #[command(flatten)]
+    pub listeners: ListenerRuleArgs,
+}
+
+/// The listener rules (`syn_flood`, `accept_queue_overflow`): fed by a listener sample every
+/// second (queue depths, half-open requests, namespace counters, SYN counts).
+#[derive(Debug, Clone, Args)]
+pub struct ListenerRuleArgs {
+    /// `syn_flood`: fires at this many unanswered SYNs per second (SYNs minus completed
+    /// handshakes) to one listening port over the window (0: off).
+    #[arg(long, value_name = "PER_S", default_value_t = detect::syn_flood::DEFAULT_RATE)]
+    pub syn_flood_rate: u64,
+    /// `syn_flood`: ... and only when they are at least this percentage of its SYNs (real
+    /// clients complete their handshakes).
+    #[arg(long, value_name = "PERCENT", default_value_t = detect::syn_flood::DEFAULT_RATIO_PCT, value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub syn_flood_ratio: u64,
+    /// `syn_flood`: also fires at this many half-open requests on one port (0: this trigger
+    /// off).
+    #[arg(long, value_name = "N", default_value_t = detect::syn_flood::DEFAULT_HALF_OPEN)]
+    pub syn_flood_half_open: u64,
+    /// `syn_flood`: the window of the rates; resolved once they fall below half their
+    /// thresholds.
+    #[arg(long, value_name = "SECONDS", default_value_t = detect::syn_flood::DEFAULT_WINDOW_S, value_parser = clap::value_parser!(u64).range(1..))]
+    pub syn_flood_window: u64,
+    /// `accept_queue_overflow`: fires when a listener's accept queue is full and its namespace
+    /// dropped connections within this window; resolved after a whole window below the backlog
+    /// without a drop (0: off).
+    #[arg(long, value_name = "SECONDS", default_value_t = detect::accept_queue::DEFAULT_WINDOW_S)]
+    pub accept_queue_window: u64,
+}
+
+impl ListenerRuleArgs {
+    fn syn_flood(&self) -> Option<detect::syn_flood::Config> {
+        (self.syn_flood_rate > 0).then_some(detect::syn_flood::Config {
+            rate: self.syn_flood_rate,
+            ratio_pct: self.syn_flood_ratio,
+            half_open: self.syn_flood_half_open,
+            window_s: self.syn_flood_window,
+        })
+    }
+
+    fn accept_queue(&self) -> Option<detect::accept_queue::Config> {
+        (self.accept_queue_window > 0).then_some(detect::accept_queue::Config {
+            window_s: self.accept_queue_window,
+        })
+    }
 }
 
 impl AnomalyArgs {
@@ -260,6 +306,8 @@ impl AnomalyArgs {
                 count: self.event_loss,
                 window_s: self.event_loss_window,
             }),
+            syn_flood: self.listeners.syn_flood(),
+            accept_queue: self.listeners.accept_queue(),
         })
     }
 }

@@ -68,6 +68,7 @@ impl Event {
                 Fact::Process(p) => p.ts_ns,
                 Fact::Sockets(s) => s.ts_ns,
                 Fact::TimeWait(c) => c.ts_ns,
+                Fact::Listeners(l) => l.ts_ns,
                 Fact::Cgroup { .. } | Fact::TlsLibraries(_) => 0,
             },
             Event::TlsHello(e) => e.header.ts_ns,

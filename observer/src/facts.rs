@@ -5,6 +5,8 @@
 //! replay reproduces every record (`recording.rs`). They are gathered by `app.rs` (the impure
 //! side); the tracker only consumes them.
 
+pub mod listeners;
+
 use std::net::SocketAddr;
 
 use observer_common::ConnState;
@@ -32,6 +34,8 @@ pub enum Fact {
     /// The names (`openssl/3.0.19`) of the TLS library files with uprobes, by the `lib_file`
     /// index their handshake events carry: a replay names libraries as the live run did.
     TlsLibraries(Vec<String>),
+    /// Every listener's queues and SYN counts (`listeners.rs`).
+    Listeners(listeners::ListenerSample),
 }
 
 /// Time-wait sockets per (netns, local ip, remote ip:port), and each namespace's ephemeral

@@ -8,6 +8,8 @@
 //! request. Executables and cgroups are looked up once per process and per cgroup, the first
 //! time a record names them.
 
+pub mod listeners;
+
 use std::collections::HashSet;
 
 use observer_common::{ConnState, conn_flag};

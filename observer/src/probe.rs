@@ -25,7 +25,10 @@ use crate::kernel::{
     tracefs::{self, TracefsError},
 };
 
+mod listen_hooks;
 mod tls_hooks;
+
+pub use listen_hooks::ListenCountsRead;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
 
@@ -143,6 +146,10 @@ pub enum ProbeError {
 
 /// Sizes and switches fixed at load time.
 #[derive(Debug, Clone, Copy)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent switches, each a command-line flag"
+)]
 pub struct ProbeConfig {
     /// Sockets tracked at once in the kernel map.
     pub max_connections: u32,
@@ -154,6 +161,8 @@ pub struct ProbeConfig {
     pub accept_hook: bool,
     /// Observe TLS handshakes (`--tls`).
     pub tls: bool,
+    /// Count SYNs and handshake ACKs per listener (`cgroup_skb` ingress; for `syn_flood`).
+    pub listeners: bool,
 }
 
 pub struct Probe {
@@ -163,6 +172,8 @@ pub struct Probe {
     accept_hook: bool,
     /// `None` without `--tls`.
     tls: Option<tls_hooks::TlsHooks>,
+    /// `None` unless `ProbeConfig::listeners`, or when the kernel refused it (warned).
+    listen: Option<listen_hooks::ListenHooks>,
     counters: PerCpuArray<MapData, u64>,
     pub choices: Choices,
     /// "category:name" of every attached hook.
@@ -216,6 +227,20 @@ impl Probe {
             .map_err(ProbeError::Load)?;
         load_all(&mut ebpf)?;
         let wire_loaded = config.tls && tls_hooks::load(&mut ebpf)?;
+        let listen = if config.listeners {
+            match listen_hooks::ListenHooks::load(&mut ebpf) {
+                Ok(hooks) => Some(hooks),
+                Err(err) => {
+                    eprintln!(
+                        "observer: warning: no SYN counts per listener: {err:#}; syn_flood uses \
+                         the half-open lists and namespace counters only"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let ring = take_map(&mut ebpf, "EVENTS")?;
         let ring = RingBuf::try_from(ring).map_err(|source| ProbeError::Map {
             name: "EVENTS",
@@ -235,6 +260,7 @@ impl Probe {
                 hooks.wire_loaded = wire_loaded;
                 hooks
             }),
+            listen,
             counters,
             choices,
             attached: Vec::new(),
@@ -290,6 +316,10 @@ impl Probe {
             tls.attach(&mut self.ebpf)?;
             self.attached.extend(tls.attached.iter().cloned());
         }
+        if let Some(listen) = &mut self.listen {
+            listen.attach(&mut self.ebpf)?;
+            self.attached.extend(listen.attached.clone());
+        }
         Ok(())
     }
 
@@ -330,6 +360,9 @@ impl Probe {
         }
         if let Some(tls) = &mut self.tls {
             tls.detach(&mut self.ebpf)?;
+        }
+        if let Some(listen) = &mut self.listen {
+            listen.detach(&mut self.ebpf)?;
         }
         self.attached.clear();
         self.forget_sockets()
@@ -385,6 +418,12 @@ impl Probe {
             read.map_err(|source| ProbeError::Table { name, source })?;
         }
         Ok(out)
+    }
+
+    /// SYNs and handshake ACKs per listening socket so far; `None` without the program.
+    #[must_use]
+    pub fn listen_counts(&self) -> Option<ListenCountsRead> {
+        self.listen.as_ref().map(listen_hooks::ListenHooks::read)
     }
 
     /// The kernel's counters, summed over CPUs (indexes in `observer_common::counter`), and

@@ -47,7 +47,12 @@ fn check_reports_every_hook_on_this_kernel() {
         assert!(row.contains(" ok "), "{row}");
     }
     assert!(
-        stdout.contains("10 hooks: tp_btf:inet_sock_set_state, tp_btf:inet_sock_set_state/inet_sock_set_state_nested,"),
+        stdout.contains("11 hooks: tp_btf:inet_sock_set_state, tp_btf:inet_sock_set_state/inet_sock_set_state_nested,"),
+        "{stdout}"
+    );
+    // syn_flood's SYN counter (docs/anomalies.md).
+    assert!(
+        stdout.contains(", cgroup_skb:/sys/fs/cgroup/unified/listener_counts\n"),
         "{stdout}"
     );
     assert!(

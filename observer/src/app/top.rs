@@ -17,7 +17,7 @@ use tokio::io::{Interest, unix::AsyncFd};
 use super::{DRAIN_EVERY, Pipeline, Ring, Signals, TABLE_EVERY, drain, filter, runtime};
 use crate::{
     cli::TopArgs,
-    facts::Purpose,
+    facts::{Purpose, listeners::ListenerSample},
     gather::Resolver,
     kernel,
     probe::{Probe, ProbeConfig},
@@ -39,6 +39,9 @@ pub fn run(args: &TopArgs) -> Result<()> {
         transitions: false,
         accept_hook: false,
         tls: false,
+        // SYNs and handshakes per listener for the Listeners view: a program run per ingress
+        // segment while top runs (docs/anomalies.md, syn_flood).
+        listeners: true,
     };
     let (mut probe, ring) = Probe::load(config)
         .context("cannot start capture (`observer check` shows what is missing)")?;
@@ -50,6 +53,8 @@ pub fn run(args: &TopArgs) -> Result<()> {
     let mut pipeline = Pipeline::new(tracker, encoder, sink, None);
     pipeline.resolver = Some(Resolver::new());
     pipeline.tally.closed_cookies = Some(Vec::new());
+    pipeline.filter = filter;
+    pipeline.listeners = Some(crate::gather::listeners::Listeners::default());
     runtime.block_on(live(signals, &mut probe, ring, &mut pipeline, args))
 }
 
@@ -60,6 +65,7 @@ struct Last {
     resets: u64,
     retransmits: u64,
     cookies: HashSet<u64>,
+    listeners: Option<ListenerSample>,
 }
 
 async fn live(
@@ -161,6 +167,11 @@ fn refresh(
     let counters = probe.counters();
     model.lost = counters[observer_common::counter::RING_FULL as usize]
         + counters[observer_common::counter::MAP_FULL as usize];
+    let listeners = listener_sample(probe, pipeline, now);
+    if let Some(sample) = &listeners {
+        let prev = last.as_ref().and_then(|l| l.listeners.as_ref());
+        model.listeners = crate::top::listeners::rows(prev, sample);
+    }
     let tally = &mut pipeline.tally;
     let closed_cookies = tally
         .closed_cookies
@@ -190,5 +201,17 @@ fn refresh(
         resets: tally.resets,
         retransmits: tally.retransmits,
         cookies,
+        listeners,
     });
+}
+
+/// The listeners now (in the `--netns` namespace when given), for the Listeners view.
+fn listener_sample(probe: &Probe, pipeline: &mut Pipeline, now: u64) -> Option<ListenerSample> {
+    let counts = probe.listen_counts();
+    let (sample, _warnings) =
+        pipeline
+            .listeners
+            .as_mut()?
+            .sample(now, pipeline.filter.netns, counts.as_ref());
+    Some(sample.filtered(|_, port| pipeline.filter.port.is_none_or(|p| p == port)))
 }

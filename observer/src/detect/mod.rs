@@ -5,6 +5,7 @@
 //! rule keeps per-subject state with hysteresis: it fires once when its threshold is crossed,
 //! stays firing while the condition holds, and resolves once the condition has fully cleared.
 
+pub mod accept_queue;
 pub mod close_wait;
 pub mod connect_failures;
 pub mod event_loss;
@@ -12,6 +13,7 @@ pub mod fin_wait_2;
 pub mod retransmit_storm;
 pub mod rst_storm;
 pub mod stuck;
+pub mod syn_flood;
 pub mod time_wait;
 pub mod tls_failures;
 pub mod window;
@@ -20,10 +22,12 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use serde_json::Value;
 
-use crate::facts::TimeWaitCensus;
-use crate::track::{
-    record::{Output, Process, Uid},
-    stuck::Waiting,
+use crate::{
+    facts::{TimeWaitCensus, listeners::ListenerSample},
+    track::{
+        record::{Output, Process, Uid},
+        stuck::Waiting,
+    },
 };
 
 /// At most this many sample connection uids (and peers) are named in an alert.
@@ -85,6 +89,8 @@ pub struct Config {
     pub retransmit_storm: Option<retransmit_storm::Config>,
     pub time_wait: Option<time_wait::Config>,
     pub tls_failures: Option<tls_failures::Config>,
+    pub syn_flood: Option<syn_flood::Config>,
+    pub accept_queue: Option<accept_queue::Config>,
 }
 
 /// Every enabled rule, fed by the pipeline.
@@ -98,6 +104,8 @@ pub struct Detector {
     retransmit_storm: Option<retransmit_storm::Rule>,
     time_wait: Option<time_wait::Rule>,
     tls_failures: Option<tls_failures::Rule>,
+    syn_flood: Option<syn_flood::Rule>,
+    accept_queue: Option<accept_queue::Rule>,
 }
 
 impl Detector {
@@ -112,6 +120,37 @@ impl Detector {
             retransmit_storm: config.retransmit_storm.map(retransmit_storm::Rule::new),
             time_wait: config.time_wait.map(time_wait::Rule::new),
             tls_failures: config.tls_failures.map(tls_failures::Rule::new),
+            syn_flood: config.syn_flood.map(syn_flood::Rule::new),
+            accept_queue: config.accept_queue.map(accept_queue::Rule::new),
+        }
+    }
+
+    /// Whether a rule needs listener samples (about every second).
+    #[must_use]
+    pub fn wants_listeners(&self) -> bool {
+        self.syn_flood.is_some() || self.accept_queue.is_some()
+    }
+
+    /// Whether a rule needs SYN counts per listener (the `listener_counts` program).
+    #[must_use]
+    pub fn wants_syn_counts(&self) -> bool {
+        self.syn_flood.is_some()
+    }
+
+    /// A listener sample (`facts::listeners`).
+    pub fn listeners(&mut self, sample: &ListenerSample, alerts: &mut Vec<Alert>) {
+        if let Some(rule) = &mut self.accept_queue {
+            rule.sample(sample, alerts);
+        }
+        if let Some(rule) = &mut self.syn_flood {
+            rule.sample(sample, alerts);
+        }
+    }
+
+    /// A SYN-ACK retransmit (`tcp:tcp_retransmit_synack`).
+    pub fn synack(&mut self, s: &observer_common::SynackRetransmit) {
+        if let Some(rule) = &mut self.syn_flood {
+            rule.synack(s);
         }
     }
 
@@ -204,6 +243,8 @@ fn endpoint((ip, port): (IpAddr, u16)) -> String {
     std::net::SocketAddr::new(ip, port).to_string()
 }
 
+#[cfg(test)]
+mod listener_tests;
 #[cfg(test)]
 mod tests;
 

@@ -48,6 +48,8 @@ pub(super) fn none() -> Config {
         retransmit_storm: None,
         time_wait: None,
         tls_failures: None,
+        syn_flood: None,
+        accept_queue: None,
     }
 }
 

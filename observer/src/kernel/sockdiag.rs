@@ -23,6 +23,7 @@
 //! `namespaces × (1 ms + 0.15 µs × sockets on the host)`. Finding the namespaces is one `stat`
 //! per process (0.6 ms for 80 processes); the thread and `setns` per namespace are noise.
 
+mod listen;
 mod netns;
 mod tcp_info;
 
@@ -36,6 +37,7 @@ use std::{
 use observer_common::{AF_INET, AF_INET6, tcp_state};
 use thiserror::Error;
 
+pub use listen::{ListenSocket, dump_listeners};
 pub use netns::{NetNs, TimeWaitDump, dump_all, in_netns, namespaces, time_wait_all};
 pub use tcp_info::TcpInfo;
 

@@ -62,7 +62,7 @@ fn points(kind: LibKind) -> &'static [(&'static str, &'static str, u64)] {
 }
 
 /// The cgroup v2 root: `/sys/fs/cgroup/unified` on hybrid hosts, else `/sys/fs/cgroup`.
-fn cgroup2_root() -> Option<&'static str> {
+pub(super) fn cgroup2_root() -> Option<&'static str> {
     ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
         .into_iter()
         .find(|p| Path::new(p).join("cgroup.controllers").exists())

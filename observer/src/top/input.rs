@@ -8,6 +8,7 @@ use super::select::{CONN_COLUMNS, Filter, PROC_COLUMNS};
 pub enum Tab {
     Connections,
     Processes,
+    Listeners,
 }
 
 impl Tab {
@@ -16,6 +17,7 @@ impl Tab {
         match self {
             Tab::Connections => CONN_COLUMNS.len(),
             Tab::Processes => PROC_COLUMNS.len(),
+            Tab::Listeners => super::listeners::LISTEN_COLUMNS.len(),
         }
     }
 }
@@ -25,7 +27,7 @@ impl Tab {
 pub struct Ui {
     pub tab: Tab,
     /// Sort column per tab, and whether it is reversed.
-    pub sort: [(usize, bool); 2],
+    pub sort: [(usize, bool); 3],
     /// The filter being typed (after `/`), or `None`.
     pub editing: Option<String>,
     pub filter_text: String,
@@ -42,7 +44,8 @@ impl Default for Ui {
         Self {
             tab: Tab::Connections,
             // Connections by age, newest first would hide the old; by state, then address.
-            sort: [(4, false), (2, true)],
+            // Listeners by address.
+            sort: [(4, false), (2, true), (0, false)],
             editing: None,
             filter_text: String::new(),
             filter: Filter::default(),
@@ -103,9 +106,11 @@ impl Ui {
             KeyCode::Char('q') => return Action::Quit,
             KeyCode::Char('1') => self.switch(Tab::Connections),
             KeyCode::Char('2') => self.switch(Tab::Processes),
+            KeyCode::Char('3') => self.switch(Tab::Listeners),
             KeyCode::Tab | KeyCode::BackTab => self.switch(match self.tab {
                 Tab::Connections => Tab::Processes,
-                Tab::Processes => Tab::Connections,
+                Tab::Processes => Tab::Listeners,
+                Tab::Listeners => Tab::Connections,
             }),
             KeyCode::Char('>' | '.') | KeyCode::Right => *col = (*col + 1) % columns,
             KeyCode::Char('<' | ',') | KeyCode::Left => *col = (*col + columns - 1) % columns,

@@ -5,6 +5,7 @@
 //! owns the real terminal. The capture loop feeding the model lives in `app::top`.
 
 pub mod input;
+pub mod listeners;
 pub mod model;
 pub mod select;
 mod term;

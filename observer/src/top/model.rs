@@ -72,6 +72,7 @@ pub struct Model {
     /// Events the kernel could not deliver (ring or map full) since start.
     pub lost: u64,
     pub conns: Vec<Conn>,
+    pub listeners: Vec<super::listeners::Listener>,
 }
 
 /// One process in the Processes view.

@@ -82,6 +82,7 @@ fn model() -> Model {
                 tcp_state::CLOSE_WAIT,
             ),
         ],
+        listeners: Vec::new(),
     }
 }
 
@@ -292,7 +293,7 @@ fn formats() {
 const CONNECTIONS: &str = "\
 observer top — web1  up 1h02m  new 2.0/s  closed 1.5/s  retx 0.2/s  resets 0.0/s  lost 0
 4 sockets: CLOSE_WAIT 1 ESTABLISHED 2 LISTEN 1
- 1 Connections   2 Processes    sort: STATE asc   filter: -
+ 1 Connections   2 Processes   3 Listeners    sort: STATE asc   filter: -
 PID     COMM            LOCAL                  REMOTE                 STATE▲      AGE     IN-STATE RX      TX      RTT     RETX
 300     python3         10.0.0.1:8080          10.0.0.7:33000         CLOSE_WAIT  28s     12s      5.9K    400     160µs   0
 100     nginx           10.0.0.1:443           10.0.0.9:50000         ESTABLISHED 14s     6s       2.9K    200     80µs    0
@@ -301,23 +302,23 @@ PID     COMM            LOCAL                  REMOTE                 STATE▲  
 
 
 
-q quit  ? help  1/2/Tab view  </> sort column  r reverse  / filter  p pause  Enter detail
+q quit  ? help  1/2/3/Tab view  </> sort column  r reverse  / filter  p pause  Enter detail
 ";
 const PROCESSES: &str = "\
 observer top — web1  up 1h02m  new 2.0/s  closed 1.5/s  retx 0.2/s  resets 0.0/s  lost 0
 4 sockets: CLOSE_WAIT 1 ESTABLISHED 2 LISTEN 1
- 1 Connections   2 Processes    sort: CONNS desc   filter: -
+ 1 Connections   2 Processes   3 Listeners    sort: CONNS desc   filter: -
 PID     COMM            CONNS▼ ESTAB  LISTEN CLOSE_WAIT TIME_WAIT OTHER  RETX   RX+TX
 100     nginx           2      1      1      0          0         0      0      4.7K
 300     python3         1      0      0      1          0         0      0      6.2K
 200     curl            1      1      0      0          0         0      1      4.7K
 
-q quit  ? help  1/2/Tab view  </> sort column  r reverse  / filter  p pause  Enter detail
+q quit  ? help  1/2/3/Tab view  </> sort column  r reverse  / filter  p pause  Enter detail
 ";
 const DETAIL: &str = "\
 observer top — web1  up 1h02m  new 2.0/s  closed 1.5/s  retx 0.2/s  resets 0.0/s  lost 12  PAUSED
 4 sockets: CLOSE_WAIT 1 ESTABLISHED 2 LISTEN 1
- 1 Connections   2 Processes    sort: STATE asc   filter: -
+ 1 Connections   2 Processes   3 Listeners    sort: STATE asc   filter: -
 PID     COMM            LOCAL                  REMOTE                 STATE▲      AGE     IN-STATE RX      TX      RTT     RETX
 300     python3         10.0.0.1:8080          10.0.0.7:33000         CLOSE_WAIT  28s     12s      5.9K    400     160µs   0
 100     nginx           10.0.0.1:443           10.0.0.9:50000         ESTABLISHED 14s     6s       2.9K    200     80µs    0
@@ -334,5 +335,5 @@ PID     COMM            LOCAL                  REMOTE                 STATE▲  
 │state ESTABLISHED for 6s, born 14s ago                                                                                          │
 │rx 2.9K  tx 200  rtt 80µs  retransmits 0                                                                                        │
 └────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────┘
-q quit  ? help  1/2/Tab view  </> sort column  r reverse  / filter  p pause  Enter detail
+q quit  ? help  1/2/3/Tab view  </> sort column  r reverse  / filter  p pause  Enter detail
 ";

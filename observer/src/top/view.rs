@@ -67,6 +67,19 @@ pub fn draw(frame: &mut Frame, model: &Model, ui: &mut Ui) {
             .header(column_header(&PROC_COLUMNS, col, rev));
             frame.render_widget(table, body);
         }
+        Tab::Listeners => {
+            let (col, rev) = ui.sort();
+            let names = &super::listeners::LISTEN_COLUMNS;
+            let head = column_header(names, col, rev);
+            ui.selected = super::listeners::draw(
+                frame,
+                body,
+                &model.listeners,
+                (&ui.filter, col, rev),
+                ui.selected,
+                head,
+            );
+        }
     }
     frame.render_widget(footer(ui), foot);
     if ui.help {
@@ -133,11 +146,14 @@ fn tab_line(ui: &Ui) -> Line<'static> {
     let names: &[&str] = match ui.tab {
         Tab::Connections => &CONN_COLUMNS,
         Tab::Processes => &PROC_COLUMNS,
+        Tab::Listeners => &super::listeners::LISTEN_COLUMNS,
     };
     Line::from(vec![
         tab(Tab::Connections, " 1 Connections "),
         Span::raw(" "),
         tab(Tab::Processes, " 2 Processes "),
+        Span::raw(" "),
+        tab(Tab::Listeners, " 3 Listeners "),
         Span::raw(format!(
             "   sort: {} {}   filter: {}",
             names.get(col).copied().unwrap_or("?"),
@@ -254,13 +270,13 @@ fn footer(ui: &Ui) -> Line<'static> {
             "/{text}_   (port: sport: dport: pid: comm: state: addr: or words; Enter applies, Esc cancels)"
         )),
         None => Line::raw(
-            "q quit  ? help  1/2/Tab view  </> sort column  r reverse  / filter  p pause  Enter detail",
+            "q quit  ? help  1/2/3/Tab view  </> sort column  r reverse  / filter  p pause  Enter detail",
         ),
     }
 }
 
 const HELP: &[&str] = &[
-    "1, 2, Tab    Connections, Processes",
+    "1, 2, 3, Tab Connections, Processes, Listeners",
     "< >  ← →     sort by the previous/next column",
     "r            reverse the sort",
     "/            filter: port:N sport:N dport:N pid:N comm:X",

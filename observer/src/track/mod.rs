@@ -181,7 +181,7 @@ impl Tracker {
             Fact::Cgroup { id, path } => self.procs.cgroup(*id, path),
             Fact::Sockets(scan) => self.scan(scan, out),
             // For the detectors only.
-            Fact::TimeWait(_) => {}
+            Fact::TimeWait(_) | Fact::Listeners(_) => {}
             Fact::TlsLibraries(names) => self.tls.libraries.clone_from(names),
         }
     }
