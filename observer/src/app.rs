@@ -14,7 +14,7 @@ use tokio::{
 };
 
 mod snapshot;
-mod top;
+pub mod top;
 
 use crate::{
     check,
@@ -124,6 +124,8 @@ struct Tally {
     /// Cookies of the sockets whose closed record was written since `observer top` last
     /// looked; `None` (not kept) for other runs.
     closed_cookies: Option<Vec<u64>>,
+    /// The alerts written since `observer top` last looked; `None` for other runs.
+    alerts: Option<Vec<Alert>>,
 }
 
 impl Pipeline {
@@ -304,6 +306,9 @@ impl Pipeline {
         }
         for alert in self.alerts.drain(..) {
             let _ = self.encoder.alert(&alert, &mut self.buf);
+            if let Some(kept) = &mut self.tally.alerts {
+                kept.push(alert);
+            }
         }
         let result = if self.buf.is_empty() {
             self.sink.retry()

@@ -100,7 +100,7 @@ fn top_shows_a_live_connection_with_its_owner_and_state_then_restores_the_termin
     let ns = NetNs::new("top");
     let tmux = Tmux::start(160, 40);
     let command = format!(
-        "{} top --refresh-ms 200 --netns {}; echo TOP-EXITED=$?",
+        "{} top --refresh-ms 200 --close-wait-after 1 --netns {}; echo TOP-EXITED=$?",
         bin().display(),
         ns.path().display()
     );
@@ -141,6 +141,40 @@ fn top_shows_a_live_connection_with_its_owner_and_state_then_restores_the_termin
     });
     // For the README's capture of a live screen (`--nocapture`).
     println!("{}", tmux.screen());
+
+    // A second later the detectors call it stuck: the Anomalies view shows the alert, with
+    // its owner and evidence, and the header counts it.
+    tmux.keys(&["3"]);
+    let alert = tmux.wait_line("the close_wait_stuck alert", |l| {
+        has_all(
+            l,
+            &[
+                "FIRING",
+                "close_wait_stuck",
+                "medium",
+                &spid,
+                "top-srv",
+                "1/1",
+            ],
+        )
+    });
+    assert!(
+        alert.contains("top-srv (pid"),
+        "the reason names the process: {alert}"
+    );
+    let screen = tmux.screen();
+    assert!(screen.contains("firing 1"), "{screen}");
+    assert!(
+        screen.contains(&format!("close_wait_stuck FIRING — top-srv (pid {spid})")),
+        "{screen}"
+    );
+    assert!(
+        screen.contains(&format!("listen_ports: {port}"))
+            && screen.contains(&format!("peers: {local}")),
+        "the evidence names the service and the peer: {screen}"
+    );
+    println!("{screen}");
+    tmux.keys(&["1"]);
 
     // The filter narrows the table to one socket.
     tmux.keys(&["/", "state:close-wait", "Enter"]);

@@ -2,21 +2,60 @@
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
-use super::select::{CONN_COLUMNS, Filter, PROC_COLUMNS};
+use super::select::{ALERT_COLUMNS, CONN_COLUMNS, Filter, PROC_COLUMNS};
 
+/// The views. A new one is a variant here, an entry in [`Tab::ALL`] (its number key is its
+/// place there), its columns, and its arm in `view::draw`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tab {
     Connections,
     Processes,
+    Anomalies,
 }
 
 impl Tab {
+    /// Every view, in tab order.
+    pub const ALL: [Tab; 3] = [Tab::Connections, Tab::Processes, Tab::Anomalies];
+
     #[must_use]
-    pub fn columns(self) -> usize {
+    pub fn label(self) -> &'static str {
         match self {
-            Tab::Connections => CONN_COLUMNS.len(),
-            Tab::Processes => PROC_COLUMNS.len(),
+            Tab::Connections => "Connections",
+            Tab::Processes => "Processes",
+            Tab::Anomalies => "Anomalies",
         }
+    }
+
+    /// The view's column titles, in screen order.
+    #[must_use]
+    pub fn columns(self) -> &'static [&'static str] {
+        match self {
+            Tab::Connections => &CONN_COLUMNS,
+            Tab::Processes => &PROC_COLUMNS,
+            Tab::Anomalies => &ALERT_COLUMNS,
+        }
+    }
+
+    /// The sort a view starts with: (column, reversed).
+    fn default_sort(self) -> (usize, bool) {
+        match self {
+            // By state, then address: by age, newest first, would hide the old.
+            Tab::Connections => (4, false),
+            // Most connections first.
+            Tab::Processes => (2, true),
+            // Firing before resolved, then newest first.
+            Tab::Anomalies => (0, false),
+        }
+    }
+
+    /// Its place in [`Tab::ALL`].
+    #[must_use]
+    pub fn index(self) -> usize {
+        Tab::ALL.iter().position(|&t| t == self).unwrap_or(0)
+    }
+
+    fn step(self, by: usize) -> Tab {
+        Tab::ALL[(self.index() + by) % Tab::ALL.len()]
     }
 }
 
@@ -24,8 +63,8 @@ impl Tab {
 #[derive(Debug, Clone)]
 pub struct Ui {
     pub tab: Tab,
-    /// Sort column per tab, and whether it is reversed.
-    pub sort: [(usize, bool); 2],
+    /// Sort column per tab (in [`Tab::ALL`] order), and whether it is reversed.
+    pub sort: [(usize, bool); Tab::ALL.len()],
     /// The filter being typed (after `/`), or `None`.
     pub editing: Option<String>,
     pub filter_text: String,
@@ -41,8 +80,7 @@ impl Default for Ui {
     fn default() -> Self {
         Self {
             tab: Tab::Connections,
-            // Connections by age, newest first would hide the old; by state, then address.
-            sort: [(4, false), (2, true)],
+            sort: Tab::ALL.map(Tab::default_sort),
             editing: None,
             filter_text: String::new(),
             filter: Filter::default(),
@@ -65,7 +103,7 @@ pub enum Action {
 impl Ui {
     #[must_use]
     pub fn sort(&self) -> (usize, bool) {
-        self.sort[self.tab as usize]
+        self.sort[self.tab.index()]
     }
 
     /// Applies one key press.
@@ -97,16 +135,19 @@ impl Ui {
                 _ => Action::Redraw,
             };
         }
-        let columns = self.tab.columns();
-        let (col, rev) = &mut self.sort[self.tab as usize];
+        let columns = self.tab.columns().len();
+        let (col, rev) = &mut self.sort[self.tab.index()];
         match key.code {
             KeyCode::Char('q') => return Action::Quit,
-            KeyCode::Char('1') => self.switch(Tab::Connections),
-            KeyCode::Char('2') => self.switch(Tab::Processes),
-            KeyCode::Tab | KeyCode::BackTab => self.switch(match self.tab {
-                Tab::Connections => Tab::Processes,
-                Tab::Processes => Tab::Connections,
-            }),
+            KeyCode::Char(c @ '1'..='9') => {
+                let n = usize::from(c as u8 - b'1');
+                match Tab::ALL.get(n) {
+                    Some(&tab) => self.switch(tab),
+                    None => return Action::None,
+                }
+            }
+            KeyCode::Tab => self.switch(self.tab.step(1)),
+            KeyCode::BackTab => self.switch(self.tab.step(Tab::ALL.len() - 1)),
             KeyCode::Char('>' | '.') | KeyCode::Right => *col = (*col + 1) % columns,
             KeyCode::Char('<' | ',') | KeyCode::Left => *col = (*col + columns - 1) % columns,
             KeyCode::Char('r') => *rev = !*rev,

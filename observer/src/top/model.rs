@@ -3,6 +3,7 @@
 
 use std::{collections::BTreeMap, net::SocketAddr};
 
+use super::alerts::Anomaly;
 use crate::track::{lifecycle::state_name, snapshot::Row};
 
 /// One socket as a row of the Connections view.
@@ -68,10 +69,15 @@ pub struct Rates {
 pub struct Model {
     pub host: String,
     pub uptime_ns: u64,
+    /// The time of the listing shown (`CLOCK_BOOTTIME`), and its offset to Unix time.
+    pub now_ns: u64,
+    pub boot_to_unix_ns: i64,
     pub rates: Rates,
     /// Events the kernel could not deliver (ring or map full) since start.
     pub lost: u64,
     pub conns: Vec<Conn>,
+    /// Alerts firing or recently resolved, as the detectors raised them.
+    pub anomalies: Vec<Anomaly>,
 }
 
 /// One process in the Processes view.
@@ -92,6 +98,12 @@ pub struct Proc {
 }
 
 impl Model {
+    /// Alerts firing now.
+    #[must_use]
+    pub fn firing(&self) -> usize {
+        self.anomalies.iter().filter(|a| a.firing()).count()
+    }
+
     /// Sockets per state name, in name order.
     #[must_use]
     pub fn state_counts(&self) -> BTreeMap<&'static str, usize> {

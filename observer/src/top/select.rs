@@ -2,7 +2,10 @@
 
 use std::cmp::Ordering;
 
-use super::model::{Conn, Proc};
+use super::{
+    alerts::Anomaly,
+    model::{Conn, Proc},
+};
 
 /// The columns of the Connections view, in screen order.
 pub const CONN_COLUMNS: [&str; 11] = [
@@ -21,6 +24,19 @@ pub const PROC_COLUMNS: [&str; 10] = [
     "OTHER",
     "RETX",
     "RX+TX",
+];
+
+/// The columns of the Anomalies view, in screen order.
+pub const ALERT_COLUMNS: [&str; 9] = [
+    "STATUS",
+    "RULE",
+    "SEV",
+    "PID",
+    "COMM",
+    "DESTINATION",
+    "SINCE",
+    "OBS/THR",
+    "REASON",
 ];
 
 /// A parsed `/` expression: every term must match.
@@ -74,6 +90,44 @@ impl Filter {
                     || p.pid.is_some_and(|pid| pid.to_string() == *v)
             }
             Some(_) => true,
+        })
+    }
+
+    /// An alert passes when its subject matches every term: `pid`, `comm`, `port` and
+    /// `addr` (its destination), `state` (`firing`, `resolved`), bare words also its rule.
+    #[must_use]
+    pub fn admits_anomaly(&self, a: &Anomaly) -> bool {
+        let s = &a.alert.subject;
+        let status = if a.firing() { "firing" } else { "resolved" };
+        self.terms.iter().all(|(key, v)| {
+            let pid = || s.process.is_some_and(|p| p.pid.to_string() == *v);
+            let comm = || {
+                s.process
+                    .is_some_and(|p| p.name().to_ascii_lowercase().contains(v.as_str()))
+            };
+            let port = || {
+                v.parse::<u16>()
+                    .is_ok_and(|n| s.destination.is_some_and(|d| d.1 == n && n != 0))
+            };
+            let addr = || {
+                s.destination
+                    .is_some_and(|d| d.0.to_string().contains(v.as_str()))
+            };
+            match key.as_deref() {
+                Some("pid") => pid(),
+                Some("comm") => comm(),
+                Some("port" | "dport") => port(),
+                Some("addr") => addr(),
+                Some("state") => status.contains(v.as_str()),
+                Some(_) => true,
+                None => {
+                    pid()
+                        || comm()
+                        || addr()
+                        || status.contains(v.as_str())
+                        || a.alert.rule.contains(v.as_str())
+                }
+            }
         })
     }
 }
@@ -140,6 +194,50 @@ pub fn cmp_proc(a: &Proc, b: &Proc, col: usize) -> Ordering {
         _ => (a.bytes_in + a.bytes_out).cmp(&(b.bytes_in + b.bytes_out)),
     };
     by.then_with(|| (a.pid, &a.comm).cmp(&(b.pid, &b.comm)))
+}
+
+/// Orders two alerts by column `col` of [`ALERT_COLUMNS`]; the status column puts firing
+/// first, newest first.
+#[must_use]
+pub fn cmp_anomaly(a: &Anomaly, b: &Anomaly, col: usize) -> Ordering {
+    let (x, y) = (&a.alert, &b.alert);
+    let by = match col {
+        0 => b.firing().cmp(&a.firing()),
+        1 => x.rule.cmp(y.rule),
+        2 => x.severity.cmp(&y.severity),
+        3 => x
+            .subject
+            .process
+            .map(|p| p.pid)
+            .cmp(&y.subject.process.map(|p| p.pid)),
+        4 => x
+            .subject
+            .process
+            .map(|p| p.comm)
+            .cmp(&y.subject.process.map(|p| p.comm)),
+        5 => x.subject.destination.cmp(&y.subject.destination),
+        6 => b.fired_ns.cmp(&a.fired_ns),
+        7 => x.observed.cmp(&y.observed),
+        _ => x.reason.cmp(&y.reason),
+    };
+    by.then_with(|| b.changed_ns().cmp(&a.changed_ns()))
+        .then_with(|| x.rule.cmp(y.rule))
+}
+
+/// The alerts `filter` admits, sorted by `col` (reversed when `reverse`).
+#[must_use]
+pub fn anomalies<'a>(
+    all: &'a [Anomaly],
+    filter: &Filter,
+    col: usize,
+    reverse: bool,
+) -> Vec<&'a Anomaly> {
+    let mut rows: Vec<&Anomaly> = all.iter().filter(|a| filter.admits_anomaly(a)).collect();
+    rows.sort_by(|a, b| {
+        let o = cmp_anomaly(a, b, col);
+        if reverse { o.reverse() } else { o }
+    });
+    rows
 }
 
 /// The connections `filter` admits, sorted by `col` (descending when `reverse`).

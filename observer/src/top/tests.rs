@@ -8,10 +8,15 @@ use observer_common::tcp_state;
 use ratatui::{Terminal, backend::TestBackend};
 
 use super::{
+    alerts::{AlertLog, RESOLVED_KEPT, RESOLVED_KEPT_NS},
     input::{Action, Tab, Ui},
     model::{Conn, Model, Rates},
     select::{self, Filter},
     view,
+};
+use crate::{
+    detect::{Alert, Status, Subject},
+    track::record::{Process, Uid},
 };
 
 const S: u64 = 1_000_000_000;
@@ -36,6 +41,49 @@ fn conn(cookie: u64, pid: u32, comm: &str, local: &str, remote: &str, state: u8)
     }
 }
 
+fn process(pid: u32, name: &str) -> Process {
+    let mut comm = [0u8; 16];
+    comm[..name.len()].copy_from_slice(name.as_bytes());
+    Process { pid, uid: 0, comm }
+}
+
+fn alert(rule: &'static str, status: Status, ts_s: u64, subject: Subject) -> Alert {
+    Alert {
+        rule,
+        status,
+        ts_ns: ts_s * S,
+        severity: 3,
+        reason: format!("{rule} {}", status.as_str()),
+        subject,
+        observed: 2,
+        threshold: 1,
+        window_s: 60,
+        evidence: [
+            ("oldest_age_s", serde_json::json!(61)),
+            ("peers", serde_json::json!(["10.0.0.7:33000", "10.0.0.8:1"])),
+        ]
+        .into_iter()
+        .collect(),
+        samples: vec![Uid(*b"C00000000000000004")],
+    }
+}
+
+fn stuck_python() -> Subject {
+    Subject {
+        netns: Some(4_026_531_840),
+        process: Some(process(300, "python3")),
+        destination: None,
+    }
+}
+
+fn refused_db() -> Subject {
+    Subject {
+        netns: Some(4_026_531_840),
+        process: Some(process(200, "curl")),
+        destination: Some(("10.0.0.5".parse().expect("ip"), 5432)),
+    }
+}
+
 /// A host with a web server, its clients, a stuck `CLOSE_WAIT` and a listener.
 fn model() -> Model {
     Model {
@@ -48,6 +96,9 @@ fn model() -> Model {
             resets: 0.0,
         },
         lost: 0,
+        now_ns: 3725 * S,
+        boot_to_unix_ns: 1_790_000_000 * S as i64,
+        anomalies: Vec::new(),
         conns: vec![
             conn(
                 1,
@@ -276,6 +327,176 @@ fn a_small_terminal_and_many_rows() {
 }
 
 #[test]
+fn the_alert_log_folds_firing_and_resolved() {
+    let mut log = AlertLog::default();
+    log.push(alert(
+        "close_wait_stuck",
+        Status::Firing,
+        100,
+        stuck_python(),
+    ));
+    log.push(alert("connect_failures", Status::Firing, 110, refused_db()));
+    log.push(alert(
+        "connect_failures",
+        Status::Resolved,
+        130,
+        refused_db(),
+    ));
+    // Fires again later: a new row, the resolved one stays.
+    log.push(alert("connect_failures", Status::Firing, 200, refused_db()));
+    let rows: Vec<(&str, Option<u64>, Option<u64>)> = log
+        .rows()
+        .iter()
+        .map(|r| {
+            (
+                r.alert.rule,
+                r.fired_ns.map(|t| t / S),
+                r.resolved_ns.map(|t| t / S),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("close_wait_stuck", Some(100), None),
+            ("connect_failures", Some(110), Some(130)),
+            ("connect_failures", Some(200), None),
+        ]
+    );
+    assert_eq!(
+        log.rows()[1].alert.status,
+        Status::Resolved,
+        "the latest alert is shown"
+    );
+    // A resolution without its firing (it fired before the view started).
+    log.push(alert("rst_storm", Status::Resolved, 210, refused_db()));
+    assert_eq!(log.rows()[3].fired_ns, None);
+    // Resolved rows leave after RESOLVED_KEPT_NS; firing ones stay.
+    log.expire(130 * S + RESOLVED_KEPT_NS);
+    assert_eq!(log.rows().len(), 3);
+    log.expire(210 * S + RESOLVED_KEPT_NS);
+    assert_eq!(log.rows().iter().filter(|r| r.firing()).count(), 2);
+    assert_eq!(log.rows().len(), 2);
+    // At most RESOLVED_KEPT resolved rows: the oldest go.
+    for i in 0..(RESOLVED_KEPT as u64 + 7) {
+        let t = 1000 + 2 * i;
+        log.push(alert("rst_storm", Status::Firing, t, refused_db()));
+        log.push(alert("rst_storm", Status::Resolved, t + 1, refused_db()));
+    }
+    log.expire(1000 * S);
+    let resolved: Vec<u64> = log.rows().iter().filter_map(|r| r.resolved_ns).collect();
+    assert_eq!(resolved.len(), RESOLVED_KEPT);
+    assert_eq!(resolved.iter().min(), Some(&((1000 + 2 * 7 + 1) * S)));
+}
+
+fn with_alerts() -> Model {
+    let mut m = model();
+    let mut log = AlertLog::default();
+    log.push(alert(
+        "connect_failures",
+        Status::Firing,
+        3000,
+        refused_db(),
+    ));
+    log.push(alert(
+        "connect_failures",
+        Status::Resolved,
+        3100,
+        refused_db(),
+    ));
+    log.push(alert(
+        "close_wait_stuck",
+        Status::Firing,
+        3600,
+        stuck_python(),
+    ));
+    m.anomalies = log.rows().to_vec();
+    m
+}
+
+#[test]
+fn anomalies_view() {
+    let mut ui = Ui::default();
+    press(&mut ui, KeyCode::Char('3'));
+    assert_eq!(ui.tab, Tab::Anomalies);
+    let m = with_alerts();
+    assert_eq!(m.firing(), 1);
+    let got = render(&m, &mut ui, 130, 20);
+    println!("{got}");
+    assert_eq!(got, ANOMALIES);
+    // The header's firing count is red.
+    let mut terminal = Terminal::new(TestBackend::new(130, 20)).expect("terminal");
+    terminal.draw(|f| view::draw(f, &m, &mut ui)).expect("draw");
+    let buf = terminal.backend().buffer();
+    let x = (0..124)
+        .find(|&x| (0..6).all(|i| buf[(x + i, 0)].symbol() == &"firing"[i as usize..=i as usize]))
+        .expect("firing count shown");
+    assert_eq!(buf[(x, 0)].fg, ratatui::style::Color::Red);
+    // Filters over the subject; the pane follows the selection.
+    let pick = |text: &str| -> Vec<&str> {
+        select::anomalies(&m.anomalies, &Filter::parse(text), 0, false)
+            .iter()
+            .map(|a| a.alert.rule)
+            .collect()
+    };
+    let cases: &[(&str, &[&str])] = &[
+        ("", &["close_wait_stuck", "connect_failures"]),
+        ("state:firing", &["close_wait_stuck"]),
+        ("state:resolved", &["connect_failures"]),
+        ("pid:200", &["connect_failures"]),
+        ("comm:PYTH", &["close_wait_stuck"]),
+        ("port:5432", &["connect_failures"]),
+        ("addr:10.0.0.5", &["connect_failures"]),
+        ("connect", &["connect_failures"]),
+        ("300", &["close_wait_stuck"]),
+        ("nothing-like-this", &[]),
+    ];
+    for (text, want) in cases {
+        assert_eq!(pick(text), *want, "filter {text:?}");
+    }
+    press(&mut ui, KeyCode::Down);
+    let got = render(&m, &mut ui, 130, 20);
+    assert!(
+        got.contains("connect_failures resolved — curl (pid 200) → 10.0.0.5:5432"),
+        "{got}"
+    );
+    // Sorting: by rule, then reversed.
+    press(&mut ui, KeyCode::Char('>'));
+    assert_eq!(
+        pick_sorted(&m, &ui),
+        ["close_wait_stuck", "connect_failures"]
+    );
+    press(&mut ui, KeyCode::Char('r'));
+    assert_eq!(
+        pick_sorted(&m, &ui),
+        ["connect_failures", "close_wait_stuck"]
+    );
+    type_filter(&mut ui, "comm:nobody");
+    let got = render(&m, &mut ui, 130, 20);
+    assert!(got.contains("no alert matches the filter"), "{got}");
+    // Tab cycles through every view and back.
+    for want in [Tab::Connections, Tab::Processes, Tab::Anomalies] {
+        press(&mut ui, KeyCode::Tab);
+        assert_eq!(ui.tab, want);
+    }
+    press(&mut ui, KeyCode::BackTab);
+    assert_eq!(ui.tab, Tab::Processes);
+    assert_eq!(
+        press(&mut ui, KeyCode::Char('9')),
+        Action::None,
+        "no ninth view"
+    );
+}
+
+fn pick_sorted(m: &Model, ui: &Ui) -> Vec<&'static str> {
+    let (col, rev) = ui.sort();
+    select::anomalies(&m.anomalies, &ui.filter, col, rev)
+        .iter()
+        .map(|a| a.alert.rule)
+        .collect()
+}
+
+#[test]
 fn formats() {
     assert_eq!(view::duration(850_000_000), "850ms");
     assert_eq!(view::duration(12 * S), "12s");
@@ -289,10 +510,32 @@ fn formats() {
     assert_eq!(view::rtt(1250), "1.2ms");
 }
 
-const CONNECTIONS: &str = "\
-observer top — web1  up 1h02m  new 2.0/s  closed 1.5/s  retx 0.2/s  resets 0.0/s  lost 0
+const ANOMALIES: &str = "\
+observer top — web1  up 1h02m  new 2.0/s  closed 1.5/s  retx 0.2/s  resets 0.0/s  lost 0  firing 1
 4 sockets: CLOSE_WAIT 1 ESTABLISHED 2 LISTEN 1
- 1 Connections   2 Processes    sort: STATE asc   filter: -
+ 1 Connections   2 Processes   3 Anomalies    sort: STATUS asc   filter: -
+STATUS▲   RULE              SEV    PID     COMM            DESTINATION            SINCE    OBS/THR  REASON
+FIRING    close_wait_stuck  medium 300     python3         -                      2m05s    2/1      close_wait_stuck firing
+resolved  connect_failures  medium 200     curl            10.0.0.5:5432          12m05s   2/1      connect_failures resolved
+
+
+
+
+
+
+┌ alert ─────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────┐
+│close_wait_stuck FIRING — python3 (pid 300)  netns 4026531840 — fired 2m05s ago                                                 │
+│reason: close_wait_stuck firing                                                                                                 │
+│observed 2  threshold 1  window 60s                                                                                             │
+│evidence: oldest_age_s: 61  peers: 10.0.0.7:33000, 10.0.0.8:1                                                                   │
+│connections: C00000000000000004                                                                                                 │
+└────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────┘
+q quit  ? help  1-3/Tab view  </> sort column  r reverse  / filter  p pause  Enter detail
+";
+const CONNECTIONS: &str = "\
+observer top — web1  up 1h02m  new 2.0/s  closed 1.5/s  retx 0.2/s  resets 0.0/s  lost 0  firing 0
+4 sockets: CLOSE_WAIT 1 ESTABLISHED 2 LISTEN 1
+ 1 Connections   2 Processes   3 Anomalies    sort: STATE asc   filter: -
 PID     COMM            LOCAL                  REMOTE                 STATE▲      AGE     IN-STATE RX      TX      RTT     RETX
 300     python3         10.0.0.1:8080          10.0.0.7:33000         CLOSE_WAIT  28s     12s      5.9K    400     160µs   0
 100     nginx           10.0.0.1:443           10.0.0.9:50000         ESTABLISHED 14s     6s       2.9K    200     80µs    0
@@ -301,23 +544,23 @@ PID     COMM            LOCAL                  REMOTE                 STATE▲  
 
 
 
-q quit  ? help  1/2/Tab view  </> sort column  r reverse  / filter  p pause  Enter detail
+q quit  ? help  1-3/Tab view  </> sort column  r reverse  / filter  p pause  Enter detail
 ";
 const PROCESSES: &str = "\
-observer top — web1  up 1h02m  new 2.0/s  closed 1.5/s  retx 0.2/s  resets 0.0/s  lost 0
+observer top — web1  up 1h02m  new 2.0/s  closed 1.5/s  retx 0.2/s  resets 0.0/s  lost 0  firing 0
 4 sockets: CLOSE_WAIT 1 ESTABLISHED 2 LISTEN 1
- 1 Connections   2 Processes    sort: CONNS desc   filter: -
+ 1 Connections   2 Processes   3 Anomalies    sort: CONNS desc   filter: -
 PID     COMM            CONNS▼ ESTAB  LISTEN CLOSE_WAIT TIME_WAIT OTHER  RETX   RX+TX
 100     nginx           2      1      1      0          0         0      0      4.7K
 300     python3         1      0      0      1          0         0      0      6.2K
 200     curl            1      1      0      0          0         0      1      4.7K
 
-q quit  ? help  1/2/Tab view  </> sort column  r reverse  / filter  p pause  Enter detail
+q quit  ? help  1-3/Tab view  </> sort column  r reverse  / filter  p pause  Enter detail
 ";
 const DETAIL: &str = "\
-observer top — web1  up 1h02m  new 2.0/s  closed 1.5/s  retx 0.2/s  resets 0.0/s  lost 12  PAUSED
+observer top — web1  up 1h02m  new 2.0/s  closed 1.5/s  retx 0.2/s  resets 0.0/s  lost 12  firing 0  PAUSED
 4 sockets: CLOSE_WAIT 1 ESTABLISHED 2 LISTEN 1
- 1 Connections   2 Processes    sort: STATE asc   filter: -
+ 1 Connections   2 Processes   3 Anomalies    sort: STATE asc   filter: -
 PID     COMM            LOCAL                  REMOTE                 STATE▲      AGE     IN-STATE RX      TX      RTT     RETX
 300     python3         10.0.0.1:8080          10.0.0.7:33000         CLOSE_WAIT  28s     12s      5.9K    400     160µs   0
 100     nginx           10.0.0.1:443           10.0.0.9:50000         ESTABLISHED 14s     6s       2.9K    200     80µs    0
@@ -334,5 +577,5 @@ PID     COMM            LOCAL                  REMOTE                 STATE▲  
 │state ESTABLISHED for 6s, born 14s ago                                                                                          │
 │rx 2.9K  tx 200  rtt 80µs  retransmits 0                                                                                        │
 └────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────┘
-q quit  ? help  1/2/Tab view  </> sort column  r reverse  / filter  p pause  Enter detail
+q quit  ? help  1-3/Tab view  </> sort column  r reverse  / filter  p pause  Enter detail
 ";

@@ -11,6 +11,7 @@ use ratatui::{
 };
 
 use super::{
+    anomalies,
     input::{Tab, Ui},
     model::{Conn, Model, Proc},
     select::{self, CONN_COLUMNS, PROC_COLUMNS},
@@ -67,6 +68,7 @@ pub fn draw(frame: &mut Frame, model: &Model, ui: &mut Ui) {
             .header(column_header(&PROC_COLUMNS, col, rev));
             frame.render_widget(table, body);
         }
+        Tab::Anomalies => anomalies::draw(frame, model, ui, body),
     }
     frame.render_widget(footer(ui), foot);
     if ui.help {
@@ -75,7 +77,7 @@ pub fn draw(frame: &mut Frame, model: &Model, ui: &mut Ui) {
 }
 
 /// The rows that fit in `height` (less the column header), keeping `selected` in view.
-fn window<'a, T>(rows: &[&'a T], selected: usize, height: u16) -> Vec<(usize, &'a T)> {
+pub(super) fn window<'a, T>(rows: &[&'a T], selected: usize, height: u16) -> Vec<(usize, &'a T)> {
     let fit = usize::from(height.saturating_sub(1)).max(1);
     let start = (selected + 1).saturating_sub(fit);
     rows.iter()
@@ -98,15 +100,22 @@ fn header(model: &Model, ui: &Ui) -> Paragraph<'static> {
             model.rates.new, model.rates.closed, model.rates.retransmits, model.rates.resets
         )),
     ];
-    let loss = format!("  lost {}", model.lost);
-    first.push(if model.lost > 0 {
-        Span::styled(
-            loss,
-            Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
-        )
-    } else {
-        Span::raw(loss)
-    });
+    let alarm = |text: String, n: usize| {
+        if n > 0 {
+            Span::styled(
+                text,
+                Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
+            )
+        } else {
+            Span::raw(text)
+        }
+    };
+    first.push(alarm(
+        format!("  lost {}", model.lost),
+        usize::from(model.lost > 0),
+    ));
+    let firing = model.firing();
+    first.push(alarm(format!("  firing {firing}"), firing));
     if ui.paused {
         first.push(Span::styled(
             "  PAUSED",
@@ -122,36 +131,31 @@ fn header(model: &Model, ui: &Ui) -> Paragraph<'static> {
 }
 
 fn tab_line(ui: &Ui) -> Line<'static> {
-    let tab = |t: Tab, label: &'static str| {
-        if ui.tab == t {
+    let mut spans = Vec::new();
+    for (i, &t) in Tab::ALL.iter().enumerate() {
+        let label = format!(" {} {} ", i + 1, t.label());
+        spans.push(if ui.tab == t {
             Span::styled(label, Style::new().add_modifier(Modifier::REVERSED))
         } else {
             Span::raw(label)
-        }
-    };
+        });
+        spans.push(Span::raw(" "));
+    }
     let (col, rev) = ui.sort();
-    let names: &[&str] = match ui.tab {
-        Tab::Connections => &CONN_COLUMNS,
-        Tab::Processes => &PROC_COLUMNS,
-    };
-    Line::from(vec![
-        tab(Tab::Connections, " 1 Connections "),
-        Span::raw(" "),
-        tab(Tab::Processes, " 2 Processes "),
-        Span::raw(format!(
-            "   sort: {} {}   filter: {}",
-            names.get(col).copied().unwrap_or("?"),
-            if rev { "desc" } else { "asc" },
-            if ui.filter_text.is_empty() {
-                "-"
-            } else {
-                &ui.filter_text
-            }
-        )),
-    ])
+    spans.push(Span::raw(format!(
+        "  sort: {} {}   filter: {}",
+        ui.tab.columns().get(col).copied().unwrap_or("?"),
+        if rev { "desc" } else { "asc" },
+        if ui.filter_text.is_empty() {
+            "-"
+        } else {
+            &ui.filter_text
+        }
+    )));
+    Line::from(spans)
 }
 
-fn column_header(names: &[&'static str], col: usize, rev: bool) -> Row<'static> {
+pub(super) fn column_header(names: &[&'static str], col: usize, rev: bool) -> Row<'static> {
     Row::new(names.iter().enumerate().map(|(i, n)| {
         if i == col {
             format!("{n}{}", if rev { "▼" } else { "▲" })
@@ -162,7 +166,7 @@ fn column_header(names: &[&'static str], col: usize, rev: bool) -> Row<'static> 
     .style(Style::new().add_modifier(Modifier::BOLD | Modifier::UNDERLINED))
 }
 
-fn highlight(row: Row<'static>, selected: bool) -> Row<'static> {
+pub(super) fn highlight(row: Row<'static>, selected: bool) -> Row<'static> {
     if selected {
         row.style(Style::new().add_modifier(Modifier::REVERSED))
     } else {
@@ -254,21 +258,23 @@ fn footer(ui: &Ui) -> Line<'static> {
             "/{text}_   (port: sport: dport: pid: comm: state: addr: or words; Enter applies, Esc cancels)"
         )),
         None => Line::raw(
-            "q quit  ? help  1/2/Tab view  </> sort column  r reverse  / filter  p pause  Enter detail",
+            "q quit  ? help  1-3/Tab view  </> sort column  r reverse  / filter  p pause  Enter detail",
         ),
     }
 }
 
 const HELP: &[&str] = &[
-    "1, 2, Tab    Connections, Processes",
+    "1, 2, 3, Tab Connections, Processes, Anomalies",
     "< >  ← →     sort by the previous/next column",
     "r            reverse the sort",
     "/            filter: port:N sport:N dport:N pid:N comm:X",
     "             state:X addr:X, or bare words (all must match)",
+    "             (Anomalies: pid comm port addr, state:firing)",
     "Esc          close the detail pane, else clear the filter",
     "p, space     pause the display (capture goes on)",
     "↑ ↓ PgUp PgDn Home End   select",
     "Enter        detail pane of the selected connection",
+    "             (Anomalies: the selected alert's pane is always open)",
     "q, Ctrl-C    quit",
 ];
 
