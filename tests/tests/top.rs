@@ -2,9 +2,19 @@
 //! its own namespace, reads the screen with `capture-pane`, quits with `q`, and checks that the
 //! shell got its normal screen back.
 
-use std::{process::Command, time::Duration};
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
 
-use observer_tests::{NetNs, Peer, observer::bin, privileged, wait_for};
+use observer_tests::{
+    NetNs, Peer,
+    observer::bin,
+    privileged,
+    tls::{Pki, python_server},
+    wait_for,
+};
 
 /// A private tmux server (its own socket), killed on drop.
 struct Tmux {
@@ -13,8 +23,11 @@ struct Tmux {
 
 impl Tmux {
     fn start(width: u16, height: u16) -> Self {
+        // One server per test: the tests of this file run in parallel.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let t = Self {
-            socket: format!("obs-top-{}", std::process::id()),
+            socket: format!("obs-top-{}-{n}", std::process::id()),
         };
         t.run(&[
             "new-session",
@@ -203,4 +216,106 @@ fn top_shows_a_live_connection_with_its_owner_and_state_then_restores_the_termin
     // The shell is back in cooked mode: a typed command runs and echoes normally.
     tmux.keys(&["echo cooked-$((6*7))", "Enter"]);
     tmux.wait_line("the shell echoing", |l| l.trim() == "cooked-42");
+}
+
+/// A TLS client (Python `ssl`, OpenSSL) that completes its handshake and then holds the
+/// connection open until dropped.
+struct HeldTlsClient {
+    child: Child,
+    pid: u32,
+    local_port: u16,
+}
+
+impl HeldTlsClient {
+    fn connect(ns: &NetNs, port: u16, ca: &str, sni: &str) -> Self {
+        let script = format!(
+            "import socket, ssl, sys, os\n\
+             ctx = ssl.create_default_context(cafile={ca:?})\n\
+             s = ctx.wrap_socket(socket.create_connection(('127.0.0.1', {port})), server_hostname={sni:?})\n\
+             print(os.getpid(), s.getsockname()[1], s.version(), flush=True)\n\
+             sys.stdin.readline()\n"
+        );
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "python3", "-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn the TLS client");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("the client's report");
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(parts.get(2), Some(&"TLSv1.3"), "handshake done: {line:?}");
+        Self {
+            pid: parts[0].parse().expect("pid"),
+            local_port: parts[1].parse().expect("port"),
+            child,
+        }
+    }
+}
+
+impl Drop for HeldTlsClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn top_with_tls_shows_the_version_and_server_name_of_an_open_connection() {
+    if !privileged("top_with_tls_shows_the_version_and_server_name_of_an_open_connection") {
+        return;
+    }
+    let ns = NetNs::new("toptls");
+    let pki = Pki::new();
+    let tmux = Tmux::start(170, 30);
+    tmux.wait_line("the shell's prompt", |l| l.starts_with("PROMPT$"));
+    let command = format!(
+        "{} top --tls --refresh-ms 200 --netns {}; echo TOP-EXITED=$?",
+        bin().display(),
+        ns.path().display()
+    );
+    tmux.keys(&[&command, "Enter"]);
+    tmux.wait_line("the header", |l| l.starts_with("observer top"));
+    let server = python_server(&ns, &pki, &[]);
+    let client = HeldTlsClient::connect(&ns, server.port, &pki.path("ca.pem"), "tls.test");
+    let local = format!("127.0.0.1:{}", client.local_port);
+    let remote = format!("127.0.0.1:{}", server.port);
+    let cpid = client.pid.to_string();
+    let line = tmux.wait_line("the client's TLS connection", |l| {
+        has_all(
+            l,
+            &[
+                &cpid,
+                "python3",
+                &local,
+                &remote,
+                "ESTABLISHED",
+                "1.3",
+                "tls.test",
+            ],
+        )
+    });
+    println!("{}", tmux.screen());
+    // The server's end saw the same hello.
+    let spid = server.pid.to_string();
+    tmux.wait_line("the server's TLS connection", |l| {
+        has_all(
+            l,
+            &[&spid, &remote, &local, "ESTABLISHED", "1.3", "tls.test"],
+        )
+    });
+    // Filtering by the server name keeps both ends and drops the listener.
+    tmux.keys(&["/", "tls.test", "Enter"]);
+    wait_for(Duration::from_secs(10), "the SNI filter", || {
+        let screen = tmux.screen();
+        let rows = screen.lines().filter(|l| l.contains("127.0.0.1:")).count();
+        (screen.contains("filter: tls.test") && rows == 2).then_some(())
+    });
+    assert!(line.contains("tls.test"));
+    tmux.keys(&["q"]);
+    let exited = tmux.wait_line("the shell after top", |l| l.starts_with("TOP-EXITED="));
+    assert_eq!(exited.trim(), "TOP-EXITED=0");
+    drop(client);
 }

@@ -15,7 +15,10 @@ use std::{
 use anyhow::{Context as _, Result};
 use tokio::io::{Interest, unix::AsyncFd};
 
-use super::{DRAIN_EVERY, Pipeline, Ring, Signals, TABLE_EVERY, drain, filter, runtime};
+use super::{
+    DRAIN_EVERY, Pipeline, Ring, Signals, TABLE_EVERY, TLS_RESCAN_EVERY, drain, filter, runtime,
+    tls_attached,
+};
 use crate::{
     cli::{DEFAULT_MAX_CONNECTIONS, TopArgs},
     decode::{Counters, Event},
@@ -47,13 +50,14 @@ pub fn run(args: &TopArgs) -> Result<()> {
         ring_bytes: args.ring_mib << 20,
         transitions: false,
         accept_hook: false,
-        tls: false,
+        tls: args.tls,
     };
     let (mut probe, ring) = Probe::load(config)
         .context("cannot start capture (`observer check` shows what is missing)")?;
     let tracker = Tracker::new(kernel::boot_id(), filter, args.max_connections as usize);
     let mut pipeline = top_pipeline(tracker, &thresholds(args))?;
     pipeline.resolver = Some(Resolver::new());
+    pipeline.tracker.tls.libraries = probe.tls_libraries();
     runtime.block_on(live(signals, &mut probe, ring, &mut pipeline, args))
 }
 
@@ -184,6 +188,8 @@ async fn live(
     let mut ui = Ui::default();
     screen.draw(&model, &mut ui)?;
     let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
+    let mut tls_tick = tokio::time::interval(TLS_RESCAN_EVERY);
+    let mut exec_ready: Vec<u32> = Vec::new();
     let period = Duration::from_millis(args.refresh_ms);
     let mut refresh_tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let mut last_table = Instant::now();
@@ -197,6 +203,10 @@ async fn live(
             }
             _ = drain_tick.tick() => {
                 drain(ring.get_mut(), pipeline);
+                // As in `run`: TLS libraries of processes that exec'd one drain ago.
+                let new = probe.tls_scan_pids(&exec_ready);
+                exec_ready = std::mem::take(&mut pipeline.execs);
+                tls_attached(probe, pipeline, &new);
                 if pipeline.tracker.wants_table() && last_table.elapsed() >= TABLE_EVERY {
                     pipeline.table(probe, ring.get_mut());
                     last_table = Instant::now();
@@ -214,6 +224,10 @@ async fn live(
                     last_table = Instant::now();
                 }
                 screen.draw(&model, &mut ui)?;
+            }
+            _ = tls_tick.tick(), if args.tls => {
+                let new = probe.tls_scan_all();
+                tls_attached(probe, pipeline, &new);
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,

@@ -62,7 +62,11 @@ impl Feed {
         model.conns = tracker
             .snapshot(scan, now)
             .iter()
-            .map(Conn::from_row)
+            .map(|row| {
+                let mut conn = Conn::from_row(row);
+                conn.tls = tracker.tls.open(row.cookie);
+                conn
+            })
             .collect();
         model.uptime_ns = now.saturating_sub(self.started_ns);
         model.lost = news.lost;

@@ -4,7 +4,10 @@
 use std::{collections::BTreeMap, net::SocketAddr};
 
 use super::alerts::Anomaly;
-use crate::track::{lifecycle::state_name, snapshot::Row};
+use crate::{
+    tls::{TlsFacts, names},
+    track::{lifecycle::state_name, snapshot::Row},
+};
 
 /// One socket as a row of the Connections view.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +28,8 @@ pub struct Conn {
     pub uid: String,
     pub executable: Option<String>,
     pub owner_source: Option<&'static str>,
+    /// Its TLS handshake so far (`--tls`).
+    pub tls: Option<TlsFacts>,
 }
 
 impl Conn {
@@ -46,12 +51,25 @@ impl Conn {
             uid: row.uid.as_str().to_owned(),
             executable: row.executable.as_deref().map(str::to_owned),
             owner_source: row.owner_source,
+            tls: None,
         }
     }
 
     #[must_use]
     pub fn state_name(&self) -> &'static str {
         state_name(self.state)
+    }
+
+    /// The negotiated TLS version ("1.3"), once the server's hello was seen.
+    #[must_use]
+    pub fn tls_version(&self) -> Option<&'static str> {
+        self.tls.as_ref()?.version.and_then(names::version)
+    }
+
+    /// The server name the client asked for.
+    #[must_use]
+    pub fn sni(&self) -> Option<&str> {
+        self.tls.as_ref()?.server_name.as_deref()
     }
 }
 

@@ -8,8 +8,9 @@ use super::{
 };
 
 /// The columns of the Connections view, in screen order.
-pub const CONN_COLUMNS: [&str; 11] = [
-    "PID", "COMM", "LOCAL", "REMOTE", "STATE", "AGE", "IN-STATE", "RX", "TX", "RTT", "RETX",
+pub const CONN_COLUMNS: [&str; 13] = [
+    "PID", "COMM", "LOCAL", "REMOTE", "STATE", "AGE", "IN-STATE", "RX", "TX", "RTT", "RETX", "TLS",
+    "SNI",
 ];
 
 /// The columns of the Processes view, in screen order.
@@ -42,7 +43,8 @@ pub const ALERT_COLUMNS: [&str; 9] = [
 /// A parsed `/` expression: every term must match.
 ///
 /// Terms: `port:N` (either end), `sport:N`, `dport:N`, `pid:N`, `comm:TEXT`, `state:TEXT`,
-/// `addr:TEXT`, or a bare word matched against all of them as a substring. Text matches ignore
+/// `addr:TEXT`, or a bare word matched against all of them (and the TLS server name) as a
+/// substring. Text matches ignore
 /// case; states also match as `ss` spells them (`estab`, `close-wait`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
@@ -154,7 +156,13 @@ fn term(c: &Conn, key: Option<&str>, v: &str) -> bool {
         Some("comm") => comm(),
         Some("state") => state_matches(c, v),
         Some("addr") => addr(),
-        _ => pid() || comm() || state_matches(c, v) || addr(),
+        _ => {
+            pid()
+                || comm()
+                || state_matches(c, v)
+                || addr()
+                || c.sni().is_some_and(|s| s.to_ascii_lowercase().contains(v))
+        }
     }
 }
 
@@ -172,7 +180,9 @@ pub fn cmp_conn(a: &Conn, b: &Conn, col: usize) -> Ordering {
         7 => a.bytes_in.cmp(&b.bytes_in),
         8 => a.bytes_out.cmp(&b.bytes_out),
         9 => a.rtt_us.cmp(&b.rtt_us),
-        _ => a.retransmits.cmp(&b.retransmits),
+        10 => a.retransmits.cmp(&b.retransmits),
+        11 => a.tls_version().cmp(&b.tls_version()),
+        _ => a.sni().cmp(&b.sni()),
     };
     // Ties keep a stable, meaningful order.
     by.then_with(|| (a.local, a.remote, a.cookie).cmp(&(b.local, b.remote, b.cookie)))

@@ -16,6 +16,7 @@ use super::{
 };
 use crate::{
     detect::{Alert, Status, Subject},
+    tls::{TlsFacts, TlsRole},
     track::record::{Process, Uid},
 };
 
@@ -38,7 +39,27 @@ fn conn(cookie: u64, pid: u32, comm: &str, local: &str, remote: &str, state: u8)
         uid: format!("C{cookie:017}"),
         executable: Some(format!("/usr/bin/{comm}")),
         owner_source: Some("connect"),
+        tls: None,
     }
+}
+
+/// A TLS 1.3 handshake a client made for `sni`.
+fn tls(sni: &str) -> Option<TlsFacts> {
+    Some(TlsFacts {
+        established: true,
+        version: Some(0x0304),
+        cipher: Some(0x1302),
+        curve: Some(0x001d),
+        server_name: Some(sni.to_owned()),
+        next_protocol: Some("h2".to_owned()),
+        alpn_offered: vec!["h2".to_owned(), "http/1.1".to_owned()],
+        resumed: Some(false),
+        handshake_duration_us: Some(2400),
+        library: Some("openssl/3.0.19".to_owned()),
+        error: None,
+        role: Some(TlsRole::Server),
+        source: "uprobe+wire",
+    })
 }
 
 fn process(pid: u32, name: &str) -> Process {
@@ -84,9 +105,9 @@ fn refused_db() -> Subject {
     }
 }
 
-/// A host with a web server, its clients, a stuck `CLOSE_WAIT` and a listener.
+/// A host with a web server (TLS), its clients, a stuck `CLOSE_WAIT` and a listener.
 fn model() -> Model {
-    Model {
+    let mut m = Model {
         host: "web1".into(),
         uptime_ns: 3725 * S,
         rates: Rates {
@@ -133,7 +154,9 @@ fn model() -> Model {
                 tcp_state::CLOSE_WAIT,
             ),
         ],
-    }
+    };
+    m.conns[1].tls = tls("web1.example.com");
+    m
 }
 
 fn render(model: &Model, ui: &mut Ui, width: u16, height: u16) -> String {
@@ -166,7 +189,7 @@ fn type_filter(ui: &mut Ui, text: &str) {
 
 #[test]
 fn connections_view() {
-    let got = render(&model(), &mut Ui::default(), 130, 12);
+    let got = render(&model(), &mut Ui::default(), 160, 12);
     println!("{got}");
     assert_eq!(got, CONNECTIONS);
 }
@@ -189,7 +212,7 @@ fn detail_help_pause_and_loss() {
     press(&mut ui, KeyCode::Down);
     press(&mut ui, KeyCode::Enter);
     press(&mut ui, KeyCode::Char('p'));
-    let got = render(&m, &mut ui, 130, 20);
+    let got = render(&m, &mut ui, 160, 20);
     println!("{got}");
     assert_eq!(got, DETAIL);
     let mut terminal = Terminal::new(TestBackend::new(130, 20)).expect("terminal");
@@ -236,8 +259,14 @@ fn sorting_by_column_and_reversed() {
     let got = render(&m, &mut ui, 130, 12);
     assert!(got.contains("REMOTE▼"), "{got}");
     assert!(got.contains("sort: REMOTE desc"), "{got}");
+    // By TLS server name: unknown first.
+    let by_sni: Vec<u64> = select::conns(&m.conns, &Filter::default(), 12, true)
+        .iter()
+        .map(|c| c.cookie)
+        .collect();
+    assert_eq!(by_sni[0], 2);
     // Every column sorts, wrapping around.
-    for _ in 0..11 {
+    for _ in 0..13 {
         press(&mut ui, KeyCode::Char('>'));
         assert_eq!(order(&ui).len(), 4);
     }
@@ -276,6 +305,7 @@ fn filter_expressions() {
         ("300", &[4]),
         ("10.0.0.9", &[2]),
         ("nothing-like-this", &[]),
+        ("example.com", &[2]),
     ];
     for (text, want) in cases {
         assert_eq!(pick(text), *want, "filter {text:?}");
@@ -536,11 +566,11 @@ const CONNECTIONS: &str = "\
 observer top — web1  up 1h02m  new 2.0/s  closed 1.5/s  retx 0.2/s  resets 0.0/s  lost 0  firing 0
 4 sockets: CLOSE_WAIT 1 ESTABLISHED 2 LISTEN 1
  1 Connections   2 Processes   3 Anomalies    sort: STATE asc   filter: -
-PID     COMM            LOCAL                  REMOTE                 STATE▲      AGE     IN-STATE RX      TX      RTT     RETX
-300     python3         10.0.0.1:8080          10.0.0.7:33000         CLOSE_WAIT  28s     12s      5.9K    400     160µs   0
-100     nginx           10.0.0.1:443           10.0.0.9:50000         ESTABLISHED 14s     6s       2.9K    200     80µs    0
-200     curl            10.0.0.1:41000         93.184.216.34:80       ESTABLISHED 21s     9s       4.4K    300     120µs   1
-100     nginx           10.0.0.1:443           0.0.0.0:0              LISTEN      7s      3s       1.5K    100     40µs    0
+PID     COMM            LOCAL                  REMOTE                 STATE▲      AGE     IN-STATE RX      TX      RTT     RETX  TLS  SNI
+300     python3         10.0.0.1:8080          10.0.0.7:33000         CLOSE_WAIT  28s     12s      5.9K    400     160µs   0     -    -
+100     nginx           10.0.0.1:443           10.0.0.9:50000         ESTABLISHED 14s     6s       2.9K    200     80µs    0     1.3  web1.example.com
+200     curl            10.0.0.1:41000         93.184.216.34:80       ESTABLISHED 21s     9s       4.4K    300     120µs   1     -    -
+100     nginx           10.0.0.1:443           0.0.0.0:0              LISTEN      7s      3s       1.5K    100     40µs    0     -    -
 
 
 
@@ -561,21 +591,21 @@ const DETAIL: &str = "\
 observer top — web1  up 1h02m  new 2.0/s  closed 1.5/s  retx 0.2/s  resets 0.0/s  lost 12  firing 0  PAUSED
 4 sockets: CLOSE_WAIT 1 ESTABLISHED 2 LISTEN 1
  1 Connections   2 Processes   3 Anomalies    sort: STATE asc   filter: -
-PID     COMM            LOCAL                  REMOTE                 STATE▲      AGE     IN-STATE RX      TX      RTT     RETX
-300     python3         10.0.0.1:8080          10.0.0.7:33000         CLOSE_WAIT  28s     12s      5.9K    400     160µs   0
-100     nginx           10.0.0.1:443           10.0.0.9:50000         ESTABLISHED 14s     6s       2.9K    200     80µs    0
-200     curl            10.0.0.1:41000         93.184.216.34:80       ESTABLISHED 21s     9s       4.4K    300     120µs   1
-100     nginx           10.0.0.1:443           0.0.0.0:0              LISTEN      7s      3s       1.5K    100     40µs    0
+PID     COMM            LOCAL                  REMOTE                 STATE▲      AGE     IN-STATE RX      TX      RTT     RETX  TLS  SNI
+300     python3         10.0.0.1:8080          10.0.0.7:33000         CLOSE_WAIT  28s     12s      5.9K    400     160µs   0     -    -
+100     nginx           10.0.0.1:443           10.0.0.9:50000         ESTABLISHED 14s     6s       2.9K    200     80µs    0     1.3  web1.example.com
+200     curl            10.0.0.1:41000         93.184.216.34:80       ESTABLISHED 21s     9s       4.4K    300     120µs   1     -    -
+100     nginx           10.0.0.1:443           0.0.0.0:0              LISTEN      7s      3s       1.5K    100     40µs    0     -    -
 
 
 
 
-┌ detail (Enter/Esc closes) ─────────────────────────────────────────────────────────────────────────────────────────────────────┐
-│uid C00000000000000002  cookie 0x2                                                                                              │
-│owner 100 nginx (connect)  exe /usr/bin/nginx                                                                                   │
-│10.0.0.1:443 -> 10.0.0.9:50000                                                                                                  │
-│state ESTABLISHED for 6s, born 14s ago                                                                                          │
-│rx 2.9K  tx 200  rtt 80µs  retransmits 0                                                                                        │
-└────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────┘
+┌ detail (Enter/Esc closes) ───────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────┐
+│uid C00000000000000002  cookie 0x2                                                                                                                            │
+│owner 100 nginx (connect)  exe /usr/bin/nginx                                                                                                                 │
+│10.0.0.1:443 -> 10.0.0.9:50000                                                                                                                                │
+│state ESTABLISHED for 6s, born 14s ago                                                                                                                        │
+│rx 2.9K  tx 200  rtt 80µs  retransmits 0                                                                                                                      │
+└──────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────┘
 q quit  ? help  1-3/Tab view  </> sort column  r reverse  / filter  p pause  Enter detail
 ";

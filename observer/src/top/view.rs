@@ -17,7 +17,7 @@ use super::{
     select::{self, CONN_COLUMNS, PROC_COLUMNS},
 };
 
-const CONN_WIDTHS: [u16; 11] = [7, 15, 22, 22, 11, 7, 8, 7, 7, 7, 5];
+const CONN_WIDTHS: [u16; 13] = [7, 15, 22, 22, 11, 7, 8, 7, 7, 7, 5, 4, 24];
 const PROC_WIDTHS: [u16; 10] = [7, 15, 6, 6, 6, 10, 9, 6, 6, 8];
 
 /// Draws everything; clamps the selection to the rows shown.
@@ -193,6 +193,8 @@ fn conn_row(c: &Conn, selected: bool) -> Row<'static> {
         opt(c.rtt_us.map(u64::from), rtt),
         c.retransmits
             .map_or_else(|| "-".to_owned(), |r| r.to_string()),
+        c.tls_version().unwrap_or("-").to_owned(),
+        c.sni().unwrap_or("-").to_owned(),
     ]);
     let row = match c.state_name() {
         "CLOSE_WAIT" => row.style(Style::new().fg(Color::Yellow)),
