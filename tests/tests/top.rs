@@ -202,6 +202,49 @@ fn top_shows_a_live_connection_with_its_owner_and_state_then_restores_the_termin
         "{last}"
     );
 
+    // Enter opens the server end's detail pane: its lifecycle, each transition with its
+    // time, from its birth off the listener to CLOSE_WAIT.
+    tmux.keys(&["Enter"]);
+    let pane = wait_for(Duration::from_secs(10), "the detail pane", || {
+        let screen = tmux.screen();
+        screen.contains("lifecycle (UTC)").then_some(screen)
+    });
+    // The timeline is the pane's left column: a clock time, the offset since birth, the state.
+    let timeline: Vec<String> = pane
+        .lines()
+        .filter_map(|l| {
+            let left: String = l.chars().skip(1).take(46).collect();
+            let words: Vec<&str> = left.split_whitespace().collect();
+            let clock = words.first()?;
+            (clock.len() == 12 && clock.as_bytes()[2] == b':').then(|| {
+                words[1..]
+                    .iter()
+                    .filter(|w| !w.starts_with('+'))
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+        })
+        .collect();
+    assert_eq!(
+        timeline,
+        [
+            "born from LISTEN",
+            "SYN_RECV",
+            "ESTABLISHED",
+            "CLOSE_WAIT (now)"
+        ],
+        "born off its listener, then each transition with its time: {pane}"
+    );
+    assert!(
+        pane.contains(&format!("owner {spid} top-srv"))
+            && pane.contains("rx 2.9K  tx 0")
+            && pane.contains("none seen (`--tls` watches handshakes)"),
+        "{pane}"
+    );
+    println!("{pane}");
+    tmux.keys(&["Escape"]);
+
     tmux.keys(&["q"]);
     let line = tmux.wait_line("the shell after top", |l| l.starts_with("TOP-EXITED="));
     assert_eq!(line.trim(), "TOP-EXITED=0", "top exits with success");
@@ -314,6 +357,26 @@ fn top_with_tls_shows_the_version_and_server_name_of_an_open_connection() {
         (screen.contains("filter: tls.test") && rows == 2).then_some(())
     });
     assert!(line.contains("tls.test"));
+    // The client's detail pane: its handshake beside its timeline.
+    tmux.keys(&["Escape"]);
+    tmux.wait_line("the filter cleared", |l| l.contains("filter: -"));
+    tmux.keys(&["/", &format!("pid:{cpid}"), "Enter", "Enter"]);
+    let pane = wait_for(Duration::from_secs(10), "the client's detail pane", || {
+        let screen = tmux.screen();
+        screen.contains("TLS handshake").then_some(screen)
+    });
+    for want in [
+        "born from CLOSE",
+        "SYN_SENT",
+        "ESTABLISHED (now)",
+        "TLS 1.3, established, as client",
+        "server name  tls.test",
+        "cipher       TLS_AES_256_GCM_SHA384",
+        &format!("owner {cpid} python3"),
+    ] {
+        assert!(pane.contains(want), "{want:?} in\n{pane}");
+    }
+    println!("{pane}");
     tmux.keys(&["q"]);
     let exited = tmux.wait_line("the shell after top", |l| l.starts_with("TOP-EXITED="));
     assert_eq!(exited.trim(), "TOP-EXITED=0");

@@ -8,6 +8,7 @@
 
 pub mod alerts;
 mod anomalies;
+mod detail;
 pub mod feed;
 pub mod input;
 pub mod model;

@@ -6,7 +6,10 @@ use std::{collections::BTreeMap, net::SocketAddr};
 use super::alerts::Anomaly;
 use crate::{
     tls::{TlsFacts, names},
-    track::{lifecycle::state_name, snapshot::Row},
+    track::{
+        lifecycle::{Lifecycle, state_name},
+        snapshot::Row,
+    },
 };
 
 /// One socket as a row of the Connections view.
@@ -30,6 +33,15 @@ pub struct Conn {
     pub owner_source: Option<&'static str>,
     /// Its TLS handshake so far (`--tls`).
     pub tls: Option<TlsFacts>,
+    /// Its transitions so far with their times (`CLOCK_BOOTTIME`), when the kernel tracks it.
+    pub lifecycle: Option<Lifecycle>,
+    pub birth_ns: Option<u64>,
+    /// It existed before the observer started: its birth is when it was first seen.
+    pub pre_existing: bool,
+    /// Resets sent and received.
+    pub resets: Option<(u16, u16)>,
+    /// Segments sent and received.
+    pub segs: Option<(u32, u32)>,
 }
 
 impl Conn {
@@ -52,6 +64,11 @@ impl Conn {
             executable: row.executable.as_deref().map(str::to_owned),
             owner_source: row.owner_source,
             tls: None,
+            lifecycle: row.lifecycle,
+            birth_ns: row.birth_ns,
+            pre_existing: row.pre_existing,
+            resets: row.resets,
+            segs: row.segs,
         }
     }
 

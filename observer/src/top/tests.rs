@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use observer_common::tcp_state;
+use observer_common::{CloseInfo, ConnState, tcp_state};
 use ratatui::{Terminal, backend::TestBackend};
 
 use super::{
@@ -17,6 +17,7 @@ use super::{
 use crate::{
     detect::{Alert, Status, Subject},
     tls::{TlsFacts, TlsRole},
+    track::lifecycle::{LateResets, Lifecycle},
     track::record::{Process, Uid},
 };
 
@@ -40,7 +41,33 @@ fn conn(cookie: u64, pid: u32, comm: &str, local: &str, remote: &str, state: u8)
         executable: Some(format!("/usr/bin/{comm}")),
         owner_source: Some("connect"),
         tls: None,
+        lifecycle: None,
+        birth_ns: Some(NOW - cookie * 7 * S),
+        pre_existing: false,
+        resets: Some((0, u16::from(cookie == 3))),
+        segs: Some((
+            u32::try_from(cookie).expect("small") * 3,
+            u32::try_from(cookie).expect("small") * 4,
+        )),
     }
+}
+
+const NOW: u64 = 3725 * S;
+
+/// An accepted socket's kernel transitions: born at `birth` from its listener, established
+/// `rtt` later, and each later state at the offset given.
+fn lifecycle(birth: u64, later: &[(u8, u64)]) -> Lifecycle {
+    let mut st = ConnState::zeroed();
+    st.first_state = tcp_state::LISTEN;
+    st.birth_ns = birth;
+    let mut steps = vec![(tcp_state::SYN_RECV, 0)];
+    steps.extend_from_slice(later);
+    for (i, &(state, at)) in steps.iter().enumerate() {
+        st.states[i] = state;
+        st.ts[i] = birth + at;
+    }
+    st.n_transitions = u8::try_from(steps.len()).expect("few");
+    Lifecycle::derive(&st, &CloseInfo::default(), LateResets::default())
 }
 
 /// A TLS 1.3 handshake a client made for `sni`.
@@ -117,7 +144,7 @@ fn model() -> Model {
             resets: 0.0,
         },
         lost: 0,
-        now_ns: 3725 * S,
+        now_ns: NOW,
         boot_to_unix_ns: 1_790_000_000 * S as i64,
         anomalies: Vec::new(),
         conns: vec![
@@ -156,6 +183,11 @@ fn model() -> Model {
         ],
     };
     m.conns[1].tls = tls("web1.example.com");
+    // Established 8 s after its SYN (in that state for the last 6 s).
+    m.conns[1].lifecycle = Some(lifecycle(
+        NOW - 14 * S,
+        &[(tcp_state::ESTABLISHED, 8 * S + 1_250_000)],
+    ));
     m
 }
 
@@ -212,9 +244,20 @@ fn detail_help_pause_and_loss() {
     press(&mut ui, KeyCode::Down);
     press(&mut ui, KeyCode::Enter);
     press(&mut ui, KeyCode::Char('p'));
-    let got = render(&m, &mut ui, 160, 20);
+    let got = render(&m, &mut ui, 160, 26);
     println!("{got}");
     assert_eq!(got, DETAIL);
+    // A connection the kernel does not track, without TLS: the pane says so.
+    press(&mut ui, KeyCode::Down);
+    let other = render(&m, &mut ui, 160, 26);
+    assert!(
+        other.contains("owner 200 curl (connect)")
+            && other.contains("no transitions recorded")
+            && other.contains("none seen (`--tls` watches handshakes)")
+            && other.contains("resets sent/received 0/1"),
+        "{other}"
+    );
+    press(&mut ui, KeyCode::Up);
     let mut terminal = Terminal::new(TestBackend::new(130, 20)).expect("terminal");
     terminal.draw(|f| view::draw(f, &m, &mut ui)).expect("draw");
     let buf = terminal.backend().buffer();
@@ -601,11 +644,17 @@ PID     COMM            LOCAL                  REMOTE                 STATE▲  
 
 
 ┌ detail (Enter/Esc closes) ───────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────┐
-│uid C00000000000000002  cookie 0x2                                                                                                                            │
-│owner 100 nginx (connect)  exe /usr/bin/nginx                                                                                                                 │
-│10.0.0.1:443 -> 10.0.0.9:50000                                                                                                                                │
-│state ESTABLISHED for 6s, born 14s ago                                                                                                                        │
-│rx 2.9K  tx 200  rtt 80µs  retransmits 0                                                                                                                      │
+│10.0.0.1:443 → 10.0.0.9:50000  ESTABLISHED for 6s, born 14s ago                                                                                               │
+│owner 100 nginx (connect)  exe /usr/bin/nginx  uid C00000000000000002  cookie 0x2                                                                             │
+│lifecycle (UTC)                               TLS handshake                                                                                                   │
+│15:15:11.000            born from LISTEN      TLS 1.3, established, as server                                                                                 │
+│15:15:11.000      +0µs  SYN_RECV              server name  web1.example.com                                                                                   │
+│15:15:19.001       +8s  ESTABLISHED (now)     ALPN         h2 (offered h2, http/1.1)                                                                          │
+│                                              cipher       TLS_AES_256_GCM_SHA384                                                                             │
+│                                              group        x25519                                                                                             │
+│                                              resumed      no                                                                                                 │
+│                                              took         2.4ms  (uprobe+wire, openssl/3.0.19)                                                               │
+│rx 2.9K  tx 200  segs out/in 6/8  rtt 80µs  retransmits 0  resets sent/received 0/0                                                                           │
 └──────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────┘
 q quit  ? help  1-3/Tab view  </> sort column  r reverse  / filter  p pause  Enter detail
 ";

@@ -12,6 +12,7 @@ use ratatui::{
 
 use super::{
     anomalies,
+    detail::Pane,
     input::{Tab, Ui},
     model::{Conn, Model, Proc},
     select::{self, CONN_COLUMNS, PROC_COLUMNS},
@@ -22,11 +23,19 @@ const PROC_WIDTHS: [u16; 10] = [7, 15, 6, 6, 6, 10, 9, 6, 6, 8];
 
 /// Draws everything; clamps the selection to the rows shown.
 pub fn draw(frame: &mut Frame, model: &Model, ui: &mut Ui) {
-    let detail_height = if ui.detail && ui.tab == Tab::Connections {
-        7
-    } else {
-        0
-    };
+    let (col, rev) = ui.sort();
+    // The Connections rows are chosen first: the detail pane's height depends on its row.
+    let conns = (ui.tab == Tab::Connections).then(|| {
+        let rows = select::conns(&model.conns, &ui.filter, col, rev);
+        ui.selected = ui.selected.min(rows.len().saturating_sub(1));
+        rows
+    });
+    let pane = conns
+        .as_ref()
+        .filter(|_| ui.detail)
+        .and_then(|rows| rows.get(ui.selected))
+        .map(|c| Pane::of(c, model));
+    let detail_height = pane.as_ref().map_or(0, Pane::height);
     let [head, tabs, body, detail, foot] = Layout::vertical([
         Constraint::Length(2),
         Constraint::Length(1),
@@ -39,9 +48,7 @@ pub fn draw(frame: &mut Frame, model: &Model, ui: &mut Ui) {
     frame.render_widget(tab_line(ui), tabs);
     match ui.tab {
         Tab::Connections => {
-            let (col, rev) = ui.sort();
-            let rows = select::conns(&model.conns, &ui.filter, col, rev);
-            ui.selected = ui.selected.min(rows.len().saturating_sub(1));
+            let rows = conns.unwrap_or_default();
             let shown = window(&rows, ui.selected, body.height);
             let table = Table::new(
                 shown.iter().map(|(i, c)| conn_row(c, *i == ui.selected)),
@@ -49,14 +56,11 @@ pub fn draw(frame: &mut Frame, model: &Model, ui: &mut Ui) {
             )
             .header(column_header(&CONN_COLUMNS, col, rev));
             frame.render_widget(table, body);
-            if detail_height > 0
-                && let Some(c) = rows.get(ui.selected)
-            {
-                frame.render_widget(detail_pane(c), detail);
+            if let Some(pane) = pane {
+                pane.draw(frame, detail);
             }
         }
         Tab::Processes => {
-            let (col, rev) = ui.sort();
             let rows = select::procs(model.processes(), &ui.filter, col, rev);
             ui.selected = ui.selected.min(rows.len().saturating_sub(1));
             let refs: Vec<&Proc> = rows.iter().collect();
@@ -222,36 +226,6 @@ fn proc_row(p: &Proc, selected: bool) -> Row<'static> {
         bytes(p.bytes_in + p.bytes_out),
     ]);
     highlight(row, selected)
-}
-
-fn detail_pane(c: &Conn) -> Paragraph<'static> {
-    let opt = |v: Option<u64>, f: fn(u64) -> String| v.map_or_else(|| "unknown".to_owned(), f);
-    let lines = vec![
-        Line::raw(format!("uid {}  cookie {:#x}", c.uid, c.cookie)),
-        Line::raw(format!(
-            "owner {} {} ({})  exe {}",
-            c.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
-            c.comm,
-            c.owner_source.unwrap_or("unknown"),
-            c.executable.as_deref().unwrap_or("-")
-        )),
-        Line::raw(format!("{} -> {}", c.local, c.remote)),
-        Line::raw(format!(
-            "state {} for {}, born {} ago",
-            c.state_name(),
-            opt(c.in_state_ns, duration),
-            opt(c.age_ns, duration)
-        )),
-        Line::raw(format!(
-            "rx {}  tx {}  rtt {}  retransmits {}",
-            opt(c.bytes_in, bytes),
-            opt(c.bytes_out, bytes),
-            opt(c.rtt_us.map(u64::from), rtt),
-            c.retransmits
-                .map_or_else(|| "-".to_owned(), |r| r.to_string())
-        )),
-    ];
-    Paragraph::new(lines).block(Block::bordered().title(" detail (Enter/Esc closes) "))
 }
 
 fn footer(ui: &Ui) -> Line<'static> {
