@@ -62,7 +62,8 @@ pub fn run(args: &TopArgs) -> Result<()> {
 }
 
 /// The detectors' configuration: `run --anomalies`'s, always on.
-fn thresholds(args: &TopArgs) -> detect::Config {
+#[must_use]
+pub fn thresholds(args: &TopArgs) -> detect::Config {
     let mut on = args.anomalies.clone();
     on.anomalies = true;
     on.config()

@@ -71,8 +71,8 @@ fn lifecycle(birth: u64, later: &[(u8, u64)]) -> Lifecycle {
 }
 
 /// A TLS 1.3 handshake a client made for `sni`.
-fn tls(sni: &str) -> Option<TlsFacts> {
-    Some(TlsFacts {
+fn tls(sni: &str) -> TlsFacts {
+    TlsFacts {
         established: true,
         version: Some(0x0304),
         cipher: Some(0x1302),
@@ -86,7 +86,7 @@ fn tls(sni: &str) -> Option<TlsFacts> {
         error: None,
         role: Some(TlsRole::Server),
         source: "uprobe+wire",
-    })
+    }
 }
 
 fn process(pid: u32, name: &str) -> Process {
@@ -145,7 +145,7 @@ fn model() -> Model {
         },
         lost: 0,
         now_ns: NOW,
-        boot_to_unix_ns: 1_790_000_000 * S as i64,
+        boot_to_unix_ns: 1_790_000_000_000_000_000,
         anomalies: Vec::new(),
         conns: vec![
             conn(
@@ -182,7 +182,7 @@ fn model() -> Model {
             ),
         ],
     };
-    m.conns[1].tls = tls("web1.example.com");
+    m.conns[1].tls = Some(tls("web1.example.com"));
     // Established 8 s after its SYN (in that state for the last 6 s).
     m.conns[1].lifecycle = Some(lifecycle(
         NOW - 14 * S,
