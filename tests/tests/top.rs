@@ -61,6 +61,12 @@ impl Tmux {
         self.run(&["capture-pane", "-p", "-t", "top"])
     }
 
+    fn format(&self, what: &str) -> String {
+        self.run(&["display-message", "-p", "-t", "top", what])
+            .trim()
+            .to_owned()
+    }
+
     fn alternate_on(&self) -> bool {
         self.run(&["display-message", "-p", "-t", "top", "#{alternate_on}"])
             .trim()
@@ -381,4 +387,108 @@ fn top_with_tls_shows_the_version_and_server_name_of_an_open_connection() {
     let exited = tmux.wait_line("the shell after top", |l| l.starts_with("TOP-EXITED="));
     assert_eq!(exited.trim(), "TOP-EXITED=0");
     drop(client);
+}
+
+#[test]
+fn a_panic_in_top_gives_the_terminal_back_then_prints_its_message() {
+    if !privileged("a_panic_in_top_gives_the_terminal_back_then_prints_its_message") {
+        return;
+    }
+    let ns = NetNs::new("toppanic");
+    let tmux = Tmux::start(120, 30);
+    tmux.wait_line("the shell's prompt", |l| l.starts_with("PROMPT$"));
+    let command = format!(
+        "RUST_BACKTRACE=0 OBSERVER_TOP_TEST_PANIC=1 {} top --refresh-ms 300 --netns {}; echo TOP-EXITED=$?",
+        bin().display(),
+        ns.path().display()
+    );
+    tmux.keys(&[&command, "Enter"]);
+    let exited = tmux.wait_line("the shell after the panic", |l| {
+        l.starts_with("TOP-EXITED=")
+    });
+    // Rust's exit status for a panic that unwound out of main.
+    assert_eq!(exited.trim(), "TOP-EXITED=101");
+    assert!(!tmux.alternate_on(), "the alternate screen is left");
+    assert_eq!(
+        tmux.format("#{cursor_flag}"),
+        "1",
+        "the cursor is shown again"
+    );
+    let screen = tmux.screen();
+    // The message is on the normal screen, after the command line and before the status: it
+    // was printed once the terminal was back (and stderr no longer pointed at /dev/null).
+    let lines: Vec<&str> = screen.lines().collect();
+    let at = |f: &dyn Fn(&str) -> bool| lines.iter().position(|l| f(l));
+    let command_line = at(&|l| l.starts_with("PROMPT$ RUST_BACKTRACE=0 OBSERVER_TOP_TEST_PANIC=1"))
+        .expect("command");
+    let message =
+        at(&|l| l.contains("OBSERVER_TOP_TEST_PANIC is set: a deliberate panic after a refresh"))
+            .unwrap_or_else(|| panic!("the panic message is shown:\n{screen}"));
+    let status = at(&|l| l.starts_with("TOP-EXITED=")).expect("status");
+    assert!(command_line < message && message < status, "{screen}");
+    assert!(lines[message - 1].contains("panicked at"), "{screen}");
+    assert!(
+        !screen.contains("IN-STATE"),
+        "no frame left behind:\n{screen}"
+    );
+    // Cooked mode: the line discipline echoes and edits lines again.
+    tmux.keys(&["stty -a | tr ' ' '\\n' | grep -x -e icanon -e echo -e -icanon -e -echo | sort | tr '\\n' ' '; echo", "Enter"]);
+    tmux.wait_line("stty's modes", |l| l.trim() == "echo icanon");
+    tmux.keys(&["echo cooked-$((6*7))", "Enter"]);
+    tmux.wait_line("the shell echoing", |l| l.trim() == "cooked-42");
+}
+
+#[test]
+fn top_redraws_to_the_new_size_when_the_terminal_is_resized() {
+    if !privileged("top_redraws_to_the_new_size_when_the_terminal_is_resized") {
+        return;
+    }
+    let ns = NetNs::new("topsize");
+    let tmux = Tmux::start(160, 40);
+    tmux.wait_line("the shell's prompt", |l| l.starts_with("PROMPT$"));
+    let command = format!(
+        "{} top --refresh-ms 200 --netns {}; echo TOP-EXITED=$?",
+        bin().display(),
+        ns.path().display()
+    );
+    tmux.keys(&[&command, "Enter"]);
+    tmux.wait_line("the column titles", |l| {
+        l.starts_with("PID") && l.contains("SNI")
+    });
+    // The frame fills the terminal it has: the footer on the last row, the columns that fit.
+    let fits = |width: usize, height: usize| {
+        wait_for(Duration::from_secs(10), "a frame of the new size", || {
+            let screen = tmux.screen();
+            let lines: Vec<&str> = screen.lines().collect();
+            (lines.len() == height
+                && lines[0].starts_with("observer top")
+                && lines[height - 1].starts_with("q quit")
+                && lines.iter().all(|l| l.chars().count() <= width))
+            .then_some(screen)
+        })
+    };
+    for (width, height) in [(90, 20), (170, 45), (120, 12)] {
+        tmux.run(&[
+            "resize-window",
+            "-t",
+            "top",
+            "-x",
+            &width.to_string(),
+            "-y",
+            &height.to_string(),
+        ]);
+        let screen = fits(width, height);
+        // The column titles on their row, squeezed into the width when it is short.
+        let lines: Vec<&str> = screen.lines().collect();
+        assert!(
+            lines[2].contains("1 Connections") && lines[3].starts_with("PID"),
+            "{width}x{height}:\n{screen}"
+        );
+        // Nothing of a previous, larger frame is left: the row under the footer's is gone
+        // and the footer itself is drawn once.
+        assert_eq!(screen.matches("q quit").count(), 1, "{screen}");
+    }
+    tmux.keys(&["q"]);
+    let exited = tmux.wait_line("the shell after top", |l| l.starts_with("TOP-EXITED="));
+    assert_eq!(exited.trim(), "TOP-EXITED=0");
 }

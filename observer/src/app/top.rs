@@ -161,6 +161,10 @@ pub fn replay(path: &Path, detect: &detect::Config) -> Result<Model> {
     Ok(model)
 }
 
+/// A test hook, set only by `tests/tests/top.rs`: makes `observer top` panic after its first
+/// refresh, to check that the terminal is given back and the message is shown.
+const TEST_PANIC: &str = "OBSERVER_TOP_TEST_PANIC";
+
 async fn live(
     signals: Signals,
     probe: &mut Probe,
@@ -194,6 +198,7 @@ async fn live(
     let period = Duration::from_millis(args.refresh_ms);
     let mut refresh_tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let mut last_table = Instant::now();
+    let test_panic = std::env::var_os(TEST_PANIC).is_some();
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -225,6 +230,7 @@ async fn live(
                     last_table = Instant::now();
                 }
                 screen.draw(&model, &mut ui)?;
+                assert!(!test_panic, "{TEST_PANIC} is set: a deliberate panic after a refresh");
             }
             _ = tls_tick.tick(), if args.tls => {
                 let new = probe.tls_scan_all();

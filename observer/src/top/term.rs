@@ -1,9 +1,13 @@
 //! The real terminal: raw mode and the alternate screen, always given back — on return, on
-//! error (the guard's drop) and on panic (a hook that restores before the message prints).
+//! error (the guard's drop) and on panic (a hook that restores the screen and stderr before
+//! the message prints).
 
 use std::{
     io::{self, Stdout},
-    sync::Once,
+    sync::{
+        Once,
+        atomic::{AtomicBool, AtomicI32, Ordering},
+    },
     time::Duration,
 };
 
@@ -24,16 +28,35 @@ use super::{
 /// The terminal while `observer top` owns it.
 pub struct Screen {
     terminal: Terminal<CrosstermBackend<Stdout>>,
-    /// The original stderr, while stderr points at /dev/null: a warning printed over the
-    /// alternate screen would stay there until the cells under it change.
-    saved_stderr: Option<i32>,
 }
 
 static HOOK: Once = Once::new();
 
+/// The original stderr, while stderr points at /dev/null (-1 otherwise): a warning printed
+/// over the alternate screen would stay there until the cells under it change. Global, so
+/// that the panic hook puts it back before the message is printed.
+static SAVED_STDERR: AtomicI32 = AtomicI32::new(-1);
+
+/// Whether the terminal is ours (raw, alternate screen) and not yet given back.
+static TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// Gives the terminal back: cooked mode, the normal screen, the cursor, and stderr. Once: a
+/// second leave of the alternate screen (the guard's drop, unwinding after the panic hook)
+/// would move the cursor back above the panic message, and the shell would write over it.
 fn restore() {
+    if !TAKEN.swap(false, Ordering::SeqCst) {
+        return;
+    }
     let _ = disable_raw_mode();
     let _ = execute!(io::stdout(), LeaveAlternateScreen, Show);
+    let fd = SAVED_STDERR.swap(-1, Ordering::SeqCst);
+    if fd >= 0 {
+        // SAFETY: `fd` is our duplicate of the original stderr, taken once.
+        unsafe {
+            libc::dup2(fd, libc::STDERR_FILENO);
+            libc::close(fd);
+        }
+    }
 }
 
 impl Screen {
@@ -50,6 +73,7 @@ impl Screen {
             }));
         });
         enable_raw_mode()?;
+        TAKEN.store(true, Ordering::SeqCst);
         if let Err(e) = execute!(io::stdout(), EnterAlternateScreen, Hide) {
             restore();
             return Err(e);
@@ -61,10 +85,8 @@ impl Screen {
                 return Err(e);
             }
         };
-        Ok(Self {
-            terminal,
-            saved_stderr: quiet_stderr(),
-        })
+        quiet_stderr();
+        Ok(Self { terminal })
     }
 
     /// Draws a frame (resizing first when the terminal changed size).
@@ -103,31 +125,24 @@ impl Screen {
 impl Drop for Screen {
     fn drop(&mut self) {
         restore();
-        if let Some(fd) = self.saved_stderr.take() {
-            // SAFETY: `fd` is our duplicate of the original stderr.
-            unsafe {
-                libc::dup2(fd, libc::STDERR_FILENO);
-                libc::close(fd);
-            }
-        }
     }
 }
 
-/// Points stderr at /dev/null; returns a duplicate of the original to put back.
-fn quiet_stderr() -> Option<i32> {
+/// Points stderr at /dev/null, keeping a duplicate of the original in [`SAVED_STDERR`].
+fn quiet_stderr() {
     // SAFETY: plain fd calls; every fd opened here is checked and closed or kept.
     unsafe {
         let saved = libc::dup(libc::STDERR_FILENO);
         if saved < 0 {
-            return None;
+            return;
         }
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
         if null < 0 {
             libc::close(saved);
-            return None;
+            return;
         }
         libc::dup2(null, libc::STDERR_FILENO);
         libc::close(null);
-        Some(saved)
+        SAVED_STDERR.store(saved, Ordering::SeqCst);
     }
 }
