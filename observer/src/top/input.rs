@@ -92,6 +92,53 @@ impl Default for Ui {
     }
 }
 
+/// Keys from raw terminal bytes, for the few that `observer top` uses: printable characters,
+/// Enter, Tab, Backspace, Esc, Ctrl-C and the arrow and paging keys; anything else is skipped.
+/// Only for bytes crossterm left unread (see `term::Screen::input`).
+#[must_use]
+pub fn keys_of(bytes: &[u8]) -> Vec<KeyEvent> {
+    let key = |code| KeyEvent::new(code, KeyModifiers::NONE);
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let rest = &bytes[i..];
+        let (code, used) = match rest {
+            [0x1b, b'[', b'A', ..] => (Some(KeyCode::Up), 3),
+            [0x1b, b'[', b'B', ..] => (Some(KeyCode::Down), 3),
+            [0x1b, b'[', b'C', ..] => (Some(KeyCode::Right), 3),
+            [0x1b, b'[', b'D', ..] => (Some(KeyCode::Left), 3),
+            [0x1b, b'[', b'H', ..] => (Some(KeyCode::Home), 3),
+            [0x1b, b'[', b'F', ..] => (Some(KeyCode::End), 3),
+            [0x1b, b'[', b'Z', ..] => (Some(KeyCode::BackTab), 3),
+            [0x1b, b'[', b'5', b'~', ..] => (Some(KeyCode::PageUp), 4),
+            [0x1b, b'[', b'6', b'~', ..] => (Some(KeyCode::PageDown), 4),
+            // Some other sequence: skip to its final byte.
+            [0x1b, b'[', tail @ ..] => (
+                None,
+                2 + tail
+                    .iter()
+                    .position(|b| (0x40..=0x7e).contains(b))
+                    .map_or(tail.len(), |p| p + 1),
+            ),
+            [0x1b, ..] => (Some(KeyCode::Esc), 1),
+            [b'\r' | b'\n', ..] => (Some(KeyCode::Enter), 1),
+            [b'\t', ..] => (Some(KeyCode::Tab), 1),
+            [0x7f | 0x08, ..] => (Some(KeyCode::Backspace), 1),
+            [3, ..] => {
+                out.push(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
+                (None, 1)
+            }
+            [c @ 0x20..=0x7e, ..] => (Some(KeyCode::Char(char::from(*c))), 1),
+            _ => (None, 1),
+        };
+        if let Some(code) = code {
+            out.push(key(code));
+        }
+        i += used;
+    }
+    out
+}
+
 /// What a key asks of the loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {

@@ -13,14 +13,14 @@ use std::{
 
 use crossterm::{
     cursor::{Hide, Show},
-    event::{self, Event, KeyEventKind},
+    event::{self, Event, KeyEvent, KeyEventKind},
     execute,
     terminal::{EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode},
 };
 use ratatui::{Terminal, backend::CrosstermBackend};
 
 use super::{
-    input::{Action, Ui},
+    input::{self, Action, Ui},
     model::Model,
     view,
 };
@@ -104,18 +104,37 @@ impl Screen {
     /// When the terminal cannot be read.
     pub fn input(&mut self, ui: &mut Ui) -> io::Result<Action> {
         let mut action = Action::None;
+        let mut resized = false;
+        let mut apply = |key: KeyEvent, action: &mut Action| match ui.key(key) {
+            Action::Quit => true,
+            Action::Redraw => {
+                *action = Action::Redraw;
+                false
+            }
+            Action::None => false,
+        };
         while event::poll(Duration::ZERO)? {
             match event::read()? {
-                Event::Key(key) if key.kind != KeyEventKind::Release => match ui.key(key) {
-                    Action::Quit => return Ok(Action::Quit),
-                    Action::Redraw => action = Action::Redraw,
-                    Action::None => {}
-                },
+                Event::Key(key) if key.kind != KeyEventKind::Release && apply(key, &mut action) => {
+                    return Ok(Action::Quit);
+                }
                 Event::Resize(..) => {
                     self.terminal.autoresize()?;
                     action = Action::Redraw;
+                    resized = true;
                 }
                 _ => {}
+            }
+        }
+        // crossterm (0.29, mio source) returns the resize when the resize signal and typed
+        // bytes are ready in the same edge-triggered poll, and the terminal's readiness is then
+        // not reported again until more is typed: a key pressed right after a resize would
+        // wait for the next one. Bytes still unread after a resize are read here instead.
+        if resized {
+            for key in input::keys_of(&unread_stdin()) {
+                if apply(key, &mut action) {
+                    return Ok(Action::Quit);
+                }
             }
         }
         Ok(action)
@@ -126,6 +145,22 @@ impl Drop for Screen {
     fn drop(&mut self) {
         restore();
     }
+}
+
+/// The bytes waiting on the terminal (stdin), read without blocking: only what `FIONREAD`
+/// says is there.
+fn unread_stdin() -> Vec<u8> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    if unsafe { libc::ioctl(libc::STDIN_FILENO, libc::FIONREAD, &raw mut n) } != 0 || n <= 0 {
+        return Vec::new();
+    }
+    let mut buf = vec![0u8; usize::try_from(n).unwrap_or(0).min(4096)];
+    // SAFETY: reads at most `buf.len()` bytes into `buf`; that many are waiting, so it does
+    // not block.
+    let got = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+    buf.truncate(usize::try_from(got).unwrap_or(0));
+    buf
 }
 
 /// Points stderr at /dev/null, keeping a duplicate of the original in [`SAVED_STDERR`].

@@ -570,6 +570,49 @@ fn pick_sorted(m: &Model, ui: &Ui) -> Vec<&'static str> {
 }
 
 #[test]
+fn keys_from_raw_bytes() {
+    use super::input::keys_of;
+    let plain = |c| KeyEvent::new(c, KeyModifiers::NONE);
+    let cases: &[(&[u8], &[KeyEvent])] = &[
+        (b"q", &[plain(KeyCode::Char('q'))]),
+        (
+            b"/pid:7\r",
+            &[
+                plain(KeyCode::Char('/')),
+                plain(KeyCode::Char('p')),
+                plain(KeyCode::Char('i')),
+                plain(KeyCode::Char('d')),
+                plain(KeyCode::Char(':')),
+                plain(KeyCode::Char('7')),
+                plain(KeyCode::Enter),
+            ],
+        ),
+        (
+            b"\x1b[A\x1b[B\x1b[5~\x1b[6~\t\x1b[Z",
+            &[
+                plain(KeyCode::Up),
+                plain(KeyCode::Down),
+                plain(KeyCode::PageUp),
+                plain(KeyCode::PageDown),
+                plain(KeyCode::Tab),
+                plain(KeyCode::BackTab),
+            ],
+        ),
+        (b"\x1b", &[plain(KeyCode::Esc)]),
+        (b"\x7f", &[plain(KeyCode::Backspace)]),
+        (
+            b"\x03",
+            &[KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)],
+        ),
+        // An unknown sequence (a focus report) and a UTF-8 letter are skipped.
+        (b"\x1b[I2\xc3\xa9", &[plain(KeyCode::Char('2'))]),
+    ];
+    for (bytes, want) in cases {
+        assert_eq!(keys_of(bytes), *want, "{bytes:?}");
+    }
+}
+
+#[test]
 fn formats() {
     assert_eq!(view::duration(850_000_000), "850ms");
     assert_eq!(view::duration(12 * S), "12s");
