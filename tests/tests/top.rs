@@ -16,10 +16,14 @@ use observer_tests::{
     wait_for,
 };
 
-/// A private tmux server (its own socket), killed on drop.
+/// A private tmux server (its own socket), killed on drop. Its test holds the lock: one
+/// observer at a time, as each sees (and must drain) every event of the host.
 struct Tmux {
     socket: String,
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
+
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Tmux {
     fn start(width: u16, height: u16) -> Self {
@@ -27,6 +31,9 @@ impl Tmux {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let t = Self {
+            _one_at_a_time: ONE_AT_A_TIME
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
             socket: format!("obs-top-{}-{n}", std::process::id()),
         };
         t.run(&[
@@ -81,7 +88,8 @@ impl Tmux {
 
     /// Waits until a screen line satisfies `f`; returns that line.
     fn wait_line(&self, what: &str, f: impl Fn(&str) -> bool) -> String {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        // Four tests start an observer (probe load, TLS uprobes) at once on two shared CPUs.
+        let deadline = std::time::Instant::now() + Duration::from_secs(40);
         loop {
             let screen = self.screen();
             if let Some(line) = screen.lines().find(|l| f(l)) {
@@ -181,17 +189,17 @@ fn top_shows_a_live_connection_with_its_owner_and_state_then_restores_the_termin
         alert.contains("top-srv (pid"),
         "the reason names the process: {alert}"
     );
-    let screen = tmux.screen();
+    // The pane under the table: the alert's subject and its evidence (the frame may be
+    // captured while it is being drawn: wait for it whole).
+    let pane_head = format!("close_wait_stuck FIRING — top-srv (pid {spid})");
+    let evidence = [format!("listen_ports: {port}"), format!("peers: {local}")];
+    let mut last = String::new();
+    let screen = wait_for(Duration::from_secs(10), "the alert's pane", || {
+        last = tmux.screen();
+        (last.contains(&pane_head) && evidence.iter().all(|e| last.contains(e.as_str())))
+            .then(|| last.clone())
+    });
     assert!(screen.contains("firing 1"), "{screen}");
-    assert!(
-        screen.contains(&format!("close_wait_stuck FIRING — top-srv (pid {spid})")),
-        "{screen}"
-    );
-    assert!(
-        screen.contains(&format!("listen_ports: {port}"))
-            && screen.contains(&format!("peers: {local}")),
-        "the evidence names the service and the peer: {screen}"
-    );
     println!("{screen}");
     tmux.keys(&["1"]);
 
