@@ -187,7 +187,12 @@ async fn live(
         boot_to_unix_ns: kernel::boot_to_unix_offset_ns(),
         ..Model::default()
     };
-    refresh(probe, pipeline, ring.get_mut(), &mut model, &mut feed);
+    refresh(
+        probe,
+        pipeline,
+        ring.get_mut(),
+        Some((&mut model, &mut feed)),
+    );
 
     let mut screen = Screen::enter().context("cannot take the terminal (is stdout a tty?)")?;
     let mut ui = Ui::default();
@@ -225,10 +230,10 @@ async fn live(
                 }
             }
             _ = refresh_tick.tick() => {
-                if !ui.paused {
-                    refresh(probe, pipeline, ring.get_mut(), &mut model, &mut feed);
-                    last_table = Instant::now();
-                }
+                // Paused, the screen keeps its model, but the detectors' clock still ticks.
+                let show = (!ui.paused).then_some((&mut model, &mut feed));
+                refresh(probe, pipeline, ring.get_mut(), show);
+                last_table = Instant::now();
                 screen.draw(&model, &mut ui)?;
                 assert!(!test_panic, "{TEST_PANIC} is set: a deliberate panic after a refresh");
             }
@@ -244,14 +249,13 @@ async fn live(
     Ok(())
 }
 
-/// Reads fresh tables and counters (the detectors' clock ticks with them) and rebuilds the
-/// model.
+/// Reads fresh tables and counters (the detectors' clock ticks with them) and, unless the
+/// display is paused, rebuilds the model.
 fn refresh(
     probe: &Probe,
     pipeline: &mut Pipeline,
     ring: &mut Ring,
-    model: &mut Model,
-    feed: &mut Feed,
+    show: Option<(&mut Model, &mut Feed)>,
 ) {
     pipeline.table(probe, ring);
     let counters = Counters {
@@ -259,6 +263,10 @@ fn refresh(
         values: probe.counters(),
     };
     pipeline.event(&Event::Counters(counters));
+    let Some((model, feed)) = show else {
+        let _ = pipeline.flush(counters.ts_ns);
+        return;
+    };
     let Some(scan) = pipeline.scan(Purpose::Snapshot, ring) else {
         return;
     };
