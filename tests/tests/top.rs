@@ -86,6 +86,20 @@ impl Tmux {
         self.run(&args);
     }
 
+    /// The screen once it shows `marker` and two captures 100 ms apart agree: a capture can
+    /// land while a frame is being written.
+    fn settled(&self, what: &str, marker: &str) -> String {
+        wait_for(Duration::from_secs(20), what, || {
+            let first = self.screen();
+            if !first.contains(marker) {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            let second = self.screen();
+            (second == first).then_some(second)
+        })
+    }
+
     /// Waits until a screen line satisfies `f`; returns that line.
     fn wait_line(&self, what: &str, f: impl Fn(&str) -> bool) -> String {
         // Four tests start an observer (probe load, TLS uprobes) at once on two shared CPUs.
@@ -193,12 +207,11 @@ fn top_shows_a_live_connection_with_its_owner_and_state_then_restores_the_termin
     // captured while it is being drawn: wait for it whole).
     let pane_head = format!("close_wait_stuck FIRING — top-srv (pid {spid})");
     let evidence = [format!("listen_ports: {port}"), format!("peers: {local}")];
-    let mut last = String::new();
-    let screen = wait_for(Duration::from_secs(10), "the alert's pane", || {
-        last = tmux.screen();
-        (last.contains(&pane_head) && evidence.iter().all(|e| last.contains(e.as_str())))
-            .then(|| last.clone())
-    });
+    let screen = tmux.settled("the alert's pane", &pane_head);
+    assert!(
+        evidence.iter().all(|e| screen.contains(e.as_str())),
+        "the evidence names the service and the peer: {screen}"
+    );
     assert!(screen.contains("firing 1"), "{screen}");
     println!("{screen}");
     tmux.keys(&["1"]);
@@ -219,10 +232,7 @@ fn top_shows_a_live_connection_with_its_owner_and_state_then_restores_the_termin
     // Enter opens the server end's detail pane: its lifecycle, each transition with its
     // time, from its birth off the listener to CLOSE_WAIT.
     tmux.keys(&["Enter"]);
-    let pane = wait_for(Duration::from_secs(10), "the detail pane", || {
-        let screen = tmux.screen();
-        screen.contains("lifecycle (UTC)").then_some(screen)
-    });
+    let pane = tmux.settled("the detail pane", "lifecycle (UTC)");
     // The timeline is the pane's left column: a clock time, the offset since birth, the state.
     let timeline: Vec<String> = pane
         .lines()
@@ -375,10 +385,7 @@ fn top_with_tls_shows_the_version_and_server_name_of_an_open_connection() {
     tmux.keys(&["Escape"]);
     tmux.wait_line("the filter cleared", |l| l.contains("filter: -"));
     tmux.keys(&["/", &format!("pid:{cpid}"), "Enter", "Enter"]);
-    let pane = wait_for(Duration::from_secs(10), "the client's detail pane", || {
-        let screen = tmux.screen();
-        screen.contains("TLS handshake").then_some(screen)
-    });
+    let pane = tmux.settled("the client's detail pane", "TLS handshake");
     for want in [
         "born from CLOSE",
         "SYN_SENT",
