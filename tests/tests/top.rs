@@ -132,6 +132,7 @@ fn has_all(line: &str, parts: &[&str]) -> bool {
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one terminal session, step by step")]
 fn top_shows_a_live_connection_with_its_owner_and_state_then_restores_the_terminal() {
     if !privileged(
         "top_shows_a_live_connection_with_its_owner_and_state_then_restores_the_terminal",
