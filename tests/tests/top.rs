@@ -120,9 +120,25 @@ impl Tmux {
 
 impl Drop for Tmux {
     fn drop(&mut self) {
+        let path = Command::new("tmux")
+            .args([
+                "-L",
+                &self.socket,
+                "display-message",
+                "-p",
+                "#{socket_path}",
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
         let _ = Command::new("tmux")
             .args(["-L", &self.socket, "kill-server"])
             .output();
+        // The server leaves its socket file behind.
+        if let Ok(path) = path.as_deref()
+            && !path.is_empty()
+        {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
