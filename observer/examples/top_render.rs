@@ -60,6 +60,11 @@ fn row(i: u32) -> Row {
         bytes: Some((u64::from(i) * 100, u64::from(i) * 1500)),
         srtt_us: Some(50 + i % 900),
         retransmits: Some(i % 7),
+        segs: Some((i % 50, i % 60)),
+        lifecycle: None,
+        birth_ns: None,
+        pre_existing: false,
+        resets: Some((0, 0)),
     }
 }
 

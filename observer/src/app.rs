@@ -14,7 +14,7 @@ use tokio::{
 };
 
 mod snapshot;
-mod top;
+pub mod top;
 
 use crate::{
     check,
@@ -22,7 +22,7 @@ use crate::{
     control,
     decode::{self, Counters, Event},
     detect::{Alert, Detector},
-    facts::{Fact, Purpose, SocketScan, Tracked},
+    facts::{Fact, Purpose, SocketScan, Tracked, listeners::ListenerSample},
     gather::{self, Resolver},
     kernel,
     probe::{Probe, ProbeConfig},
@@ -129,6 +129,8 @@ struct Tally {
     /// Cookies of the sockets whose closed record was written since `observer top` last
     /// looked; `None` (not kept) for other runs.
     closed_cookies: Option<Vec<u64>>,
+    /// The alerts written since `observer top` last looked; `None` for other runs.
+    alerts: Option<Vec<Alert>>,
 }
 
 impl Pipeline {
@@ -253,10 +255,8 @@ impl Pipeline {
     }
 
     /// A sample of every listener (in the `--netns` namespace only, when given), fed as a fact.
-    fn listeners(&mut self, probe: &Probe, ring: &mut Ring) {
-        let Some(gatherer) = &mut self.listeners else {
-            return;
-        };
+    fn listeners(&mut self, probe: &Probe, ring: &mut Ring) -> Option<ListenerSample> {
+        let gatherer = self.listeners.as_mut()?;
         let counts = probe.listen_counts();
         let ts_ns = kernel::boottime_ns();
         let (sample, warnings) = gatherer.sample(ts_ns, self.filter.netns, counts.as_ref());
@@ -264,7 +264,9 @@ impl Pipeline {
             eprintln!("observer: warning: {w}");
         }
         drain(ring, self);
+        let kept = sample.clone();
         self.event(&Event::Fact(Box::new(Fact::Listeners(sample))));
+        Some(kept)
     }
 
     /// The answer to `observer snapshot`: NDJSON, a line per socket.
@@ -352,6 +354,9 @@ impl Pipeline {
         }
         for alert in self.alerts.drain(..) {
             let _ = self.encoder.alert(&alert, &mut self.buf);
+            if let Some(kept) = &mut self.tally.alerts {
+                kept.push(alert);
+            }
         }
         let result = if self.buf.is_empty() {
             self.sink.retry()
@@ -576,7 +581,7 @@ async fn live(
                 Ok(())
             }
             _ = counter_tick.tick() => {
-                pipeline.listeners(probe, ring.get_mut());
+                let _ = pipeline.listeners(probe, ring.get_mut());
                 let counters = Counters { ts_ns: kernel::boottime_ns(), values: probe.counters() };
                 pipeline.event(&Event::Counters(counters));
                 pipeline.write()

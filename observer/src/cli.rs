@@ -38,7 +38,10 @@ pub enum Command {
     Top(TopArgs),
 }
 
+/// `observer top` always runs the detectors (its Anomalies view shows them); the thresholds are
+/// `run --anomalies`'s.
 #[derive(Debug, Clone, Args)]
+#[command(mut_arg("anomalies", |a| a.hide(true)))]
 pub struct TopArgs {
     #[command(flatten)]
     pub filters: Filters,
@@ -51,6 +54,14 @@ pub struct TopArgs {
     /// How often the table is refreshed, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=10_000))]
     pub refresh_ms: u64,
+    #[arg(
+        long,
+        help = "Also observe TLS handshakes, as `run --tls` does (docs/tls.md): the TLS and SNI \
+                columns and the detail pane's handshake"
+    )]
+    pub tls: bool,
+    #[command(flatten)]
+    pub anomalies: AnomalyArgs,
 }
 
 #[derive(Debug, Clone, Args)]

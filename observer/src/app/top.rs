@@ -1,12 +1,13 @@
 //! `observer top`: the capture loop of `run`, feeding a read model that is drawn on a tick.
 //!
 //! The ring is drained on every wake-up and every 50 ms whatever the screen does; the model
-//! is rebuilt once per refresh (the kernel table and a `sock_diag` listing, as `observer
-//! snapshot` does), and a frame draws only the rows that fit, so a frame costs the same with
-//! 10,000 connections as with 10 (BENCHMARKS.md).
+//! is rebuilt once per refresh (the kernel table, a counter read and a `sock_diag` listing, as
+//! `observer snapshot` does), and a frame draws only the rows that fit, so a frame costs the
+//! same with 10,000 connections as with 10 (BENCHMARKS.md). The detectors run as for
+//! `run --anomalies`; their alerts fill the Anomalies view. [`replay`] feeds a recording
+//! through the same pipeline and read model.
 
 use std::{
-    collections::HashSet,
     path::Path,
     time::{Duration, Instant},
 };
@@ -14,22 +15,33 @@ use std::{
 use anyhow::{Context as _, Result};
 use tokio::io::{Interest, unix::AsyncFd};
 
-use super::{DRAIN_EVERY, Pipeline, Ring, Signals, TABLE_EVERY, drain, filter, runtime};
+use super::{
+    DRAIN_EVERY, Pipeline, Ring, Signals, TABLE_EVERY, TLS_RESCAN_EVERY, drain, filter, runtime,
+    tls_attached,
+};
 use crate::{
-    cli::TopArgs,
-    facts::{Purpose, listeners::ListenerSample},
+    cli::{DEFAULT_MAX_CONNECTIONS, TopArgs},
+    decode::{Counters, Event},
+    detect::{self, Detector},
+    facts::{Fact, Purpose, SocketScan},
     gather::Resolver,
     kernel,
     probe::{Probe, ProbeConfig},
+    recording::Replay,
     sink::{Sink, ndjson::Encoder},
     top::{
         Screen,
+        feed::{Feed, News, Totals},
         input::{Action, Ui},
-        model::{Conn, Model, Rates},
+        model::Model,
     },
-    track::Tracker,
+    track::{Filter, Tracker},
 };
 
+/// Runs `observer top` until `q`, Ctrl-C or a signal.
+///
+/// # Errors
+/// When capture cannot start or the terminal cannot be used.
 pub fn run(args: &TopArgs) -> Result<()> {
     let (runtime, signals) = runtime()?;
     let filter = filter(&args.filters, false)?;
@@ -38,35 +50,125 @@ pub fn run(args: &TopArgs) -> Result<()> {
         ring_bytes: args.ring_mib << 20,
         transitions: false,
         accept_hook: false,
-        tls: false,
-        // SYNs and handshakes per listener for the Listeners view: a program run per ingress
-        // segment while top runs (docs/anomalies.md, syn_flood).
+        tls: args.tls,
+        // SYNs and handshakes per listener (syn_flood and the Listeners view): a program run
+        // per ingress segment while top runs (docs/anomalies.md, syn_flood).
         listeners: true,
     };
     let (mut probe, ring) = Probe::load(config)
         .context("cannot start capture (`observer check` shows what is missing)")?;
-    // The records are built as for `run` (that is where closes, resets and retransmits are
-    // counted) and thrown away.
-    let sink = Sink::append(Path::new("/dev/null"))?;
-    let encoder = Encoder::new(kernel::hostname(), kernel::boot_to_unix_offset_ns());
     let tracker = Tracker::new(kernel::boot_id(), filter, args.max_connections as usize);
-    let mut pipeline = Pipeline::new(tracker, encoder, sink, None);
+    let mut pipeline = top_pipeline(tracker, &thresholds(args))?;
     pipeline.resolver = Some(Resolver::new());
-    pipeline.tally.closed_cookies = Some(Vec::new());
     pipeline.filter = filter;
     pipeline.listeners = Some(crate::gather::listeners::Listeners::default());
+    super::tls_libraries(&probe, &mut pipeline);
     runtime.block_on(live(signals, &mut probe, ring, &mut pipeline, args))
 }
 
-/// The counters a refresh compares with the previous one.
-struct Last {
-    ts_ns: u64,
-    closed: u64,
-    resets: u64,
-    retransmits: u64,
-    cookies: HashSet<u64>,
-    listeners: Option<ListenerSample>,
+/// The detectors' configuration: `run --anomalies`'s, always on.
+#[must_use]
+pub fn thresholds(args: &TopArgs) -> detect::Config {
+    let mut on = args.anomalies.clone();
+    on.anomalies = true;
+    on.config()
+        .unwrap_or_else(|| unreachable!("--anomalies is set"))
 }
+
+/// A pipeline whose records are built as for `run` (that is where closes, resets,
+/// retransmits and alerts come from) and thrown away, their totals and alerts kept for the
+/// read model.
+fn top_pipeline(tracker: Tracker, detect: &detect::Config) -> Result<Pipeline> {
+    let sink = Sink::append(Path::new("/dev/null"))?;
+    let encoder = Encoder::new(kernel::hostname(), kernel::boot_to_unix_offset_ns());
+    let mut pipeline = Pipeline::new(tracker, encoder, sink, None);
+    pipeline.detector = Some(Detector::new(detect));
+    pipeline.tally.closed_cookies = Some(Vec::new());
+    pipeline.tally.alerts = Some(Vec::new());
+    Ok(pipeline)
+}
+
+impl Pipeline {
+    /// Hands the read model what this listing and the records since the last one bring.
+    fn refresh_model(&mut self, scan: &SocketScan, feed: &mut Feed, model: &mut Model, lost: u64) {
+        let _ = self.flush(scan.ts_ns);
+        let tally = &mut self.tally;
+        let news = News {
+            totals: Totals {
+                closed: tally.closed,
+                resets: tally.resets,
+                retransmits: tally.retransmits,
+            },
+            closed_cookies: tally
+                .closed_cookies
+                .as_mut()
+                .map(std::mem::take)
+                .unwrap_or_default(),
+            alerts: tally
+                .alerts
+                .as_mut()
+                .map(std::mem::take)
+                .unwrap_or_default(),
+            lost,
+        };
+        feed.refresh(model, &self.tracker, scan, news);
+    }
+}
+
+/// Events the kernel could not deliver: ring or map full.
+fn lost(c: &Counters) -> u64 {
+    c.values[observer_common::counter::RING_FULL as usize]
+        + c.values[observer_common::counter::MAP_FULL as usize]
+}
+
+/// The read model as `observer top` would have shown it at the last socket listing of a
+/// recording (`run --record`), with the detectors configured by `detect`.
+///
+/// # Errors
+/// When the recording cannot be read.
+pub fn replay(path: &Path, detect: &detect::Config) -> Result<Model> {
+    let (header, mut input) = Replay::open(path)?;
+    let filter = Filter {
+        netns: header.netns,
+        port: header.port,
+        transitions: false,
+    };
+    let tracker = Tracker::new(
+        header.boot_id_bytes(),
+        filter,
+        DEFAULT_MAX_CONNECTIONS as usize,
+    );
+    let mut pipeline = top_pipeline(tracker, detect)?;
+    pipeline.encoder = Encoder::new(header.host.clone(), header.boot_to_unix_ns);
+    let mut model = Model {
+        host: header.host.clone(),
+        boot_to_unix_ns: header.boot_to_unix_ns,
+        ..Model::default()
+    };
+    let (mut feed, mut lost_now, mut last_ts) = (None, 0, 0);
+    while let Some(event) = input.next_event()? {
+        last_ts = last_ts.max(event.ts_ns());
+        pipeline.event(&event);
+        let _ = pipeline.flush(last_ts);
+        match &event {
+            Event::Counters(c) => lost_now = lost(c),
+            Event::Fact(f) => {
+                if let Fact::Sockets(scan) = &**f {
+                    let feed = feed.get_or_insert_with(|| Feed::new(scan.ts_ns));
+                    if scan.purpose != Purpose::Seed {
+                        pipeline.refresh_model(scan, feed, &mut model, lost_now);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(model)
+}
+
+/// A test hook, set only by `tests/tests/top.rs`: makes `observer top` panic after its first
+/// refresh, to check that the terminal is given back and the message is shown.
+const TEST_PANIC: &str = "OBSERVER_TOP_TEST_PANIC";
 
 async fn live(
     signals: Signals,
@@ -83,29 +185,30 @@ async fn live(
         mut sigterm,
         ..
     } = signals;
-    let started_ns = kernel::boottime_ns();
+    let mut feed = Feed::new(kernel::boottime_ns());
     pipeline.scan(Purpose::Seed, ring.get_mut());
     let mut model = Model {
         host: kernel::hostname(),
+        boot_to_unix_ns: kernel::boot_to_unix_offset_ns(),
         ..Model::default()
     };
-    let mut last: Option<Last> = None;
     refresh(
         probe,
         pipeline,
         ring.get_mut(),
-        &mut model,
-        &mut last,
-        started_ns,
+        Some((&mut model, &mut feed)),
     );
 
     let mut screen = Screen::enter().context("cannot take the terminal (is stdout a tty?)")?;
     let mut ui = Ui::default();
     screen.draw(&model, &mut ui)?;
     let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
+    let mut tls_tick = tokio::time::interval(TLS_RESCAN_EVERY);
+    let mut exec_ready: Vec<u32> = Vec::new();
     let period = Duration::from_millis(args.refresh_ms);
     let mut refresh_tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let mut last_table = Instant::now();
+    let test_panic = std::env::var_os(TEST_PANIC).is_some();
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -116,6 +219,10 @@ async fn live(
             }
             _ = drain_tick.tick() => {
                 drain(ring.get_mut(), pipeline);
+                // As in `run`: TLS libraries of processes that exec'd one drain ago.
+                let new = probe.tls_scan_pids(&exec_ready);
+                exec_ready = std::mem::take(&mut pipeline.execs);
+                tls_attached(probe, pipeline, &new);
                 if pipeline.tracker.wants_table() && last_table.elapsed() >= TABLE_EVERY {
                     pipeline.table(probe, ring.get_mut());
                     last_table = Instant::now();
@@ -128,11 +235,16 @@ async fn live(
                 }
             }
             _ = refresh_tick.tick() => {
-                if !ui.paused {
-                    refresh(probe, pipeline, ring.get_mut(), &mut model, &mut last, started_ns);
-                    last_table = Instant::now();
-                }
+                // Paused, the screen keeps its model, but the detectors' clock still ticks.
+                let show = (!ui.paused).then_some((&mut model, &mut feed));
+                refresh(probe, pipeline, ring.get_mut(), show);
+                last_table = Instant::now();
                 screen.draw(&model, &mut ui)?;
+                assert!(!test_panic, "{TEST_PANIC} is set: a deliberate panic after a refresh");
+            }
+            _ = tls_tick.tick(), if args.tls => {
+                let new = probe.tls_scan_all();
+                tls_attached(probe, pipeline, &new);
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -142,76 +254,38 @@ async fn live(
     Ok(())
 }
 
-/// Rebuilds the model from fresh tables; rates are over the time since the last refresh.
+/// Reads fresh tables and counters (the detectors' clock ticks with them) and, unless the
+/// display is paused, rebuilds the model.
 fn refresh(
     probe: &Probe,
     pipeline: &mut Pipeline,
     ring: &mut Ring,
-    model: &mut Model,
-    last: &mut Option<Last>,
-    started_ns: u64,
+    show: Option<(&mut Model, &mut Feed)>,
 ) {
     pipeline.table(probe, ring);
+    let listeners = pipeline.listeners(probe, ring);
+    if pipeline
+        .detector
+        .as_ref()
+        .is_some_and(Detector::wants_time_wait)
+    {
+        pipeline.time_wait_census(pipeline.filter.netns);
+    }
+    let counters = Counters {
+        ts_ns: kernel::boottime_ns(),
+        values: probe.counters(),
+    };
+    pipeline.event(&Event::Counters(counters));
+    let Some((model, feed)) = show else {
+        let _ = pipeline.flush(counters.ts_ns);
+        return;
+    };
+    if let Some(sample) = listeners {
+        let port = pipeline.filter.port;
+        feed.listeners(model, sample.filtered(|_, p| port.is_none_or(|q| q == p)));
+    }
     let Some(scan) = pipeline.scan(Purpose::Snapshot, ring) else {
         return;
     };
-    let now = scan.ts_ns;
-    let _ = pipeline.flush(now);
-    model.conns = pipeline
-        .tracker
-        .snapshot(&scan, now)
-        .iter()
-        .map(Conn::from_row)
-        .collect();
-    model.uptime_ns = now.saturating_sub(started_ns);
-    let counters = probe.counters();
-    model.lost = counters[observer_common::counter::RING_FULL as usize]
-        + counters[observer_common::counter::MAP_FULL as usize];
-    let listeners = listener_sample(probe, pipeline, now);
-    if let Some(sample) = &listeners {
-        let prev = last.as_ref().and_then(|l| l.listeners.as_ref());
-        model.listeners = crate::top::listeners::rows(prev, sample);
-    }
-    let tally = &mut pipeline.tally;
-    let closed_cookies = tally
-        .closed_cookies
-        .as_mut()
-        .map(std::mem::take)
-        .unwrap_or_default();
-    let cookies: HashSet<u64> = model.conns.iter().map(|c| c.cookie).collect();
-    if let Some(prev) = last.as_ref() {
-        #[expect(clippy::cast_precision_loss, reason = "rates for display")]
-        let per_s = |n: u64| n as f64 * 1e9 / now.saturating_sub(prev.ts_ns).max(1) as f64;
-        // New: open now and not before, or closed before anyone saw them open.
-        let born = cookies.difference(&prev.cookies).count()
-            + closed_cookies
-                .iter()
-                .filter(|c| !prev.cookies.contains(c))
-                .count();
-        model.rates = Rates {
-            new: per_s(born as u64),
-            closed: per_s(tally.closed - prev.closed),
-            retransmits: per_s(tally.retransmits - prev.retransmits),
-            resets: per_s(tally.resets - prev.resets),
-        };
-    }
-    *last = Some(Last {
-        ts_ns: now,
-        closed: tally.closed,
-        resets: tally.resets,
-        retransmits: tally.retransmits,
-        cookies,
-        listeners,
-    });
-}
-
-/// The listeners now (in the `--netns` namespace when given), for the Listeners view.
-fn listener_sample(probe: &Probe, pipeline: &mut Pipeline, now: u64) -> Option<ListenerSample> {
-    let counts = probe.listen_counts();
-    let (sample, _warnings) =
-        pipeline
-            .listeners
-            .as_mut()?
-            .sample(now, pipeline.filter.netns, counts.as_ref());
-    Some(sample.filtered(|_, port| pipeline.filter.port.is_none_or(|p| p == port)))
+    pipeline.refresh_model(&scan, feed, model, lost(&counters));
 }

@@ -247,6 +247,15 @@ impl TlsTable {
         Some((self.facts(&s), record))
     }
 
+    /// What the handshake of a socket still open showed so far, when a hello or a library
+    /// call was seen (`observer top`).
+    #[must_use]
+    pub fn open(&self, cookie: u64) -> Option<TlsFacts> {
+        let s = self.sockets.get(&cookie)?;
+        (s.client_hello.is_some() || s.server_hello.is_some() || s.handshake.is_some())
+            .then(|| self.facts(s))
+    }
+
     /// Forgets sockets whose close was never seen.
     pub fn expire(&mut self, now_ns: u64) {
         if self.sockets.len() > 4096 {

@@ -2,23 +2,70 @@
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
-use super::select::{CONN_COLUMNS, Filter, PROC_COLUMNS};
+use super::select::{ALERT_COLUMNS, CONN_COLUMNS, Filter, PROC_COLUMNS};
 
+/// The views. A new one is a variant here, an entry in [`Tab::ALL`] (its number key is its
+/// place there), its columns, and its arm in `view::draw`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tab {
     Connections,
     Processes,
+    Anomalies,
     Listeners,
 }
 
 impl Tab {
+    /// Every view, in tab order.
+    pub const ALL: [Tab; 4] = [
+        Tab::Connections,
+        Tab::Processes,
+        Tab::Anomalies,
+        Tab::Listeners,
+    ];
+
     #[must_use]
-    pub fn columns(self) -> usize {
+    pub fn label(self) -> &'static str {
         match self {
-            Tab::Connections => CONN_COLUMNS.len(),
-            Tab::Processes => PROC_COLUMNS.len(),
-            Tab::Listeners => super::listeners::LISTEN_COLUMNS.len(),
+            Tab::Connections => "Connections",
+            Tab::Processes => "Processes",
+            Tab::Anomalies => "Anomalies",
+            Tab::Listeners => "Listeners",
         }
+    }
+
+    /// The view's column titles, in screen order.
+    #[must_use]
+    pub fn columns(self) -> &'static [&'static str] {
+        match self {
+            Tab::Connections => &CONN_COLUMNS,
+            Tab::Processes => &PROC_COLUMNS,
+            Tab::Anomalies => &ALERT_COLUMNS,
+            Tab::Listeners => &super::listeners::LISTEN_COLUMNS,
+        }
+    }
+
+    /// The sort a view starts with: (column, reversed).
+    fn default_sort(self) -> (usize, bool) {
+        match self {
+            // By state, then address: by age, newest first, would hide the old.
+            Tab::Connections => (4, false),
+            // Most connections first.
+            Tab::Processes => (2, true),
+            // Firing before resolved, then newest first.
+            Tab::Anomalies => (0, false),
+            // By address.
+            Tab::Listeners => (0, false),
+        }
+    }
+
+    /// Its place in [`Tab::ALL`].
+    #[must_use]
+    pub fn index(self) -> usize {
+        Tab::ALL.iter().position(|&t| t == self).unwrap_or(0)
+    }
+
+    fn step(self, by: usize) -> Tab {
+        Tab::ALL[(self.index() + by) % Tab::ALL.len()]
     }
 }
 
@@ -26,8 +73,8 @@ impl Tab {
 #[derive(Debug, Clone)]
 pub struct Ui {
     pub tab: Tab,
-    /// Sort column per tab, and whether it is reversed.
-    pub sort: [(usize, bool); 3],
+    /// Sort column per tab (in [`Tab::ALL`] order), and whether it is reversed.
+    pub sort: [(usize, bool); Tab::ALL.len()],
     /// The filter being typed (after `/`), or `None`.
     pub editing: Option<String>,
     pub filter_text: String,
@@ -43,9 +90,7 @@ impl Default for Ui {
     fn default() -> Self {
         Self {
             tab: Tab::Connections,
-            // Connections by age, newest first would hide the old; by state, then address.
-            // Listeners by address.
-            sort: [(4, false), (2, true), (0, false)],
+            sort: Tab::ALL.map(Tab::default_sort),
             editing: None,
             filter_text: String::new(),
             filter: Filter::default(),
@@ -55,6 +100,53 @@ impl Default for Ui {
             selected: 0,
         }
     }
+}
+
+/// Keys from raw terminal bytes, for the few that `observer top` uses: printable characters,
+/// Enter, Tab, Backspace, Esc, Ctrl-C and the arrow and paging keys; anything else is skipped.
+/// Only for bytes crossterm left unread (see `term::Screen::input`).
+#[must_use]
+pub fn keys_of(bytes: &[u8]) -> Vec<KeyEvent> {
+    let key = |code| KeyEvent::new(code, KeyModifiers::NONE);
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let rest = &bytes[i..];
+        let (code, used) = match rest {
+            [0x1b, b'[', b'A', ..] => (Some(KeyCode::Up), 3),
+            [0x1b, b'[', b'B', ..] => (Some(KeyCode::Down), 3),
+            [0x1b, b'[', b'C', ..] => (Some(KeyCode::Right), 3),
+            [0x1b, b'[', b'D', ..] => (Some(KeyCode::Left), 3),
+            [0x1b, b'[', b'H', ..] => (Some(KeyCode::Home), 3),
+            [0x1b, b'[', b'F', ..] => (Some(KeyCode::End), 3),
+            [0x1b, b'[', b'Z', ..] => (Some(KeyCode::BackTab), 3),
+            [0x1b, b'[', b'5', b'~', ..] => (Some(KeyCode::PageUp), 4),
+            [0x1b, b'[', b'6', b'~', ..] => (Some(KeyCode::PageDown), 4),
+            // Some other sequence: skip to its final byte.
+            [0x1b, b'[', tail @ ..] => (
+                None,
+                2 + tail
+                    .iter()
+                    .position(|b| (0x40..=0x7e).contains(b))
+                    .map_or(tail.len(), |p| p + 1),
+            ),
+            [0x1b, ..] => (Some(KeyCode::Esc), 1),
+            [b'\r' | b'\n', ..] => (Some(KeyCode::Enter), 1),
+            [b'\t', ..] => (Some(KeyCode::Tab), 1),
+            [0x7f | 0x08, ..] => (Some(KeyCode::Backspace), 1),
+            [3, ..] => {
+                out.push(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
+                (None, 1)
+            }
+            [c @ 0x20..=0x7e, ..] => (Some(KeyCode::Char(char::from(*c))), 1),
+            _ => (None, 1),
+        };
+        if let Some(code) = code {
+            out.push(key(code));
+        }
+        i += used;
+    }
+    out
 }
 
 /// What a key asks of the loop.
@@ -68,7 +160,7 @@ pub enum Action {
 impl Ui {
     #[must_use]
     pub fn sort(&self) -> (usize, bool) {
-        self.sort[self.tab as usize]
+        self.sort[self.tab.index()]
     }
 
     /// Applies one key press.
@@ -100,18 +192,19 @@ impl Ui {
                 _ => Action::Redraw,
             };
         }
-        let columns = self.tab.columns();
-        let (col, rev) = &mut self.sort[self.tab as usize];
+        let columns = self.tab.columns().len();
+        let (col, rev) = &mut self.sort[self.tab.index()];
         match key.code {
             KeyCode::Char('q') => return Action::Quit,
-            KeyCode::Char('1') => self.switch(Tab::Connections),
-            KeyCode::Char('2') => self.switch(Tab::Processes),
-            KeyCode::Char('3') => self.switch(Tab::Listeners),
-            KeyCode::Tab | KeyCode::BackTab => self.switch(match self.tab {
-                Tab::Connections => Tab::Processes,
-                Tab::Processes => Tab::Listeners,
-                Tab::Listeners => Tab::Connections,
-            }),
+            KeyCode::Char(c @ '1'..='9') => {
+                let n = usize::from(c as u8 - b'1');
+                match Tab::ALL.get(n) {
+                    Some(&tab) => self.switch(tab),
+                    None => return Action::None,
+                }
+            }
+            KeyCode::Tab => self.switch(self.tab.step(1)),
+            KeyCode::BackTab => self.switch(self.tab.step(Tab::ALL.len() - 1)),
             KeyCode::Char('>' | '.') | KeyCode::Right => *col = (*col + 1) % columns,
             KeyCode::Char('<' | ',') | KeyCode::Left => *col = (*col + columns - 1) % columns,
             KeyCode::Char('r') => *rev = !*rev,

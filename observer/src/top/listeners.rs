@@ -116,6 +116,12 @@ impl Listener {
             uid: String::new(),
             executable: None,
             owner_source: None,
+            tls: None,
+            lifecycle: None,
+            birth_ns: None,
+            pre_existing: false,
+            resets: None,
+            segs: None,
         }
     }
 }
@@ -295,14 +301,14 @@ mod tests {
     }
 
     const LISTENERS: &str = "\
-observer top — web1  up 10s  new 0.0/s  closed 0.0/s  retx 0.0/s  resets 0.0/s  lost 0
+observer top — web1  up 10s  new 0.0/s  closed 0.0/s  retx 0.0/s  resets 0.0/s  lost 0  firing 0
 0 sockets:
- 1 Connections   2 Processes   3 Listeners    sort: ADDRESS asc   filter: -
+ 1 Connections   2 Processes   3 Anomalies   4 Listeners    sort: ADDRESS asc   filter: -
 ADDRESS▲               PID     COMM            QUEUE  BACKLOG  SYN/s    HALF-OPEN  HANDSHAKE/s  OVERFLOW/s
 0.0.0.0:443            100     nginx           0      511      2000.0   256        50.0         1.5
 127.0.0.1:8080         300     worker          5      4        10.0     0          10.0         1.5
 [::]:443               100     nginx           1      511      2000.0   256        50.0         1.5
-q quit  ? help  1/2/3/Tab view  </> sort column  r reverse  / filter  p pause  Enter detail
+q quit  ? help  1-4/Tab view  </> sort column  r reverse  / filter  p pause  Enter detail
 ";
 
     #[test]
@@ -316,7 +322,7 @@ q quit  ? help  1/2/3/Tab view  </> sort column  r reverse  / filter  p pause  E
             ..Model::default()
         };
         let mut ui = Ui::default();
-        ui.key(KeyEvent::new(KeyCode::Char('3'), KeyModifiers::NONE));
+        ui.key(KeyEvent::new(KeyCode::Char('4'), KeyModifiers::NONE));
         assert_eq!(ui.tab, Tab::Listeners);
         let got = render(&model, &mut ui);
         println!("{got}");

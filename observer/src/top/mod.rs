@@ -1,9 +1,15 @@
 //! `observer top`: a live terminal view of the open connections.
 //!
-//! `model` is the read model (rows from the tracker's snapshot, counts and rates), `select`
-//! filters and sorts it, `input` turns keys into UI state, `view` draws a frame, and `term`
-//! owns the real terminal. The capture loop feeding the model lives in `app::top`.
+//! `model` is the read model (rows from the tracker's snapshot, counts and rates, and the
+//! detectors' alerts folded by `alerts`), filled at each refresh by `feed`; `select` filters
+//! and sorts it, `input` turns keys into UI state, `view` draws a frame (`anomalies` draws
+//! that view), and `term` owns the real terminal. The capture loop feeding the model lives in
+//! `app::top`.
 
+pub mod alerts;
+mod anomalies;
+mod detail;
+pub mod feed;
 pub mod input;
 pub mod listeners;
 pub mod model;

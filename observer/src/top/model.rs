@@ -3,7 +3,14 @@
 
 use std::{collections::BTreeMap, net::SocketAddr};
 
-use crate::track::{lifecycle::state_name, snapshot::Row};
+use super::alerts::Anomaly;
+use crate::{
+    tls::{TlsFacts, names},
+    track::{
+        lifecycle::{Lifecycle, state_name},
+        snapshot::Row,
+    },
+};
 
 /// One socket as a row of the Connections view.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +31,17 @@ pub struct Conn {
     pub uid: String,
     pub executable: Option<String>,
     pub owner_source: Option<&'static str>,
+    /// Its TLS handshake so far (`--tls`).
+    pub tls: Option<TlsFacts>,
+    /// Its transitions so far with their times (`CLOCK_BOOTTIME`), when the kernel tracks it.
+    pub lifecycle: Option<Lifecycle>,
+    pub birth_ns: Option<u64>,
+    /// It existed before the observer started: its birth is when it was first seen.
+    pub pre_existing: bool,
+    /// Resets sent and received.
+    pub resets: Option<(u16, u16)>,
+    /// Segments sent and received.
+    pub segs: Option<(u32, u32)>,
 }
 
 impl Conn {
@@ -45,12 +63,30 @@ impl Conn {
             uid: row.uid.as_str().to_owned(),
             executable: row.executable.as_deref().map(str::to_owned),
             owner_source: row.owner_source,
+            tls: None,
+            lifecycle: row.lifecycle,
+            birth_ns: row.birth_ns,
+            pre_existing: row.pre_existing,
+            resets: row.resets,
+            segs: row.segs,
         }
     }
 
     #[must_use]
     pub fn state_name(&self) -> &'static str {
         state_name(self.state)
+    }
+
+    /// The negotiated TLS version ("1.3"), once the server's hello was seen.
+    #[must_use]
+    pub fn tls_version(&self) -> Option<&'static str> {
+        self.tls.as_ref()?.version.and_then(names::version)
+    }
+
+    /// The server name the client asked for.
+    #[must_use]
+    pub fn sni(&self) -> Option<&str> {
+        self.tls.as_ref()?.server_name.as_deref()
     }
 }
 
@@ -68,10 +104,15 @@ pub struct Rates {
 pub struct Model {
     pub host: String,
     pub uptime_ns: u64,
+    /// The time of the listing shown (`CLOCK_BOOTTIME`), and its offset to Unix time.
+    pub now_ns: u64,
+    pub boot_to_unix_ns: i64,
     pub rates: Rates,
     /// Events the kernel could not deliver (ring or map full) since start.
     pub lost: u64,
     pub conns: Vec<Conn>,
+    /// Alerts firing or recently resolved, as the detectors raised them.
+    pub anomalies: Vec<Anomaly>,
     pub listeners: Vec<super::listeners::Listener>,
 }
 
@@ -93,6 +134,12 @@ pub struct Proc {
 }
 
 impl Model {
+    /// Alerts firing now.
+    #[must_use]
+    pub fn firing(&self) -> usize {
+        self.anomalies.iter().filter(|a| a.firing()).count()
+    }
+
     /// Sockets per state name, in name order.
     #[must_use]
     pub fn state_counts(&self) -> BTreeMap<&'static str, usize> {

@@ -2,11 +2,15 @@
 
 use std::cmp::Ordering;
 
-use super::model::{Conn, Proc};
+use super::{
+    alerts::Anomaly,
+    model::{Conn, Proc},
+};
 
 /// The columns of the Connections view, in screen order.
-pub const CONN_COLUMNS: [&str; 11] = [
-    "PID", "COMM", "LOCAL", "REMOTE", "STATE", "AGE", "IN-STATE", "RX", "TX", "RTT", "RETX",
+pub const CONN_COLUMNS: [&str; 13] = [
+    "PID", "COMM", "LOCAL", "REMOTE", "STATE", "AGE", "IN-STATE", "RX", "TX", "RTT", "RETX", "TLS",
+    "SNI",
 ];
 
 /// The columns of the Processes view, in screen order.
@@ -23,10 +27,24 @@ pub const PROC_COLUMNS: [&str; 10] = [
     "RX+TX",
 ];
 
+/// The columns of the Anomalies view, in screen order.
+pub const ALERT_COLUMNS: [&str; 9] = [
+    "STATUS",
+    "RULE",
+    "SEV",
+    "PID",
+    "COMM",
+    "DESTINATION",
+    "SINCE",
+    "OBS/THR",
+    "REASON",
+];
+
 /// A parsed `/` expression: every term must match.
 ///
 /// Terms: `port:N` (either end), `sport:N`, `dport:N`, `pid:N`, `comm:TEXT`, `state:TEXT`,
-/// `addr:TEXT`, or a bare word matched against all of them as a substring. Text matches ignore
+/// `addr:TEXT`, or a bare word matched against all of them (and the TLS server name) as a
+/// substring. Text matches ignore
 /// case; states also match as `ss` spells them (`estab`, `close-wait`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
@@ -76,6 +94,44 @@ impl Filter {
             Some(_) => true,
         })
     }
+
+    /// An alert passes when its subject matches every term: `pid`, `comm`, `port` and
+    /// `addr` (its destination), `state` (`firing`, `resolved`), bare words also its rule.
+    #[must_use]
+    pub fn admits_anomaly(&self, a: &Anomaly) -> bool {
+        let s = &a.alert.subject;
+        let status = if a.firing() { "firing" } else { "resolved" };
+        self.terms.iter().all(|(key, v)| {
+            let pid = || s.process.is_some_and(|p| p.pid.to_string() == *v);
+            let comm = || {
+                s.process
+                    .is_some_and(|p| p.name().to_ascii_lowercase().contains(v.as_str()))
+            };
+            let port = || {
+                v.parse::<u16>()
+                    .is_ok_and(|n| s.destination.is_some_and(|d| d.1 == n && n != 0))
+            };
+            let addr = || {
+                s.destination
+                    .is_some_and(|d| d.0.to_string().contains(v.as_str()))
+            };
+            match key.as_deref() {
+                Some("pid") => pid(),
+                Some("comm") => comm(),
+                Some("port" | "dport") => port(),
+                Some("addr") => addr(),
+                Some("state") => status.contains(v.as_str()),
+                Some(_) => true,
+                None => {
+                    pid()
+                        || comm()
+                        || addr()
+                        || status.contains(v.as_str())
+                        || a.alert.rule.contains(v.as_str())
+                }
+            }
+        })
+    }
 }
 
 fn state_matches(c: &Conn, v: &str) -> bool {
@@ -100,7 +156,13 @@ fn term(c: &Conn, key: Option<&str>, v: &str) -> bool {
         Some("comm") => comm(),
         Some("state") => state_matches(c, v),
         Some("addr") => addr(),
-        _ => pid() || comm() || state_matches(c, v) || addr(),
+        _ => {
+            pid()
+                || comm()
+                || state_matches(c, v)
+                || addr()
+                || c.sni().is_some_and(|s| s.to_ascii_lowercase().contains(v))
+        }
     }
 }
 
@@ -118,7 +180,9 @@ pub fn cmp_conn(a: &Conn, b: &Conn, col: usize) -> Ordering {
         7 => a.bytes_in.cmp(&b.bytes_in),
         8 => a.bytes_out.cmp(&b.bytes_out),
         9 => a.rtt_us.cmp(&b.rtt_us),
-        _ => a.retransmits.cmp(&b.retransmits),
+        10 => a.retransmits.cmp(&b.retransmits),
+        11 => a.tls_version().cmp(&b.tls_version()),
+        _ => a.sni().cmp(&b.sni()),
     };
     // Ties keep a stable, meaningful order.
     by.then_with(|| (a.local, a.remote, a.cookie).cmp(&(b.local, b.remote, b.cookie)))
@@ -140,6 +204,50 @@ pub fn cmp_proc(a: &Proc, b: &Proc, col: usize) -> Ordering {
         _ => (a.bytes_in + a.bytes_out).cmp(&(b.bytes_in + b.bytes_out)),
     };
     by.then_with(|| (a.pid, &a.comm).cmp(&(b.pid, &b.comm)))
+}
+
+/// Orders two alerts by column `col` of [`ALERT_COLUMNS`]; the status column puts firing
+/// first, newest first.
+#[must_use]
+pub fn cmp_anomaly(a: &Anomaly, b: &Anomaly, col: usize) -> Ordering {
+    let (x, y) = (&a.alert, &b.alert);
+    let by = match col {
+        0 => b.firing().cmp(&a.firing()),
+        1 => x.rule.cmp(y.rule),
+        2 => x.severity.cmp(&y.severity),
+        3 => x
+            .subject
+            .process
+            .map(|p| p.pid)
+            .cmp(&y.subject.process.map(|p| p.pid)),
+        4 => x
+            .subject
+            .process
+            .map(|p| p.comm)
+            .cmp(&y.subject.process.map(|p| p.comm)),
+        5 => x.subject.destination.cmp(&y.subject.destination),
+        6 => b.fired_ns.cmp(&a.fired_ns),
+        7 => x.observed.cmp(&y.observed),
+        _ => x.reason.cmp(&y.reason),
+    };
+    by.then_with(|| b.changed_ns().cmp(&a.changed_ns()))
+        .then_with(|| x.rule.cmp(y.rule))
+}
+
+/// The alerts `filter` admits, sorted by `col` (reversed when `reverse`).
+#[must_use]
+pub fn anomalies<'a>(
+    all: &'a [Anomaly],
+    filter: &Filter,
+    col: usize,
+    reverse: bool,
+) -> Vec<&'a Anomaly> {
+    let mut rows: Vec<&Anomaly> = all.iter().filter(|a| filter.admits_anomaly(a)).collect();
+    rows.sort_by(|a, b| {
+        let o = cmp_anomaly(a, b, col);
+        if reverse { o.reverse() } else { o }
+    });
+    rows
 }
 
 /// The connections `filter` admits, sorted by `col` (descending when `reverse`).

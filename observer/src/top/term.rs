@@ -1,22 +1,26 @@
 //! The real terminal: raw mode and the alternate screen, always given back — on return, on
-//! error (the guard's drop) and on panic (a hook that restores before the message prints).
+//! error (the guard's drop) and on panic (a hook that restores the screen and stderr before
+//! the message prints).
 
 use std::{
     io::{self, Stdout},
-    sync::Once,
+    sync::{
+        Once,
+        atomic::{AtomicBool, AtomicI32, Ordering},
+    },
     time::Duration,
 };
 
 use crossterm::{
     cursor::{Hide, Show},
-    event::{self, Event, KeyEventKind},
+    event::{self, Event, KeyEvent, KeyEventKind},
     execute,
     terminal::{EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode},
 };
 use ratatui::{Terminal, backend::CrosstermBackend};
 
 use super::{
-    input::{Action, Ui},
+    input::{self, Action, Ui},
     model::Model,
     view,
 };
@@ -24,16 +28,35 @@ use super::{
 /// The terminal while `observer top` owns it.
 pub struct Screen {
     terminal: Terminal<CrosstermBackend<Stdout>>,
-    /// The original stderr, while stderr points at /dev/null: a warning printed over the
-    /// alternate screen would stay there until the cells under it change.
-    saved_stderr: Option<i32>,
 }
 
 static HOOK: Once = Once::new();
 
+/// The original stderr, while stderr points at /dev/null (-1 otherwise): a warning printed
+/// over the alternate screen would stay there until the cells under it change. Global, so
+/// that the panic hook puts it back before the message is printed.
+static SAVED_STDERR: AtomicI32 = AtomicI32::new(-1);
+
+/// Whether the terminal is ours (raw, alternate screen) and not yet given back.
+static TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// Gives the terminal back: cooked mode, the normal screen, the cursor, and stderr. Once: a
+/// second leave of the alternate screen (the guard's drop, unwinding after the panic hook)
+/// would move the cursor back above the panic message, and the shell would write over it.
 fn restore() {
+    if !TAKEN.swap(false, Ordering::SeqCst) {
+        return;
+    }
     let _ = disable_raw_mode();
     let _ = execute!(io::stdout(), LeaveAlternateScreen, Show);
+    let fd = SAVED_STDERR.swap(-1, Ordering::SeqCst);
+    if fd >= 0 {
+        // SAFETY: `fd` is our duplicate of the original stderr, taken once.
+        unsafe {
+            libc::dup2(fd, libc::STDERR_FILENO);
+            libc::close(fd);
+        }
+    }
 }
 
 impl Screen {
@@ -50,6 +73,7 @@ impl Screen {
             }));
         });
         enable_raw_mode()?;
+        TAKEN.store(true, Ordering::SeqCst);
         if let Err(e) = execute!(io::stdout(), EnterAlternateScreen, Hide) {
             restore();
             return Err(e);
@@ -61,10 +85,8 @@ impl Screen {
                 return Err(e);
             }
         };
-        Ok(Self {
-            terminal,
-            saved_stderr: quiet_stderr(),
-        })
+        quiet_stderr();
+        Ok(Self { terminal })
     }
 
     /// Draws a frame (resizing first when the terminal changed size).
@@ -82,18 +104,37 @@ impl Screen {
     /// When the terminal cannot be read.
     pub fn input(&mut self, ui: &mut Ui) -> io::Result<Action> {
         let mut action = Action::None;
+        let mut resized = false;
+        let mut apply = |key: KeyEvent, action: &mut Action| match ui.key(key) {
+            Action::Quit => true,
+            Action::Redraw => {
+                *action = Action::Redraw;
+                false
+            }
+            Action::None => false,
+        };
         while event::poll(Duration::ZERO)? {
             match event::read()? {
-                Event::Key(key) if key.kind != KeyEventKind::Release => match ui.key(key) {
-                    Action::Quit => return Ok(Action::Quit),
-                    Action::Redraw => action = Action::Redraw,
-                    Action::None => {}
-                },
+                Event::Key(key) if key.kind != KeyEventKind::Release && apply(key, &mut action) => {
+                    return Ok(Action::Quit);
+                }
                 Event::Resize(..) => {
                     self.terminal.autoresize()?;
                     action = Action::Redraw;
+                    resized = true;
                 }
                 _ => {}
+            }
+        }
+        // crossterm (0.29, mio source) returns the resize when the resize signal and typed
+        // bytes are ready in the same edge-triggered poll, and the terminal's readiness is then
+        // not reported again until more is typed: a key pressed right after a resize would
+        // wait for the next one. Bytes still unread after a resize are read here instead.
+        if resized {
+            for key in input::keys_of(&unread_stdin()) {
+                if apply(key, &mut action) {
+                    return Ok(Action::Quit);
+                }
             }
         }
         Ok(action)
@@ -103,31 +144,40 @@ impl Screen {
 impl Drop for Screen {
     fn drop(&mut self) {
         restore();
-        if let Some(fd) = self.saved_stderr.take() {
-            // SAFETY: `fd` is our duplicate of the original stderr.
-            unsafe {
-                libc::dup2(fd, libc::STDERR_FILENO);
-                libc::close(fd);
-            }
-        }
     }
 }
 
-/// Points stderr at /dev/null; returns a duplicate of the original to put back.
-fn quiet_stderr() -> Option<i32> {
+/// The bytes waiting on the terminal (stdin), read without blocking: only what `FIONREAD`
+/// says is there.
+fn unread_stdin() -> Vec<u8> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    if unsafe { libc::ioctl(libc::STDIN_FILENO, libc::FIONREAD, &raw mut n) } != 0 || n <= 0 {
+        return Vec::new();
+    }
+    let mut buf = vec![0u8; usize::try_from(n).unwrap_or(0).min(4096)];
+    // SAFETY: reads at most `buf.len()` bytes into `buf`; that many are waiting, so it does
+    // not block.
+    let got = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+    buf.truncate(usize::try_from(got).unwrap_or(0));
+    buf
+}
+
+/// Points stderr at /dev/null, keeping a duplicate of the original in [`SAVED_STDERR`].
+fn quiet_stderr() {
     // SAFETY: plain fd calls; every fd opened here is checked and closed or kept.
     unsafe {
         let saved = libc::dup(libc::STDERR_FILENO);
         if saved < 0 {
-            return None;
+            return;
         }
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
         if null < 0 {
             libc::close(saved);
-            return None;
+            return;
         }
         libc::dup2(null, libc::STDERR_FILENO);
         libc::close(null);
-        Some(saved)
+        SAVED_STDERR.store(saved, Ordering::SeqCst);
     }
 }

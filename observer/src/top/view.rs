@@ -11,21 +11,31 @@ use ratatui::{
 };
 
 use super::{
+    anomalies,
+    detail::Pane,
     input::{Tab, Ui},
     model::{Conn, Model, Proc},
     select::{self, CONN_COLUMNS, PROC_COLUMNS},
 };
 
-const CONN_WIDTHS: [u16; 11] = [7, 15, 22, 22, 11, 7, 8, 7, 7, 7, 5];
+const CONN_WIDTHS: [u16; 13] = [7, 15, 22, 22, 11, 7, 8, 7, 7, 7, 5, 4, 24];
 const PROC_WIDTHS: [u16; 10] = [7, 15, 6, 6, 6, 10, 9, 6, 6, 8];
 
 /// Draws everything; clamps the selection to the rows shown.
 pub fn draw(frame: &mut Frame, model: &Model, ui: &mut Ui) {
-    let detail_height = if ui.detail && ui.tab == Tab::Connections {
-        7
-    } else {
-        0
-    };
+    let (col, rev) = ui.sort();
+    // The Connections rows are chosen first: the detail pane's height depends on its row.
+    let conns = (ui.tab == Tab::Connections).then(|| {
+        let rows = select::conns(&model.conns, &ui.filter, col, rev);
+        ui.selected = ui.selected.min(rows.len().saturating_sub(1));
+        rows
+    });
+    let pane = conns
+        .as_ref()
+        .filter(|_| ui.detail)
+        .and_then(|rows| rows.get(ui.selected))
+        .map(|c| Pane::of(c, model));
+    let detail_height = pane.as_ref().map_or(0, Pane::height);
     let [head, tabs, body, detail, foot] = Layout::vertical([
         Constraint::Length(2),
         Constraint::Length(1),
@@ -38,9 +48,7 @@ pub fn draw(frame: &mut Frame, model: &Model, ui: &mut Ui) {
     frame.render_widget(tab_line(ui), tabs);
     match ui.tab {
         Tab::Connections => {
-            let (col, rev) = ui.sort();
-            let rows = select::conns(&model.conns, &ui.filter, col, rev);
-            ui.selected = ui.selected.min(rows.len().saturating_sub(1));
+            let rows = conns.unwrap_or_default();
             let shown = window(&rows, ui.selected, body.height);
             let table = Table::new(
                 shown.iter().map(|(i, c)| conn_row(c, *i == ui.selected)),
@@ -48,14 +56,11 @@ pub fn draw(frame: &mut Frame, model: &Model, ui: &mut Ui) {
             )
             .header(column_header(&CONN_COLUMNS, col, rev));
             frame.render_widget(table, body);
-            if detail_height > 0
-                && let Some(c) = rows.get(ui.selected)
-            {
-                frame.render_widget(detail_pane(c), detail);
+            if let Some(pane) = pane {
+                pane.draw(frame, detail);
             }
         }
         Tab::Processes => {
-            let (col, rev) = ui.sort();
             let rows = select::procs(model.processes(), &ui.filter, col, rev);
             ui.selected = ui.selected.min(rows.len().saturating_sub(1));
             let refs: Vec<&Proc> = rows.iter().collect();
@@ -67,10 +72,10 @@ pub fn draw(frame: &mut Frame, model: &Model, ui: &mut Ui) {
             .header(column_header(&PROC_COLUMNS, col, rev));
             frame.render_widget(table, body);
         }
+        Tab::Anomalies => anomalies::draw(frame, model, ui, body),
         Tab::Listeners => {
             let (col, rev) = ui.sort();
-            let names = &super::listeners::LISTEN_COLUMNS;
-            let head = column_header(names, col, rev);
+            let head = column_header(&super::listeners::LISTEN_COLUMNS, col, rev);
             ui.selected = super::listeners::draw(
                 frame,
                 body,
@@ -88,7 +93,7 @@ pub fn draw(frame: &mut Frame, model: &Model, ui: &mut Ui) {
 }
 
 /// The rows that fit in `height` (less the column header), keeping `selected` in view.
-fn window<'a, T>(rows: &[&'a T], selected: usize, height: u16) -> Vec<(usize, &'a T)> {
+pub(super) fn window<'a, T>(rows: &[&'a T], selected: usize, height: u16) -> Vec<(usize, &'a T)> {
     let fit = usize::from(height.saturating_sub(1)).max(1);
     let start = (selected + 1).saturating_sub(fit);
     rows.iter()
@@ -111,15 +116,22 @@ fn header(model: &Model, ui: &Ui) -> Paragraph<'static> {
             model.rates.new, model.rates.closed, model.rates.retransmits, model.rates.resets
         )),
     ];
-    let loss = format!("  lost {}", model.lost);
-    first.push(if model.lost > 0 {
-        Span::styled(
-            loss,
-            Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
-        )
-    } else {
-        Span::raw(loss)
-    });
+    let alarm = |text: String, n: usize| {
+        if n > 0 {
+            Span::styled(
+                text,
+                Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
+            )
+        } else {
+            Span::raw(text)
+        }
+    };
+    first.push(alarm(
+        format!("  lost {}", model.lost),
+        usize::from(model.lost > 0),
+    ));
+    let firing = model.firing();
+    first.push(alarm(format!("  firing {firing}"), firing));
     if ui.paused {
         first.push(Span::styled(
             "  PAUSED",
@@ -135,39 +147,31 @@ fn header(model: &Model, ui: &Ui) -> Paragraph<'static> {
 }
 
 fn tab_line(ui: &Ui) -> Line<'static> {
-    let tab = |t: Tab, label: &'static str| {
-        if ui.tab == t {
+    let mut spans = Vec::new();
+    for (i, &t) in Tab::ALL.iter().enumerate() {
+        let label = format!(" {} {} ", i + 1, t.label());
+        spans.push(if ui.tab == t {
             Span::styled(label, Style::new().add_modifier(Modifier::REVERSED))
         } else {
             Span::raw(label)
-        }
-    };
+        });
+        spans.push(Span::raw(" "));
+    }
     let (col, rev) = ui.sort();
-    let names: &[&str] = match ui.tab {
-        Tab::Connections => &CONN_COLUMNS,
-        Tab::Processes => &PROC_COLUMNS,
-        Tab::Listeners => &super::listeners::LISTEN_COLUMNS,
-    };
-    Line::from(vec![
-        tab(Tab::Connections, " 1 Connections "),
-        Span::raw(" "),
-        tab(Tab::Processes, " 2 Processes "),
-        Span::raw(" "),
-        tab(Tab::Listeners, " 3 Listeners "),
-        Span::raw(format!(
-            "   sort: {} {}   filter: {}",
-            names.get(col).copied().unwrap_or("?"),
-            if rev { "desc" } else { "asc" },
-            if ui.filter_text.is_empty() {
-                "-"
-            } else {
-                &ui.filter_text
-            }
-        )),
-    ])
+    spans.push(Span::raw(format!(
+        "  sort: {} {}   filter: {}",
+        ui.tab.columns().get(col).copied().unwrap_or("?"),
+        if rev { "desc" } else { "asc" },
+        if ui.filter_text.is_empty() {
+            "-"
+        } else {
+            &ui.filter_text
+        }
+    )));
+    Line::from(spans)
 }
 
-fn column_header(names: &[&'static str], col: usize, rev: bool) -> Row<'static> {
+pub(super) fn column_header(names: &[&'static str], col: usize, rev: bool) -> Row<'static> {
     Row::new(names.iter().enumerate().map(|(i, n)| {
         if i == col {
             format!("{n}{}", if rev { "▼" } else { "▲" })
@@ -178,7 +182,7 @@ fn column_header(names: &[&'static str], col: usize, rev: bool) -> Row<'static> 
     .style(Style::new().add_modifier(Modifier::BOLD | Modifier::UNDERLINED))
 }
 
-fn highlight(row: Row<'static>, selected: bool) -> Row<'static> {
+pub(super) fn highlight(row: Row<'static>, selected: bool) -> Row<'static> {
     if selected {
         row.style(Style::new().add_modifier(Modifier::REVERSED))
     } else {
@@ -205,6 +209,8 @@ fn conn_row(c: &Conn, selected: bool) -> Row<'static> {
         opt(c.rtt_us.map(u64::from), rtt),
         c.retransmits
             .map_or_else(|| "-".to_owned(), |r| r.to_string()),
+        c.tls_version().unwrap_or("-").to_owned(),
+        c.sni().unwrap_or("-").to_owned(),
     ]);
     let row = match c.state_name() {
         "CLOSE_WAIT" => row.style(Style::new().fg(Color::Yellow)),
@@ -234,57 +240,29 @@ fn proc_row(p: &Proc, selected: bool) -> Row<'static> {
     highlight(row, selected)
 }
 
-fn detail_pane(c: &Conn) -> Paragraph<'static> {
-    let opt = |v: Option<u64>, f: fn(u64) -> String| v.map_or_else(|| "unknown".to_owned(), f);
-    let lines = vec![
-        Line::raw(format!("uid {}  cookie {:#x}", c.uid, c.cookie)),
-        Line::raw(format!(
-            "owner {} {} ({})  exe {}",
-            c.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
-            c.comm,
-            c.owner_source.unwrap_or("unknown"),
-            c.executable.as_deref().unwrap_or("-")
-        )),
-        Line::raw(format!("{} -> {}", c.local, c.remote)),
-        Line::raw(format!(
-            "state {} for {}, born {} ago",
-            c.state_name(),
-            opt(c.in_state_ns, duration),
-            opt(c.age_ns, duration)
-        )),
-        Line::raw(format!(
-            "rx {}  tx {}  rtt {}  retransmits {}",
-            opt(c.bytes_in, bytes),
-            opt(c.bytes_out, bytes),
-            opt(c.rtt_us.map(u64::from), rtt),
-            c.retransmits
-                .map_or_else(|| "-".to_owned(), |r| r.to_string())
-        )),
-    ];
-    Paragraph::new(lines).block(Block::bordered().title(" detail (Enter/Esc closes) "))
-}
-
 fn footer(ui: &Ui) -> Line<'static> {
     match &ui.editing {
         Some(text) => Line::raw(format!(
             "/{text}_   (port: sport: dport: pid: comm: state: addr: or words; Enter applies, Esc cancels)"
         )),
         None => Line::raw(
-            "q quit  ? help  1/2/3/Tab view  </> sort column  r reverse  / filter  p pause  Enter detail",
+            "q quit  ? help  1-4/Tab view  </> sort column  r reverse  / filter  p pause  Enter detail",
         ),
     }
 }
 
 const HELP: &[&str] = &[
-    "1, 2, 3, Tab Connections, Processes, Listeners",
+    "1-4, Tab    Connections, Processes, Anomalies, Listeners",
     "< >  ← →     sort by the previous/next column",
     "r            reverse the sort",
     "/            filter: port:N sport:N dport:N pid:N comm:X",
     "             state:X addr:X, or bare words (all must match)",
+    "             (Anomalies: pid comm port addr, state:firing)",
     "Esc          close the detail pane, else clear the filter",
     "p, space     pause the display (capture goes on)",
     "↑ ↓ PgUp PgDn Home End   select",
     "Enter        detail pane of the selected connection",
+    "             (Anomalies: the selected alert's pane is always open)",
     "q, Ctrl-C    quit",
 ];
 

@@ -3,11 +3,12 @@
 
 use std::net::SocketAddr;
 
-use observer_common::{conn_flag, tcp_state};
+use observer_common::{CloseInfo, conn_flag, tcp_state};
 
 use super::{
     Tracker,
     build::owner,
+    lifecycle::{LateResets, Lifecycle},
     live::last_state,
     record::{Process, Uid},
 };
@@ -38,6 +39,14 @@ pub struct Row {
     pub srtt_us: Option<u32>,
     /// Retransmitted segments over the socket's life.
     pub retransmits: Option<u32>,
+    pub segs: Option<(u32, u32)>,
+    /// Its transitions so far, with their times, from the kernel's entry.
+    pub lifecycle: Option<Lifecycle>,
+    /// When it was born (or, pre-existing, first seen) per the kernel's entry.
+    pub birth_ns: Option<u64>,
+    pub pre_existing: bool,
+    /// Resets it sent and received (kernel entry).
+    pub resets: Option<(u16, u16)>,
 }
 
 impl Tracker {
@@ -92,6 +101,13 @@ impl Tracker {
                     }),
                     srtt_us: s.counters.map(|c| c.rtt_us),
                     retransmits: s.counters.map(|c| c.total_retrans),
+                    segs: s.counters.map(|c| (c.segs_out, c.segs_in)),
+                    lifecycle: kernel.map(|st| {
+                        Lifecycle::derive(st, &CloseInfo::default(), LateResets::default())
+                    }),
+                    birth_ns: kernel.map(|st| st.birth_ns),
+                    pre_existing: kernel.is_none_or(|st| st.flags & conn_flag::PRE_EXISTING != 0),
+                    resets: kernel.map(|st| (st.resets_sent, st.resets_received)),
                 }
             })
             .collect();

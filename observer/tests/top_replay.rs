@@ -1,0 +1,320 @@
+//! `observer top`'s views rendered into ratatui's `TestBackend` from a stream recorded from the
+//! real kernel (tests/data/top/README.md), replayed through the same pipeline, detectors and
+//! read model as the live screen (`app::top::replay`), and compared as exact text with the
+//! frames in tests/data/top/*.txt. `OBSERVER_BLESS=1` rewrites those files after a deliberate
+//! change; review the diff.
+
+use std::path::PathBuf;
+
+use clap::Parser as _;
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use observer::{
+    app::top::{replay, thresholds},
+    cli::{Cli, Command},
+    top::{
+        input::{Tab, Ui},
+        model::Model,
+        select::{self, Filter},
+        view,
+    },
+};
+use ratatui::{Terminal, backend::TestBackend};
+
+fn data(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/top")
+        .join(name)
+}
+
+/// The model at the recording's last listing, with the thresholds it was recorded with.
+fn model() -> Model {
+    let cli = Cli::try_parse_from([
+        "observer",
+        "top",
+        "--close-wait-after",
+        "1",
+        "--connect-failures",
+        "3",
+        "--connect-failures-window",
+        "2",
+    ])
+    .expect("flags");
+    let Some(Command::Top(args)) = cli.command else {
+        panic!("not top");
+    };
+    replay(&data("top.rec"), &thresholds(&args)).expect("the recording replays")
+}
+
+fn render(model: &Model, ui: &mut Ui, width: u16, height: u16) -> String {
+    let mut terminal = Terminal::new(TestBackend::new(width, height)).expect("terminal");
+    terminal.draw(|f| view::draw(f, model, ui)).expect("draw");
+    let buf = terminal.backend().buffer();
+    let mut out = String::new();
+    for y in 0..buf.area.height {
+        let mut line = String::new();
+        for x in 0..buf.area.width {
+            line.push_str(buf[(x, y)].symbol());
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Compares a frame with its file (or writes it, with `OBSERVER_BLESS=1`).
+fn check(name: &str, got: &str) {
+    let path = data(&format!("{name}.txt"));
+    if std::env::var_os("OBSERVER_BLESS").is_some() {
+        std::fs::write(&path, got).expect("bless");
+        return;
+    }
+    let want = std::fs::read_to_string(&path).expect("expected frame");
+    assert!(
+        got == want,
+        "frame {name} differs from {}:\n--- got\n{got}--- want\n{want}",
+        path.display()
+    );
+}
+
+fn press(ui: &mut Ui, code: KeyCode) {
+    ui.key(KeyEvent::new(code, KeyModifiers::NONE));
+}
+
+fn type_filter(ui: &mut Ui, text: &str) {
+    press(ui, KeyCode::Char('/'));
+    for c in text.chars() {
+        press(ui, KeyCode::Char(c));
+    }
+    press(ui, KeyCode::Enter);
+}
+
+/// (comm, local port, remote port, state) of a row.
+type Shown = (String, u16, u16, String);
+
+/// The rows `text` admits, in `col` order.
+fn pick(m: &Model, text: &str, col: usize, reverse: bool) -> Vec<Shown> {
+    select::conns(&m.conns, &Filter::parse(text), col, reverse)
+        .iter()
+        .map(|c| {
+            (
+                c.comm.clone(),
+                c.local.port(),
+                c.remote.port(),
+                c.state_name().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn row(comm: &str, local: u16, remote: u16, state: &str) -> Shown {
+    (comm.to_owned(), local, remote, state.to_owned())
+}
+
+// The recording's ports (tests/data/top/README.md): the listeners, and the clients' ends.
+const DB: u16 = 39101;
+const LEAKY: u16 = 55633;
+const TLS: u16 = 37725;
+const APP_TO_DB: u16 = 33036;
+const APP_TO_LEAKY: u16 = 37878;
+const TLS_CLI: u16 = 48768;
+
+#[test]
+fn the_recorded_stream_fills_every_column() {
+    let m = model();
+    assert_eq!(m.host, "vm");
+    // Every socket of the namespace at the last listing: three listeners, two connections
+    // with both ends, the leak in CLOSE_WAIT, and app's end of it in FIN_WAIT2, orphaned (app
+    // closed it: no process holds it).
+    let all = pick(&m, "", 4, false);
+    assert_eq!(
+        all,
+        [
+            row("leaky", LEAKY, APP_TO_LEAKY, "CLOSE_WAIT"),
+            row("app", APP_TO_DB, DB, "ESTABLISHED"),
+            row("tls-srv", TLS, TLS_CLI, "ESTABLISHED"),
+            row("db", DB, APP_TO_DB, "ESTABLISHED"),
+            row("tls-cli", TLS_CLI, TLS, "ESTABLISHED"),
+            row("", APP_TO_LEAKY, LEAKY, "FIN_WAIT2"),
+            row("tls-srv", TLS, 0, "LISTEN"),
+            row("db", DB, 0, "LISTEN"),
+            row("leaky", LEAKY, 0, "LISTEN"),
+        ]
+    );
+    let tls: Vec<(u16, Option<&str>, Option<&str>)> = m
+        .conns
+        .iter()
+        .filter(|c| c.tls.is_some())
+        .map(|c| (c.local.port(), c.tls_version(), c.sni()))
+        .collect();
+    assert_eq!(
+        tls,
+        [
+            (TLS, Some("1.3"), Some("tls.test")),
+            (TLS_CLI, Some("1.3"), Some("tls.test"))
+        ]
+    );
+    let alerts: Vec<(&str, bool, &str)> = m
+        .anomalies
+        .iter()
+        .map(|a| {
+            (
+                a.alert.rule,
+                a.firing(),
+                a.alert.subject.process.as_ref().map_or("-", |p| p.name()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        alerts,
+        [
+            ("connect_failures", false, "app"),
+            ("close_wait_stuck", true, "leaky")
+        ]
+    );
+    assert_eq!(m.firing(), 1);
+}
+
+#[test]
+fn every_view_renders_the_recorded_stream() {
+    let m = model();
+    let mut ui = Ui::default();
+    check("connections", &render(&m, &mut ui, 160, 14));
+
+    press(&mut ui, KeyCode::Char('2'));
+    assert_eq!(ui.tab, Tab::Processes);
+    check("processes", &render(&m, &mut ui, 110, 12));
+
+    press(&mut ui, KeyCode::Char('3'));
+    assert_eq!(ui.tab, Tab::Anomalies);
+    check("anomalies", &render(&m, &mut ui, 160, 18));
+    // The resolved alert's pane: its reason and evidence at resolution.
+    type_filter(&mut ui, "state:resolved");
+    check("anomalies-resolved", &render(&m, &mut ui, 160, 18));
+
+    // The detail pane of the TLS client's connection.
+    press(&mut ui, KeyCode::Char('1'));
+    press(&mut ui, KeyCode::Esc);
+    type_filter(&mut ui, "comm:tls-cli");
+    press(&mut ui, KeyCode::Enter);
+    check("detail", &render(&m, &mut ui, 160, 22));
+}
+
+#[test]
+fn sorting_is_shown_and_reversible_on_the_recorded_stream() {
+    let m = model();
+    let mut ui = Ui::default();
+    // Three columns right of STATE: RX (bytes received), then reversed: most first.
+    for _ in 0..3 {
+        press(&mut ui, KeyCode::Char('>'));
+    }
+    press(&mut ui, KeyCode::Char('r'));
+    assert_eq!(ui.sort(), (7, true));
+    let frame = render(&m, &mut ui, 160, 14);
+    assert!(
+        frame.contains("sort: RX desc") && frame.contains("RX▼"),
+        "{frame}"
+    );
+    check("connections-by-rx", &frame);
+    let (col, rev) = ui.sort();
+    let first: Vec<Shown> = pick(&m, "", col, rev).into_iter().take(2).collect();
+    // app received db's 20000 bytes; db received app's 5000.
+    assert_eq!(
+        first,
+        [
+            row("app", APP_TO_DB, DB, "ESTABLISHED"),
+            row("db", DB, APP_TO_DB, "ESTABLISHED")
+        ]
+    );
+    press(&mut ui, KeyCode::Char('r'));
+    let frame = render(&m, &mut ui, 160, 14);
+    assert!(
+        frame.contains("sort: RX asc") && frame.contains("RX▲"),
+        "{frame}"
+    );
+}
+
+#[test]
+fn filter_expressions_on_the_recorded_stream() {
+    let m = model();
+    let leaky_pid = m
+        .conns
+        .iter()
+        .find(|c| c.comm == "leaky")
+        .and_then(|c| c.pid)
+        .expect("leaky's pid");
+    let cases: Vec<(String, Vec<Shown>)> = vec![
+        (
+            format!("port:{DB}"),
+            vec![
+                row("app", APP_TO_DB, DB, "ESTABLISHED"),
+                row("db", DB, APP_TO_DB, "ESTABLISHED"),
+                row("db", DB, 0, "LISTEN"),
+            ],
+        ),
+        (
+            format!("sport:{DB}"),
+            vec![
+                row("db", DB, APP_TO_DB, "ESTABLISHED"),
+                row("db", DB, 0, "LISTEN"),
+            ],
+        ),
+        (
+            format!("dport:{TLS}"),
+            vec![row("tls-cli", TLS_CLI, TLS, "ESTABLISHED")],
+        ),
+        (
+            format!("pid:{leaky_pid}"),
+            vec![
+                row("leaky", LEAKY, APP_TO_LEAKY, "CLOSE_WAIT"),
+                row("leaky", LEAKY, 0, "LISTEN"),
+            ],
+        ),
+        (
+            "comm:tls".to_owned(),
+            vec![
+                row("tls-srv", TLS, TLS_CLI, "ESTABLISHED"),
+                row("tls-cli", TLS_CLI, TLS, "ESTABLISHED"),
+                row("tls-srv", TLS, 0, "LISTEN"),
+            ],
+        ),
+        (
+            "state:close-wait".to_owned(),
+            vec![row("leaky", LEAKY, APP_TO_LEAKY, "CLOSE_WAIT")],
+        ),
+        (
+            "state:listen comm:db".to_owned(),
+            vec![row("db", DB, 0, "LISTEN")],
+        ),
+        (
+            format!("addr:127.0.0.1:{TLS_CLI}"),
+            vec![
+                row("tls-srv", TLS, TLS_CLI, "ESTABLISHED"),
+                row("tls-cli", TLS_CLI, TLS, "ESTABLISHED"),
+            ],
+        ),
+        (
+            "tls.test estab".to_owned(),
+            vec![
+                row("tls-srv", TLS, TLS_CLI, "ESTABLISHED"),
+                row("tls-cli", TLS_CLI, TLS, "ESTABLISHED"),
+            ],
+        ),
+        ("comm:nobody".to_owned(), vec![]),
+    ];
+    for (text, want) in &cases {
+        assert_eq!(pick(&m, text, 4, false), *want, "filter {text:?}");
+    }
+    let mut ui = Ui::default();
+    type_filter(&mut ui, &format!("port:{DB}"));
+    check("connections-port-filter", &render(&m, &mut ui, 160, 10));
+    // The Anomalies view filters by subject.
+    let rules = |text: &str| -> Vec<&str> {
+        select::anomalies(&m.anomalies, &Filter::parse(text), 0, false)
+            .iter()
+            .map(|a| a.alert.rule)
+            .collect()
+    };
+    assert_eq!(rules(&format!("pid:{leaky_pid}")), ["close_wait_stuck"]);
+    assert_eq!(rules("comm:app"), ["connect_failures"]);
+    assert_eq!(rules("state:firing"), ["close_wait_stuck"]);
+}
