@@ -245,6 +245,41 @@ fn update_records_carry_the_counters_so_far() {
 }
 
 #[test]
+fn a_socket_born_between_the_table_and_the_listing_waits_for_the_next_update() {
+    let mut t = Tracker::new([7; 16], Filter::default(), 1024);
+    let mut out = Vec::new();
+    let counters = SeenCounters {
+        bytes_sent: 100,
+        bytes_received: 2000,
+        ..SeenCounters::default()
+    };
+    // The kernel table read at 10 ms has no socket 1 yet; the listing at 11 ms has it.
+    let table = |ts_ns, states| Event::Tracked(Tracked { ts_ns, states });
+    feed(&mut t, &mut out, &table(10 * MS, vec![]), 10 * MS);
+    let listing = |ts_ns| {
+        scan(
+            ts_ns,
+            Purpose::Update,
+            vec![seen(1, ESTABLISHED, 40000, 80, Some(counters))],
+        )
+    };
+    feed(&mut t, &mut out, &listing(11 * MS), 11 * MS);
+    assert!(conns(&out).is_empty(), "no record without its handshake");
+    // The next update has it in both.
+    let mut st = client(1, 10 * MS).state;
+    st.n_transitions = 2;
+    feed(&mut t, &mut out, &table(20 * MS, vec![st]), 20 * MS);
+    feed(&mut t, &mut out, &listing(21 * MS), 21 * MS);
+    let c = conns(&out);
+    assert_eq!(c.len(), 1);
+    assert_eq!(
+        (c[0].kind, c[0].history.as_str()),
+        (RecordKind::Update, "ShADd")
+    );
+    assert!(!c[0].pre_existing);
+}
+
+#[test]
 fn seeded_sockets_start_at_the_observer_start_and_are_owned_by_their_holder() {
     let mut t = Tracker::new([7; 16], Filter::default(), 1024);
     let mut out = Vec::new();
