@@ -146,6 +146,40 @@ fn an_end_still_open_is_found_in_the_next_kernel_table() {
 }
 
 #[test]
+fn an_open_server_its_process_has_not_touched_is_named_by_its_listener() {
+    let mut t = Tracker::new([7; 16], Filter::default(), 1024);
+    let mut out = Vec::new();
+    let c = client(1, 0);
+    let end = c.header.ts_ns;
+    feed(&mut t, &mut out, &Event::Closed(c), end);
+    // In CLOSE_WAIT and not closed by its process yet: the kernel names no owner.
+    let mut server = server_open(2, MS);
+    server.flags &= !conn_flag::OWNER_VALID;
+    server.owner = Owner::default();
+    let mut listener = ConnState::zeroed();
+    listener.key = 3;
+    listener.netns = NETNS;
+    listener.tuple = lo(80, 0);
+    listener.first_state = CLOSE;
+    listener.flags = conn_flag::TUPLE_VALID | conn_flag::ROLE_LISTENER | conn_flag::OWNER_VALID;
+    listener.owner = server_open(2, MS).owner;
+    let table = Tracked {
+        ts_ns: end + GRACE_NS + SKEW_NS + 2,
+        states: vec![listener, server],
+    };
+    feed(
+        &mut t,
+        &mut out,
+        &Event::Tracked(table),
+        end + GRACE_NS + SKEW_NS + 3,
+    );
+    let c = conns(&out);
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].peer.map(|p| p.uid), Some(t.uid(2)));
+    assert_eq!(c[0].peer.and_then(|p| p.process).map(|p| p.pid), Some(43));
+}
+
+#[test]
 fn a_waiting_record_goes_out_without_a_peer_when_no_table_comes() {
     let mut t = Tracker::new([7; 16], Filter::default(), 1024);
     let mut out = Vec::new();
