@@ -553,6 +553,10 @@ pub struct Layout {
     pub tcp_total_retrans: u32,
     // task → files → fdt → fd[] → file → socket → sk
     pub task_files: u32,
+    /// `task_struct.pid` and `tgid`: the thread and process ids where
+    /// `bpf_get_current_pid_tgid` is not offered (`cgroup_skb` before 6.10).
+    pub task_pid: u32,
+    pub task_tgid: u32,
     pub files_fdt: u32,
     pub fdt_max_fds: u32,
     pub fdt_fd: u32,
@@ -652,7 +656,7 @@ const _: () = {
     assert!(align_of::<TlsHandshake>() == 8);
     assert!(size_of::<TlsSession>() == 24);
     assert!(size_of::<TlsAlpn>() == 24 + 16 + TLS_ALPN_LEN);
-    assert!(size_of::<Layout>() == 57 * 4);
+    assert!(size_of::<Layout>() == 59 * 4);
     assert!(size_of::<Settings>() == 16);
 };
 

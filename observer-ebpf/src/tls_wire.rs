@@ -17,7 +17,8 @@
 //!   hello.
 //! - **Egress join:** an egress segment is sent in the writing thread's context, so a
 //!   handshake flight written inside `SSL_do_handshake`/`gnutls_handshake` names the thread's
-//!   in-flight session (`TLS_ACTIVE`), which gets this socket's cookie.
+//!   in-flight session (`TLS_ACTIVE`), which gets this socket's cookie. The thread comes from
+//!   the current task (`current_pid_tgid`), which every kernel from 6.1 offers this hook.
 //! - **Cost:** every segment costs the program run and three header loads; a payload segment one
 //!   more load of 3 bytes. Only the hellos and alerts of TLS sockets touch the LRU map and the
 //!   ring buffer (a 1.1 KiB event each).
@@ -27,8 +28,8 @@
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns,
-        generated::{bpf_get_socket_cookie, bpf_skb_load_bytes},
+        bpf_ktime_get_boot_ns,
+        generated::{bpf_get_current_task, bpf_get_socket_cookie, bpf_skb_load_bytes},
     },
     macros::map,
     maps::LruHashMap,
@@ -37,8 +38,8 @@ use aya_ebpf::{
 use observer_common::{TLS_CAPTURE_LEN, TlsHello, conn_flag, counter, kind, tls_dir};
 
 use crate::{
-    kernel,
-    runtime::{EVENTS, count, header, submit_flags},
+    kernel::{self, Kmem as _, Probe},
+    runtime::{EVENTS, count, header, layout, submit_flags},
     tls::{TLS_ACTIVE, TLS_SESSIONS},
 };
 
@@ -112,7 +113,7 @@ fn try_on_skb(ctx: &SkBuffContext, direction: u8) -> Option<()> {
 }
 
 fn capture(ctx: &SkBuffContext, direction: u8, cookie: u64, off: u32, seg_len: u32, index: u8) {
-    let pid_tgid = bpf_get_current_pid_tgid();
+    let pid_tgid = current_pid_tgid();
     if direction == tls_dir::EGRESS {
         join(pid_tgid, cookie);
     }
@@ -161,6 +162,19 @@ fn capture(ctx: &SkBuffContext, direction: u8, cookie: u64, off: u32, seg_len: u
         }
     }
     entry.submit(submit_flags());
+}
+
+/// The current thread as `bpf_get_current_pid_tgid` gives it (tgid in the high half). That
+/// helper is offered to `cgroup_skb` programs only since 6.10: Debian's 6.1 refuses the program
+/// with "unknown func bpf_get_current_pid_tgid#14". `bpf_get_current_task` and probe reads are
+/// offered since 5.x to loaders with `CAP_PERFMON`, so every kernel takes this one path. The
+/// ids are meaningless on ingress (softirq), as the helper's would be.
+fn current_pid_tgid() -> u64 {
+    // SAFETY: no preconditions; the task is only read through probe reads.
+    let task = Probe(unsafe { bpf_get_current_task() });
+    let pid = task.read::<u32>(layout!(task_pid)).unwrap_or(0);
+    let tgid = task.read::<u32>(layout!(task_tgid)).unwrap_or(0);
+    (u64::from(tgid) << 32) | u64::from(pid)
 }
 
 /// Gives the thread's in-flight TLS session (if any) this socket, once.

@@ -109,7 +109,12 @@ fn curl_to_nginx_tls13_and_tls12_both_ends() {
     let _ = obs.wait_records("observer.connection", 4);
     let stopped = obs.stop();
     let records = tls_records(&stopped);
-    assert_eq!(records.len(), 4, "{records:#?}");
+    assert_eq!(
+        records.len(),
+        4,
+        "{records:#?}\nobserver stderr:\n{}",
+        stopped.stderr
+    );
     for (server, client, took, version, cipher, offered, chosen) in [
         (
             &v13,
@@ -184,7 +189,12 @@ fn python_ssl_client_and_server() {
     let _ = obs.wait_records("observer.connection", 2);
     let stopped = obs.stop();
     let records = tls_records(&stopped);
-    assert_eq!(records.len(), 2, "{records:#?}");
+    assert_eq!(
+        records.len(),
+        2,
+        "{records:#?}\nobserver stderr:\n{}",
+        stopped.stderr
+    );
     let c = one(&records, "client", client_pid);
     let s = one(&records, "server", server.pid);
     for r in [c, s] {
@@ -284,7 +294,12 @@ fn failed_handshakes_wrong_ca_and_version_mismatch() {
     let _ = obs.wait_records("observer.tls", 4);
     let stopped = obs.stop();
     let records = tls_records(&stopped);
-    assert_eq!(records.len(), 4, "{records:#?}");
+    assert_eq!(
+        records.len(),
+        4,
+        "{records:#?}\nobserver stderr:\n{}",
+        stopped.stderr
+    );
     let server: Vec<&Value> = records
         .iter()
         .filter(|r| field(r, "process.pid") == nginx.pid)
@@ -492,7 +507,12 @@ fn static_openssl_client_started_later() {
     client.exit();
     let stopped = obs.stop();
     let records = tls_records(&stopped);
-    assert_eq!(records.len(), 2, "{records:#?}");
+    assert_eq!(
+        records.len(),
+        2,
+        "{records:#?}\nobserver stderr:\n{}",
+        stopped.stderr
+    );
     let c = one(&records, "client", client_pid);
     let s = one(&records, "server", nginx.pid);
     assert_eq!(field(c, "process.name"), "tls-static");

@@ -92,6 +92,8 @@ pub fn resolve(btf: &Btf, tracefs: &Path) -> Result<(Layout, Choices), LayoutErr
     l.tcp_srtt_us = r.at("tcp_sock", "srtt_us", 32)?;
     l.tcp_total_retrans = r.at("tcp_sock", "total_retrans", 32)?;
     l.task_files = r.at("task_struct", "files", 64)?;
+    l.task_pid = r.at("task_struct", "pid", 32)?;
+    l.task_tgid = r.at("task_struct", "tgid", 32)?;
     l.files_fdt = r.at("files_struct", "fdt", 64)?;
     l.fdt_max_fds = r.at("fdtable", "max_fds", 32)?;
     l.fdt_fd = r.at("fdtable", "fd", 64)?;

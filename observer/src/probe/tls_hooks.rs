@@ -110,17 +110,44 @@ pub fn load(ebpf: &mut Ebpf) -> Result<bool, ProbeError> {
             .try_into()
             .map_err(fail(name, "type".into()))?;
         if let Err(err) = p.load() {
-            let first_line = err.to_string();
-            let first_line = first_line.lines().next().unwrap_or_default();
             eprintln!(
                 "observer: warning: tls-wire-unavailable: this kernel refused the TLS packet hook \
-                 {name} ({first_line}); TLS handshakes are seen through the libraries only \
-                 (timing and outcome, no version, cipher, SNI or ALPN from the wire)"
+                 {name} ({}); TLS handshakes are seen through the libraries only \
+                 (timing and outcome, no version, cipher, SNI or ALPN from the wire)",
+                refusal(&err)
             );
             return Ok(false);
         }
     }
     Ok(true)
+}
+
+/// Why the kernel refused a program, in one line: the verifier's verdict (the last line of its
+/// log before the statistics), else the error itself.
+fn refusal(err: &aya::programs::ProgramError) -> String {
+    match err {
+        aya::programs::ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            match verdict(&log) {
+                Some(line) => format!("{io_error}: {line}"),
+                None => io_error.to_string(),
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The verifier's verdict in its log: the last line that is not one of its statistics.
+fn verdict(log: &str) -> Option<&str> {
+    log.lines().map(str::trim).rev().find(|l| {
+        !l.is_empty()
+            && !l.starts_with("verification time")
+            && !l.starts_with("stack depth")
+            && !l.starts_with("processed ")
+    })
 }
 
 impl TlsHooks {
@@ -253,5 +280,26 @@ impl TlsHooks {
         }
         self.attached.clear();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::verdict;
+
+    #[test]
+    fn the_verdict_is_the_last_line_before_the_statistics() {
+        // The end of Debian 6.1's log for the packet hook before it read the task itself.
+        let log = "105: (85) call bpf_get_current_pid_tgid#14\n\
+                   unknown func bpf_get_current_pid_tgid#14\n\
+                   verification time 4620 usec\n\
+                   stack depth 0+112+0+0\n\
+                   processed 99 insns (limit 1000000) max_states_per_insn 0 total_states 9\n\n";
+        assert_eq!(
+            verdict(log),
+            Some("unknown func bpf_get_current_pid_tgid#14")
+        );
+        assert_eq!(verdict(""), None);
+        assert_eq!(verdict("processed 1 insns\n"), None);
     }
 }

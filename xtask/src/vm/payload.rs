@@ -106,9 +106,28 @@ pub fn build(
             .with_context(|| format!("cannot copy {} into the guest", from.display()))?;
         Ok(())
     };
-    copy(observer, OBSERVER)?;
+    // Without their debug info (the symbol table stays, for backtraces): the release test
+    // executables are about 57 MB each with it, and the initramfs unpacks into a tmpfs of half
+    // the guest's memory.
+    let copy_stripped = |from: &Path, to: &str| -> Result<()> {
+        let dest = stage.join(to);
+        fs::create_dir_all(dest.parent().context("no parent")?)?;
+        let status = std::process::Command::new("objcopy")
+            .arg("--strip-debug")
+            .arg(from)
+            .arg(&dest)
+            .status();
+        match status {
+            Ok(s) if s.success() => Ok(()),
+            other => bail!(
+                "cannot copy {} into the guest: `objcopy --strip-debug` (binutils) failed: {other:?}",
+                from.display()
+            ),
+        }
+    };
+    copy_stripped(observer, OBSERVER)?;
     for test in tests {
-        copy(&test.path, &format!("{TESTS_DIR}/{}", test.name))?;
+        copy_stripped(&test.path, &format!("{TESTS_DIR}/{}", test.name))?;
     }
     // The harness finds the peers (and the schemas some tests read) through its compile-time
     // manifest directory.

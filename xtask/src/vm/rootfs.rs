@@ -28,6 +28,13 @@ pub const GUEST_PACKAGES: &[&str] = &[
     "socat",
     "hping3",
     "nginx-light",
+    "gnutls-bin", // gnutls-cli and gnutls-serv (TLS tests)
+    "tmux",       // the `observer top` test's terminal
+    "bpftool",    // the TLS privacy test dumps the maps
+    // The TLS tests compile a client statically against OpenSSL (libssl.a, libcrypto.a).
+    "gcc",
+    "libc6-dev",
+    "libssl-dev",
 ];
 
 /// Removed before packing: never read by the guest, a third of the tree.

@@ -146,6 +146,40 @@ fn an_end_still_open_is_found_in_the_next_kernel_table() {
 }
 
 #[test]
+fn an_open_server_its_process_has_not_touched_is_named_by_its_listener() {
+    let mut t = Tracker::new([7; 16], Filter::default(), 1024);
+    let mut out = Vec::new();
+    let c = client(1, 0);
+    let end = c.header.ts_ns;
+    feed(&mut t, &mut out, &Event::Closed(c), end);
+    // In CLOSE_WAIT and not closed by its process yet: the kernel names no owner.
+    let mut server = server_open(2, MS);
+    server.flags &= !conn_flag::OWNER_VALID;
+    server.owner = Owner::default();
+    let mut listener = ConnState::zeroed();
+    listener.key = 3;
+    listener.netns = NETNS;
+    listener.tuple = lo(80, 0);
+    listener.first_state = CLOSE;
+    listener.flags = conn_flag::TUPLE_VALID | conn_flag::ROLE_LISTENER | conn_flag::OWNER_VALID;
+    listener.owner = server_open(2, MS).owner;
+    let table = Tracked {
+        ts_ns: end + GRACE_NS + SKEW_NS + 2,
+        states: vec![listener, server],
+    };
+    feed(
+        &mut t,
+        &mut out,
+        &Event::Tracked(table),
+        end + GRACE_NS + SKEW_NS + 3,
+    );
+    let c = conns(&out);
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].peer.map(|p| p.uid), Some(t.uid(2)));
+    assert_eq!(c[0].peer.and_then(|p| p.process).map(|p| p.pid), Some(43));
+}
+
+#[test]
 fn a_waiting_record_goes_out_without_a_peer_when_no_table_comes() {
     let mut t = Tracker::new([7; 16], Filter::default(), 1024);
     let mut out = Vec::new();
@@ -242,6 +276,41 @@ fn update_records_carry_the_counters_so_far() {
     );
     feed(&mut t, &mut out, &last, 12 * MS);
     assert_eq!(conns(&out)[1].kind, RecordKind::Shutdown);
+}
+
+#[test]
+fn a_socket_born_between_the_table_and_the_listing_waits_for_the_next_update() {
+    let mut t = Tracker::new([7; 16], Filter::default(), 1024);
+    let mut out = Vec::new();
+    let counters = SeenCounters {
+        bytes_sent: 100,
+        bytes_received: 2000,
+        ..SeenCounters::default()
+    };
+    // The kernel table read at 10 ms has no socket 1 yet; the listing at 11 ms has it.
+    let table = |ts_ns, states| Event::Tracked(Tracked { ts_ns, states });
+    feed(&mut t, &mut out, &table(10 * MS, vec![]), 10 * MS);
+    let listing = |ts_ns| {
+        scan(
+            ts_ns,
+            Purpose::Update,
+            vec![seen(1, ESTABLISHED, 40000, 80, Some(counters))],
+        )
+    };
+    feed(&mut t, &mut out, &listing(11 * MS), 11 * MS);
+    assert!(conns(&out).is_empty(), "no record without its handshake");
+    // The next update has it in both.
+    let mut st = client(1, 10 * MS).state;
+    st.n_transitions = 2;
+    feed(&mut t, &mut out, &table(20 * MS, vec![st]), 20 * MS);
+    feed(&mut t, &mut out, &listing(21 * MS), 21 * MS);
+    let c = conns(&out);
+    assert_eq!(c.len(), 1);
+    assert_eq!(
+        (c[0].kind, c[0].history.as_str()),
+        (RecordKind::Update, "ShADd")
+    );
+    assert!(!c[0].pre_existing);
 }
 
 #[test]
