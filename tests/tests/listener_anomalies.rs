@@ -20,7 +20,7 @@ use std::{
 use observer_tests::{
     NetNs, Observer, Peer, field, now_us,
     observer::{bin, of_dataset, parse_lines, scratch},
-    parse_ts, privileged, sh, wait_for,
+    parse_ts, privileged, sh, time_scale, wait_for,
 };
 use serde_json::{Value, json};
 
@@ -547,7 +547,10 @@ fn real_clients_at_full_loopback_rate_raise_nothing() {
     #[expect(clippy::cast_precision_loss, reason = "a rate for the log")]
     let rate = made as f64 / elapsed.as_secs_f64();
     eprintln!("{made} connections in {elapsed:?}: {rate:.0}/s");
-    assert!(made >= 3000, "the load ran: {made} connections");
+    // 1,000/s at least (QEMU guests: divided by their time scale).
+    #[expect(clippy::cast_precision_loss, reason = "a count far below 2^52")]
+    let enough = made as f64 >= 3000.0 / time_scale();
+    assert!(enough, "the load ran: {made} connections");
     assert!(served.load(Ordering::Relaxed) >= made);
     // Past a whole syn_flood window and several samples.
     std::thread::sleep(Duration::from_secs(3));

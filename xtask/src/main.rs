@@ -53,7 +53,7 @@ enum Task {
     /// and on each kernel of the matrix (Debian's cloud kernels under QEMU, software emulation)
     Test {
         /// Kernel series to boot under QEMU, newest Debian cloud kernel of each (e.g. 6.1,6.12;
-        /// 6.1 and 6.12 by default, see docs/kernels.md)
+        /// none by default, see docs/kernels.md)
         #[arg(long, value_name = "SERIES,...", default_value = vm::DEFAULT_SERIES)]
         kernels: String,
         /// Run on this host's kernel only (no QEMU)

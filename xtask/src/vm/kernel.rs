@@ -36,6 +36,7 @@ pub const ON_DEMAND_MODULES: &[&str] = &[
     "nft_quota",
     "nft_reject_inet",
     "nft_compat",
+    "nft_numgen",
 ];
 
 /// Files depmod and modprobe read besides the modules themselves.
