@@ -14,7 +14,9 @@
 use core::mem::{align_of, size_of};
 
 /// Bumped whenever a layout below changes. Recordings carry it, and replay refuses a mismatch.
-pub const ABI_VERSION: u32 = 6;
+/// 7: [`ProcessExec`] gained the executed file's path (`exe`, `exe_len`); 6's shorter record
+/// still decodes.
+pub const ABI_VERSION: u32 = 7;
 
 /// Transitions kept per socket in the kernel. Beyond this the last slot is overwritten, so the
 /// final state is never lost, and `ConnState::n_transitions` tells how many there were.
@@ -328,6 +330,10 @@ pub struct SynSourceKey {
 /// Bytes of an executed file name kept in [`ProcessExec`], NUL included.
 pub const EXEC_PATH_LEN: usize = 256;
 
+/// Bytes of [`ProcessExec::exe`]: a path of up to `EXE_PATH_LEN / 2` bytes (the kernel writes each
+/// component through a window of half the buffer).
+pub const EXE_PATH_LEN: usize = 512;
+
 /// [`kind::PROCESS_EXEC`]: `header.pid_tgid` is the process; userspace names the owners of
 /// sockets by it, even once the process has exited.
 #[repr(C)]
@@ -336,6 +342,19 @@ pub struct ProcessExec {
     pub header: EventHeader,
     /// The file name passed to `execve()`, NUL-terminated, truncated to fit.
     pub filename: [u8; EXEC_PATH_LEN],
+    /// The file the process now runs (`mm->exe_file`), symbolic links resolved, as the names of
+    /// its path's components from the file up to the root of its mount namespace, each
+    /// NUL-terminated: `python3.11\0bin\0usr\0` is `/usr/bin/python3.11`.
+    pub exe: [u8; EXE_PATH_LEN],
+    /// Bytes of `exe` used; 0 when the path could not be walked to the root (too deep, too
+    /// long, or a read failed): userspace then falls back to `filename` and /proc.
+    pub exe_len: u32,
+    pub _pad: u32,
+}
+
+impl ProcessExec {
+    /// The size of the record before ABI 7, without `exe`: recordings of ABI 4 to 6 carry it.
+    pub const ABI6_SIZE: usize = size_of::<EventHeader>() + EXEC_PATH_LEN;
 }
 
 /// [`kind::PROCESS_EXIT`]: `header.pid_tgid` is the process whose leader exited; its pid may be
@@ -600,6 +619,18 @@ pub struct Layout {
     /// `sched:sched_process_exec`'s `filename` (a `__data_loc`: offset and length of the string
     /// in the record).
     pub tp_exec_filename: u32,
+    // task → mm → exe_file → f_path → dentry … → mount: the executed file's path
+    pub task_mm: u32,
+    pub mm_exe_file: u32,
+    pub file_path_mnt: u32,
+    pub file_path_dentry: u32,
+    pub dentry_parent: u32,
+    pub dentry_name: u32,
+    /// `struct mount` → its embedded `struct vfsmount mnt`.
+    pub mount_mnt: u32,
+    pub mount_parent: u32,
+    pub mount_mountpoint: u32,
+    pub vfsmount_root: u32,
 }
 
 impl Layout {
@@ -649,14 +680,14 @@ const _: () = {
     assert!(size_of::<SynackRetransmit>() == 80);
     assert!(size_of::<ListenCounts>() == 16);
     assert!(size_of::<SynSourceKey>() == 24);
-    assert!(size_of::<ProcessExec>() == 24 + EXEC_PATH_LEN);
+    assert!(size_of::<ProcessExec>() == 24 + EXEC_PATH_LEN + EXE_PATH_LEN + 8);
     assert!(size_of::<ProcessExit>() == 24);
     assert!(size_of::<TlsHello>() == 24 + 16 + 40 + 8 + 8 + TLS_CAPTURE_LEN);
     assert!(size_of::<TlsHandshake>() == 24 + 24 + 16 + 16);
     assert!(align_of::<TlsHandshake>() == 8);
     assert!(size_of::<TlsSession>() == 24);
     assert!(size_of::<TlsAlpn>() == 24 + 16 + TLS_ALPN_LEN);
-    assert!(size_of::<Layout>() == 59 * 4);
+    assert!(size_of::<Layout>() == 69 * 4);
     assert!(size_of::<Settings>() == 16);
 };
 

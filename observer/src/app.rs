@@ -178,10 +178,10 @@ impl Pipeline {
                 if let Event::Exec(e) = &event {
                     let pid = (e.header.pid_tgid >> 32) as u32;
                     self.execs.push(pid);
-                    // The exec event names the path as executed (perhaps a symlink); /proc
-                    // names the file, as for processes older than the observer.
+                    // The kernel's walk names the file, links resolved; when it could not,
+                    // /proc does, as for processes older than the observer.
                     if let Some(resolver) = &mut self.resolver {
-                        resolver.executed(pid, e.header.ts_ns, &mut self.facts);
+                        resolver.executed(pid, e.exe_len != 0, e.header.ts_ns, &mut self.facts);
                         self.record_facts();
                     }
                 }

@@ -122,6 +122,22 @@ fn exact<T: Copy>(header: &EventHeader, bytes: &[u8]) -> Result<T, DecodeError> 
     read(bytes)
 }
 
+/// An exec event; recordings made before ABI 7 carry it without the resolved path.
+fn exec(header: &EventHeader, bytes: &[u8]) -> Result<ProcessExec, DecodeError> {
+    if usize::from(header.len) != ProcessExec::ABI6_SIZE {
+        return exact(header, bytes);
+    }
+    let mut full = [0u8; size_of::<ProcessExec>()];
+    let old = bytes
+        .get(..ProcessExec::ABI6_SIZE)
+        .ok_or(DecodeError::Truncated {
+            got: bytes.len(),
+            need: ProcessExec::ABI6_SIZE,
+        })?;
+    full[..old.len()].copy_from_slice(old);
+    read(&full)
+}
+
 /// Decodes one event.
 ///
 /// # Errors
@@ -133,7 +149,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         kind::TRANSITION => exact(&header, bytes).map(Event::Transition),
         kind::RESET => exact(&header, bytes).map(Event::Reset),
         kind::SYNACK_RETRANSMIT => exact(&header, bytes).map(Event::SynackRetransmit),
-        kind::PROCESS_EXEC => exact(&header, bytes).map(Event::Exec),
+        kind::PROCESS_EXEC => exec(&header, bytes).map(Event::Exec),
         kind::PROCESS_EXIT => exact(&header, bytes).map(Event::Exit),
         kind::TLS_HELLO => exact(&header, bytes).map(Event::TlsHello),
         kind::TLS_HANDSHAKE => exact(&header, bytes).map(Event::TlsHandshake),
@@ -291,6 +307,46 @@ mod tests {
         ] {
             assert_eq!(decode(&encode(&event)), Ok(event));
         }
+    }
+
+    #[test]
+    fn exec_records_of_abi_6_decode_without_a_walked_path() {
+        let mut bytes = vec![0u8; ProcessExec::ABI6_SIZE];
+        let header = EventHeader {
+            kind: kind::PROCESS_EXEC,
+            len: u16::try_from(ProcessExec::ABI6_SIZE).expect("fits"),
+            _pad: 0,
+            ts_ns: 3,
+            pid_tgid: 5 << 32 | 5,
+        };
+        // SAFETY: the buffer holds a header; unaligned write.
+        unsafe {
+            bytes
+                .as_mut_ptr()
+                .cast::<EventHeader>()
+                .write_unaligned(header)
+        };
+        bytes[24..33].copy_from_slice(b"/bin/curl");
+        let Ok(Event::Exec(e)) = decode(&bytes) else {
+            panic!("not an exec: {:?}", decode(&bytes));
+        };
+        assert_eq!(&e.filename[..10], b"/bin/curl\0");
+        assert_eq!(e.exe_len, 0);
+        // A full ABI 7 record round-trips, and any other length is refused.
+        let mut full = e;
+        full.header.len = u16::try_from(size_of::<ProcessExec>()).expect("fits");
+        full.exe[..4].copy_from_slice(b"sh\0\0");
+        full.exe_len = 3;
+        assert_eq!(decode(&encode(&Event::Exec(full))), Ok(Event::Exec(full)));
+        full.header.len = 300;
+        assert_eq!(
+            decode(&encode(&Event::Exec(full))),
+            Err(DecodeError::BadLength {
+                kind: kind::PROCESS_EXEC,
+                declared: 300,
+                expected: size_of::<ProcessExec>(),
+            })
+        );
     }
 
     #[test]

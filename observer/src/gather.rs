@@ -141,11 +141,23 @@ impl Resolver {
         self.pids.remove(&pid);
     }
 
-    /// A process called `execve()`: its executable as /proc resolves it (symbolic links
-    /// followed), unless it is already gone.
-    pub fn executed(&mut self, pid: u32, ts_ns: u64, out: &mut Vec<Fact>) {
+    /// A process called `execve()`. With `walked`, the exec event named the file (the kernel
+    /// walked its path) and /proc has nothing to add; else its executable as /proc resolves it
+    /// (symbolic links followed), unless it is already gone.
+    pub fn executed(&mut self, pid: u32, walked: bool, ts_ns: u64, out: &mut Vec<Fact>) {
         self.pids.remove(&pid);
-        self.process(pid, ts_ns, out);
+        if walked {
+            self.remember(pid);
+        } else {
+            self.process(pid, ts_ns, out);
+        }
+    }
+
+    fn remember(&mut self, pid: u32) {
+        if self.pids.len() >= MAX_REMEMBERED {
+            self.pids.clear();
+        }
+        self.pids.insert(pid);
     }
 
     /// The facts needed to name the owner of `st`, if not looked up before.
@@ -161,10 +173,7 @@ impl Resolver {
         if pid == 0 || self.pids.contains(&pid) {
             return;
         }
-        if self.pids.len() >= MAX_REMEMBERED {
-            self.pids.clear();
-        }
-        self.pids.insert(pid);
+        self.remember(pid);
         // A zombie (exited, not yet reaped) has no readable executable: nothing is learnt,
         // and the name its exec gave must not be cleared.
         if let Some(info) = procs::read(pid).filter(|i| i.executable.is_some()) {

@@ -461,3 +461,85 @@ os._exit(0)
     let server_record = by_role(&records, "server")[0];
     assert_eq!(field(server_record, "process.pid"), server.pid);
 }
+
+/// `tests/peers/quick_client.c` compiled into `dir/bin/quick-client`, with a relative symbolic
+/// link `dir/quick` to it.
+fn quick_client(dir: &std::path::Path) -> PathBuf {
+    fs::create_dir_all(dir.join("bin")).expect("client dir");
+    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/quick_client.c");
+    let exe = dir.join("bin/quick-client");
+    let out = Command::new("gcc")
+        .arg("-O2")
+        .arg("-o")
+        .arg(&exe)
+        .arg(&source)
+        .output()
+        .expect("gcc (install gcc)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = fs::remove_file(dir.join("quick"));
+    std::os::unix::fs::symlink("bin/quick-client", dir.join("quick")).expect("symlink");
+    fs::canonicalize(exe).expect("client path")
+}
+
+#[test]
+fn a_client_gone_before_userspace_looked_is_named_by_the_file_it_ran() {
+    if !privileged("a_client_gone_before_userspace_looked_is_named_by_the_file_it_ran") {
+        return;
+    }
+    let ns = NetNs::new("walked");
+    let mut server = Peer::spawn(&ns, "walk-srv");
+    let port = server.port("listen 4 127.0.0.1", "port");
+    let dir = scratch("walked");
+    let exe = quick_client(&dir);
+    let obs = Observer::start(&ns, &[]);
+    // The parent runs the client through a relative link and keeps it a zombie, which has no
+    // readable /proc/PID/exe, until the records are written: only the exec event can name it.
+    let script = format!(
+        r#"
+import os, sys
+os.chdir({dir:?})
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.dup2(w, 1)
+    os.execv("./quick", ["./quick", "{port}"])
+os.close(w)
+print(os.read(r, 200).decode().strip(), flush=True)
+sys.stdin.read()
+os.waitpid(pid, 0)
+"#,
+        dir = dir.display().to_string()
+    );
+    let mut parent = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "/usr/bin/python3", "-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python");
+    let mut line = String::new();
+    BufReader::new(parent.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("client line");
+    let out: Value = serde_json::from_str(&line).expect("client json");
+    server.ok("accept");
+    assert_eq!(server.ok("wait_eof")["extra"], 9);
+    server.ok("close");
+    let records = obs.wait_records("observer.connection", 2);
+    drop(parent.stdin.take());
+    assert!(parent.wait().expect("parent").success());
+    obs.stop().assert_clean();
+    let client = by_role(&records, "client")[0];
+    assert_eq!(field(client, "source.port"), &out["port"], "{client}");
+    assert_eq!(field(client, "process.pid"), &out["pid"], "{client}");
+    assert_eq!(field(client, "process.name"), "quick", "{client}");
+    assert_eq!(
+        field(client, "process.executable"),
+        exe.to_str().expect("utf-8"),
+        "{client}"
+    );
+    assert_eq!(field(client, "source.bytes"), 9, "{client}");
+}

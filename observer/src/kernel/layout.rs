@@ -99,6 +99,16 @@ pub fn resolve(btf: &Btf, tracefs: &Path) -> Result<(Layout, Choices), LayoutErr
     l.fdt_fd = r.at("fdtable", "fd", 64)?;
     l.file_private_data = r.at("file", "private_data", 64)?;
     l.socket_sk = r.at("socket", "sk", 64)?;
+    l.task_mm = r.at("task_struct", "mm", 64)?;
+    l.mm_exe_file = r.at("mm_struct", "exe_file", 64)?;
+    l.file_path_mnt = r.at("file", "f_path.mnt", 64)?;
+    l.file_path_dentry = r.at("file", "f_path.dentry", 64)?;
+    l.dentry_parent = r.at("dentry", "d_parent", 64)?;
+    l.dentry_name = r.at("dentry", "d_name.name", 64)?;
+    l.mount_mnt = btf.member("mount", "mnt")?.offset;
+    l.mount_parent = r.at("mount", "mnt_parent", 64)?;
+    l.mount_mountpoint = r.at("mount", "mnt_mountpoint", 64)?;
+    l.vfsmount_root = r.at("vfsmount", "mnt_root", 64)?;
     let choices = tracepoints(&mut l, tracefs)?;
     Ok((l, choices))
 }

@@ -48,9 +48,10 @@ impl Procs {
             .position(|&b| b == 0)
             .unwrap_or(EXEC_PATH_LEN);
         let name = std::str::from_utf8(&e.filename[..len]).ok();
-        // A relative name ("./server") says nothing without the caller's directory; /proc
-        // will tell (`ProcessFact`).
-        let executable = name.filter(|n| n.starts_with('/')).map(Arc::from);
+        // The kernel's walk of the file, links resolved; else the name as executed, unless
+        // relative ("./server" says nothing without the caller's directory): /proc will tell
+        // (`ProcessFact`).
+        let executable = exe_path(e).or_else(|| name.filter(|n| n.starts_with('/')).map(Arc::from));
         self.by_pid.insert(
             pid,
             ProcEntry {
@@ -115,15 +116,38 @@ impl Procs {
     }
 }
 
+/// The executed file's path from the kernel's walk (`ProcessExec::exe`: component names from
+/// the file up, each NUL-terminated), or `None` when the kernel could not walk it.
+#[must_use]
+pub fn exe_path(e: &ProcessExec) -> Option<Arc<str>> {
+    let used = e.exe.get(..e.exe_len as usize).filter(|b| !b.is_empty())?;
+    let mut path = String::with_capacity(used.len() + 1);
+    for part in used.strip_suffix(&[0]).unwrap_or(used).rsplit(|&b| b == 0) {
+        if part.is_empty() {
+            return None;
+        }
+        path.push('/');
+        path.push_str(&String::from_utf8_lossy(part));
+    }
+    Some(Arc::from(path))
+}
+
 #[cfg(test)]
 mod tests {
-    use observer_common::{EventHeader, kind};
+    use observer_common::{EXE_PATH_LEN, EventHeader, kind};
 
     use super::*;
 
     fn exec(pid: u32, name: &str) -> ProcessExec {
+        walked(pid, name, b"")
+    }
+
+    /// An exec whose file the kernel walked: `exe` as the hook writes it.
+    fn walked(pid: u32, name: &str, exe: &[u8]) -> ProcessExec {
         let mut filename = [0u8; EXEC_PATH_LEN];
         filename[..name.len()].copy_from_slice(name.as_bytes());
+        let mut walk = [0xaa; EXE_PATH_LEN];
+        walk[..exe.len()].copy_from_slice(exe);
         ProcessExec {
             header: EventHeader {
                 kind: kind::PROCESS_EXEC,
@@ -133,6 +157,43 @@ mod tests {
                 pid_tgid: u64::from(pid) << 32 | u64::from(pid),
             },
             filename,
+            exe: walk,
+            exe_len: exe.len() as u32,
+            _pad: 0,
+        }
+    }
+
+    #[test]
+    fn the_kernels_walk_names_the_file_links_resolved() {
+        let cases: [(&str, &[u8], Option<&str>); 6] = [
+            // A symbolic link executed: the file it points to.
+            (
+                "/usr/bin/python3",
+                b"python3.11\0bin\0usr\0",
+                Some("/usr/bin/python3.11"),
+            ),
+            // A relative name needs no /proc once walked.
+            (
+                "./server",
+                b"server\0build\0srv\0",
+                Some("/srv/build/server"),
+            ),
+            // One component.
+            ("/init", b"init\0", Some("/init")),
+            // Not walked (too deep or too long): the name as executed, or /proc for a relative one.
+            ("/opt/x/bin/tool", b"", Some("/opt/x/bin/tool")),
+            ("./tool", b"", None),
+            // A malformed walk (an empty component) is not trusted.
+            ("/usr/bin/env", b"env\0\0usr\0", Some("/usr/bin/env")),
+        ];
+        for (name, exe, want) in cases {
+            let mut p = Procs::default();
+            p.exec(&walked(3, name, exe));
+            assert_eq!(
+                p.get(3).and_then(|e| e.executable.as_deref()),
+                want,
+                "{name} {exe:?}"
+            );
         }
     }
 
