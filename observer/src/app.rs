@@ -500,23 +500,11 @@ async fn live(
     } = signals;
     let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
     let mut tls_tick = tokio::time::interval(TLS_RESCAN_EVERY);
-    let mut exec_ready: Vec<u32> = Vec::new();
+    let mut chores = Chores::new(header.netns);
     let mut counter_tick = tokio::time::interval(COUNTERS_EVERY);
     let updates = Duration::from_secs(args.update_interval.max(1));
     let mut update_tick = tokio::time::interval_at(tokio::time::Instant::now() + updates, updates);
-    let mut last_table = Instant::now();
-    let mut last_census = Instant::now();
-    let control = if args.control_socket.as_os_str() == "none" {
-        None
-    } else {
-        match control::listen(&args.control_socket) {
-            Ok(listener) => Some(listener),
-            Err(err) => {
-                eprintln!("observer: warning: no `observer snapshot` from this agent: {err}");
-                None
-            }
-        }
-    };
+    let control = control_listener(&args.control_socket);
     let deadline = tokio::time::sleep(args.duration.map_or(Duration::MAX / 4, Duration::from_secs));
     tokio::pin!(deadline);
 
@@ -548,30 +536,10 @@ async fn live(
                 guard.clear_ready();
                 pipeline.flush(kernel::boottime_ns())
             }
-            _ = drain_tick.tick() => {
-                drain(ring.get_mut(), pipeline);
-                let new = probe.tls_scan_pids(&exec_ready);
-                exec_ready = std::mem::take(&mut pipeline.execs);
-                tls_attached(probe, pipeline, &new);
-                let detector_wants = pipeline.detector.as_ref().is_some_and(Detector::wants_table)
-                    && last_table.elapsed() >= DETECT_TABLE_EVERY;
-                if detector_wants
-                    || (pipeline.tracker.wants_table() && last_table.elapsed() >= TABLE_EVERY)
-                {
-                    pipeline.table(probe, ring.get_mut());
-                    last_table = Instant::now();
-                }
-                if pipeline.detector.as_ref().is_some_and(Detector::wants_time_wait)
-                    && last_census.elapsed() >= TIME_WAIT_EVERY
-                {
-                    pipeline.time_wait_census(header.netns);
-                    last_census = Instant::now();
-                }
-                pipeline.flush(kernel::boottime_ns())
-            }
+            _ = drain_tick.tick() => chores.drained(probe, pipeline, ring.get_mut()),
             _ = update_tick.tick(), if args.update_interval > 0 => {
                 pipeline.table(probe, ring.get_mut());
-                last_table = Instant::now();
+                chores.last_table = Instant::now();
                 pipeline.scan(Purpose::Update, ring.get_mut());
                 pipeline.flush(kernel::boottime_ns())
             }
@@ -600,11 +568,87 @@ async fn live(
             break "output closed";
         }
     };
+    stop(probe, pipeline, ring.get_mut(), agent, outcome);
+    Ok(())
+}
 
-    drain(ring.get_mut(), pipeline);
+/// The control socket for `observer snapshot`, unless turned off (`none`) or impossible.
+fn control_listener(path: &Path) -> Option<tokio::net::UnixListener> {
+    if path.as_os_str() == "none" {
+        return None;
+    }
+    control::listen(path)
+        .inspect_err(|err| {
+            eprintln!("observer: warning: no `observer snapshot` from this agent: {err}");
+        })
+        .ok()
+}
+
+/// What `run` does after each drain timer: TLS libraries of new processes, and the table
+/// reads and censuses that are due.
+struct Chores {
+    netns: Option<u32>,
+    exec_ready: Vec<u32>,
+    last_table: Instant,
+    last_census: Instant,
+}
+
+impl Chores {
+    fn new(netns: Option<u32>) -> Self {
+        Self {
+            netns,
+            exec_ready: Vec::new(),
+            last_table: Instant::now(),
+            last_census: Instant::now(),
+        }
+    }
+
+    fn drained(
+        &mut self,
+        probe: &mut Probe,
+        pipeline: &mut Pipeline,
+        ring: &mut Ring,
+    ) -> Result<(), SinkError> {
+        drain(ring, pipeline);
+        let new = probe.tls_scan_pids(&self.exec_ready);
+        self.exec_ready = std::mem::take(&mut pipeline.execs);
+        tls_attached(probe, pipeline, &new);
+        let detector_wants = pipeline
+            .detector
+            .as_ref()
+            .is_some_and(Detector::wants_table)
+            && self.last_table.elapsed() >= DETECT_TABLE_EVERY;
+        if detector_wants
+            || (pipeline.tracker.wants_table() && self.last_table.elapsed() >= TABLE_EVERY)
+        {
+            pipeline.table(probe, ring);
+            self.last_table = Instant::now();
+        }
+        if pipeline
+            .detector
+            .as_ref()
+            .is_some_and(Detector::wants_time_wait)
+            && self.last_census.elapsed() >= TIME_WAIT_EVERY
+        {
+            pipeline.time_wait_census(self.netns);
+            self.last_census = Instant::now();
+        }
+        pipeline.flush(kernel::boottime_ns())
+    }
+}
+
+/// The end of `run`: the last events, the final table and listing, the `stopped` line.
+fn stop(
+    probe: &Probe,
+    pipeline: &mut Pipeline,
+    ring: &mut Ring,
+    mut agent: AgentRecord,
+    outcome: &'static str,
+) {
+    drain(ring, pipeline);
     if outcome != "output closed" {
-        pipeline.table(probe, ring.get_mut());
-        pipeline.scan(Purpose::Final, ring.get_mut());
+        pipeline.table(probe, ring);
+        pipeline.scan(Purpose::Final, ring);
     }
     let counters = Counters {
         ts_ns: kernel::boottime_ns(),
@@ -633,7 +677,6 @@ async fn live(
             String::new()
         }
     );
-    Ok(())
 }
 
 /// The next client of the control socket; never, without one.

@@ -42,16 +42,16 @@ fn cgroup2_mount() -> Option<String> {
     })
 }
 
-fn rows() -> Vec<Row> {
+/// Whether this process may load and attach eBPF programs.
+fn privileges() -> (bool, Row) {
     const CAP_SYS_ADMIN: u64 = 1 << 21;
     const CAP_PERFMON: u64 = 1 << 38;
     const CAP_BPF: u64 = 1 << 39;
-    let mut rows = Vec::new();
     // SAFETY: no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     let caps = effective_caps().unwrap_or(0);
     let bpf_caps = caps & CAP_SYS_ADMIN != 0 || (caps & CAP_BPF != 0 && caps & CAP_PERFMON != 0);
-    rows.push(row(
+    let row = row(
         "privileges",
         root && bpf_caps,
         format!(
@@ -59,7 +59,13 @@ fn rows() -> Vec<Row> {
             if root { "0" } else { "not 0" }
         ),
         (!root || !bpf_caps).then_some("run as root (sudo observer …)"),
-    ));
+    );
+    (root, row)
+}
+
+fn rows() -> Vec<Row> {
+    let (root, privileges) = privileges();
+    let mut rows = vec![privileges];
     rows.push(row("kernel", true, kernel::release(), None));
     let tracefs = if root {
         tracefs::ensure_mounted().ok()

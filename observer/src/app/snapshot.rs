@@ -26,23 +26,21 @@ pub fn run(args: &SnapshotArgs) -> Result<()> {
         },
         false,
     )?;
-    let rows: Vec<Value> = match control::request(&args.control_socket)? {
-        Some(text) => text
-            .lines()
+    let rows: Vec<Value> = if let Some(text) = control::request(&args.control_socket)? {
+        text.lines()
             .map(serde_json::from_str)
             .collect::<Result<Vec<Value>, _>>()
             .context("the agent's answer is not NDJSON")?
             .into_iter()
             .filter(|v| admits(&filter, v))
-            .collect(),
-        None => {
-            eprintln!(
-                "observer: no agent at {} (start `observer run`): listing the kernel's sockets \
-                 directly, without ages, times in state or kernel-known owners",
-                args.control_socket.display()
-            );
-            standalone(filter)?
-        }
+            .collect()
+    } else {
+        eprintln!(
+            "observer: no agent at {} (start `observer run`): listing the kernel's sockets \
+             directly, without ages, times in state or kernel-known owners",
+            args.control_socket.display()
+        );
+        standalone(filter)?
     };
     let out = if args.json {
         rows.iter().fold(String::new(), |mut out, row| {

@@ -89,7 +89,7 @@ const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 /// Byte offset of `recursion_misses` in `struct bpf_prog_info` (Linux 5.12+).
 const RECURSION_MISSES_OFFSET: usize = 208;
 /// `sizeof(struct bpf_prog_info)` as of 6.x; the kernel fills what it knows.
-const PROG_INFO_LEN: usize = 232;
+const PROG_INFO_LEN: u32 = 232;
 
 /// `union bpf_attr`, the `info` member.
 #[repr(C)]
@@ -105,11 +105,11 @@ struct InfoAttr {
 #[must_use]
 pub fn recursion_misses(fd: RawFd) -> Option<u64> {
     #[repr(C, align(8))]
-    struct Info([u8; PROG_INFO_LEN]);
-    let mut info = Info([0; PROG_INFO_LEN]);
+    struct Info([u8; PROG_INFO_LEN as usize]);
+    let mut info = Info([0; PROG_INFO_LEN as usize]);
     let mut attr = InfoAttr {
         bpf_fd: u32::try_from(fd).ok()?,
-        info_len: PROG_INFO_LEN as u32,
+        info_len: PROG_INFO_LEN,
         info: info.0.as_mut_ptr() as u64,
     };
     // SAFETY: `info` is PROG_INFO_LEN writable bytes; the kernel writes at most `info_len`.

@@ -50,6 +50,26 @@ pub fn write(c: &ConnRecord, host: &str, boot_to_unix_ns: i64, buf: &mut Vec<u8>
     raw(buf, r#"},"host":{"name":"#);
     escaped(buf, host);
     raw(buf, r#"},"conn":{"uid":""#);
+    conn(c, buf, &ts);
+    raw(buf, r#"},"source":"#);
+    end_fields(buf, &c.source);
+    raw(buf, r#","destination":"#);
+    end_fields(buf, &c.destination);
+    raw(buf, r#","network":{"transport":"tcp","type":""#);
+    raw(buf, if c.ipv6 { "ipv6" } else { "ipv4" });
+    raw(buf, r#"","iana_number":"6","community_id":""#);
+    let community = community_id::tcp(
+        0,
+        (c.source.ip, c.source.port),
+        (c.destination.ip, c.destination.port),
+    );
+    raw(buf, community.as_str());
+    raw(buf, r#""},"tcp":"#);
+    tail(c, buf);
+}
+
+/// The `conn` object's members, after its `uid`'s opening quote.
+fn conn(c: &ConnRecord, buf: &mut Vec<u8>, ts: &impl Fn(u64) -> Rfc3339) {
     raw(buf, c.uid.as_str());
     raw(buf, r#"","role":""#);
     raw(buf, c.role.as_str());
@@ -113,21 +133,6 @@ pub fn write(c: &ConnRecord, host: &str, boot_to_unix_ns: i64, buf: &mut Vec<u8>
         raw(buf, peer.uid.as_str());
         buf.push(b'"');
     }
-    raw(buf, r#"},"source":"#);
-    end_fields(buf, &c.source);
-    raw(buf, r#","destination":"#);
-    end_fields(buf, &c.destination);
-    raw(buf, r#","network":{"transport":"tcp","type":""#);
-    raw(buf, if c.ipv6 { "ipv6" } else { "ipv4" });
-    raw(buf, r#"","iana_number":"6","community_id":""#);
-    let community = community_id::tcp(
-        0,
-        (c.source.ip, c.source.port),
-        (c.destination.ip, c.destination.port),
-    );
-    raw(buf, community.as_str());
-    raw(buf, r#""},"tcp":"#);
-    tail(c, buf);
 }
 
 /// `tcp`, `process` and `user`, and the closing brace.

@@ -12,8 +12,8 @@ use super::{
 use crate::track::{lifecycle::state_name, snapshot::Row};
 
 fn ms(ns: u64) -> f64 {
-    // Microsecond precision is plenty for ages.
-    (ns / 1_000) as f64 / 1_000.0
+    // Microsecond precision is plenty for ages (and exact in an f64 for 285 years).
+    std::time::Duration::from_micros(ns / 1_000).as_secs_f64() * 1_000.0
 }
 
 /// The NDJSON object of one row, taken at `now_ns` (`CLOCK_BOOTTIME`).

@@ -51,10 +51,8 @@ impl Tab {
             Tab::Connections => (4, false),
             // Most connections first.
             Tab::Processes => (2, true),
-            // Firing before resolved, then newest first.
-            Tab::Anomalies => (0, false),
-            // By address.
-            Tab::Listeners => (0, false),
+            // Anomalies: firing before resolved, then newest first. Listeners: by address.
+            Tab::Anomalies | Tab::Listeners => (0, false),
         }
     }
 
