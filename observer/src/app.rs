@@ -432,7 +432,7 @@ fn run(args: &RunArgs) -> Result<()> {
     let tracker = Tracker::new(boot_id, filter, args.max_connections as usize);
     let mut pipeline = Pipeline::new(tracker, encoder, sink, recorder);
     pipeline.resolver = Some(Resolver::new());
-    pipeline.detector = detector_config.map(|c| Detector::new(&c));
+    pipeline.detector = detector_config.map(|c| Detector::new(&c).on_boot(boot_id));
     pipeline.filter = filter;
     if pipeline
         .detector
@@ -772,7 +772,10 @@ fn replay(args: &ReplayArgs) -> Result<()> {
     );
     let encoder = Encoder::new(header.host.clone(), header.boot_to_unix_ns);
     let mut pipeline = Pipeline::new(tracker, encoder, sink, None);
-    pipeline.detector = args.anomalies.config().map(|c| Detector::new(&c));
+    pipeline.detector = args
+        .anomalies
+        .config()
+        .map(|c| Detector::new(&c).on_boot(header.boot_id_bytes()));
     pipeline.filter = filter;
     let mut last_ts = 0;
     while let Some(event) = input.next_event()? {

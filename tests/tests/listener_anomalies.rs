@@ -80,6 +80,40 @@ fn netns_inode(ns: &NetNs) -> u64 {
         .expect("netns inode")
 }
 
+/// The uids of the server sockets on `port` established before `alert` fired (those waiting
+/// in the accept queue then), sorted.
+fn established_before(records: &[Value], port: u16, alert: &Value) -> Vec<String> {
+    let fired = parse_ts(field(alert, "@timestamp").as_str().expect("ts"));
+    let mut uids: Vec<String> = records
+        .iter()
+        .filter(|r| field(r, "conn.role") == "server" && field(r, "destination.port") == port)
+        .filter(|r| {
+            field(r, "conn.transitions")
+                .as_array()
+                .expect("transitions")
+                .iter()
+                .any(|t| {
+                    t["state"] == "ESTABLISHED" && parse_ts(t["ts"].as_str().expect("ts")) < fired
+                })
+        })
+        .map(|r| field(r, "conn.uid").as_str().expect("uid").to_owned())
+        .collect();
+    uids.sort();
+    uids
+}
+
+/// An alert's `conn.uids`, sorted.
+fn sample_uids(alert: &Value) -> Vec<String> {
+    let mut uids: Vec<String> = field(alert, "conn.uids")
+        .as_array()
+        .expect("uids")
+        .iter()
+        .map(|u| u.as_str().expect("uid").to_owned())
+        .collect();
+    uids.sort();
+    uids
+}
+
 fn micros_after(a: &Value, since_us: i64) -> i64 {
     parse_ts(field(a, "@timestamp").as_str().expect("ts")) - since_us
 }
@@ -187,7 +221,12 @@ fn overflowing(ns: &NetNs, obs: &Observer, comm: &str) -> (Py, Py, u16, Value) {
     // The 5 SYNs that did not fit are dropped, once per (re)transmission.
     let overflows = field(&a, "anomaly.listen_overflows").as_u64().expect("n");
     assert!(overflows >= 5 && overflows.is_multiple_of(5), "{a}");
-    assert_eq!(field(&a, "conn.uids"), &json!([]), "{a}");
+    // The connections waiting in the queue: checked against their records at the end.
+    assert_eq!(
+        field(&a, "conn.uids").as_array().map(Vec::len),
+        Some(3),
+        "{a}"
+    );
     let after = micros_after(&a, started);
     assert!(
         (0..2_500_000).contains(&after),
@@ -211,7 +250,7 @@ fn accept_queue_overflow_names_the_process_and_resolves_once_it_accepts() {
     let mut args = vec!["--record", rec];
     args.extend_from_slice(&flags);
     let obs = Observer::start(&ns, &args);
-    let (mut server, mut clients, port, _) = overflowing(&ns, &obs, "obs-aq-lazy");
+    let (mut server, mut clients, port, fired) = overflowing(&ns, &obs, "obs-aq-lazy");
 
     // It starts accepting: the queue drains, the retried SYNs get in, nothing overflows.
     server.say("accept");
@@ -240,6 +279,13 @@ fn accept_queue_overflow_names_the_process_and_resolves_once_it_accepts() {
     stopped.assert_clean();
     let alerts = stopped.dataset(ANOMALY);
     assert_eq!(alerts.len(), 2, "no flapping: {alerts:#?}");
+    // The firing alert named the 3 connections that were waiting in the queue.
+    let records = stopped.dataset("observer.connection");
+    assert_eq!(
+        sample_uids(&fired),
+        established_before(&records, port, &fired),
+        "{fired}"
+    );
     assert_eq!(
         replayed(&recording, &flags),
         alerts,
@@ -269,7 +315,7 @@ fn accept_queue_overflow_resolves_when_the_server_exits() {
             "0",
         ],
     );
-    let (mut server, mut clients, port, _) = overflowing(&ns, &obs, "obs-aq-exit");
+    let (mut server, mut clients, port, fired) = overflowing(&ns, &obs, "obs-aq-exit");
     let pid = server.pid;
     server.exit();
     let exited = now_us();
@@ -294,6 +340,11 @@ fn accept_queue_overflow_resolves_when_the_server_exits() {
     stopped.assert_clean();
     let alerts = stopped.dataset(ANOMALY);
     assert_eq!(alerts.len(), 2, "{alerts:#?}");
+    // The 3 waiting connections, reset when their listener closed, are the ones it named.
+    let records = stopped.dataset("observer.connection");
+    let queued = established_before(&records, port, &fired);
+    assert_eq!(queued.len(), 3, "{records:#?}");
+    assert_eq!(sample_uids(&fired), queued, "{fired}");
 }
 
 /// A route for the spoofed 10.99.0.0/16 through a veth whose next hop never answers: the

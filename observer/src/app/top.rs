@@ -81,8 +81,9 @@ pub fn thresholds(args: &TopArgs) -> detect::Config {
 fn top_pipeline(tracker: Tracker, detect: &detect::Config) -> Result<Pipeline> {
     let sink = Sink::append(Path::new("/dev/null"))?;
     let encoder = Encoder::new(kernel::hostname(), kernel::boot_to_unix_offset_ns());
+    let boot_id = tracker.boot_id();
     let mut pipeline = Pipeline::new(tracker, encoder, sink, None);
-    pipeline.detector = Some(Detector::new(detect));
+    pipeline.detector = Some(Detector::new(detect).on_boot(boot_id));
     pipeline.tally.closed_cookies = Some(Vec::new());
     pipeline.tally.alerts = Some(Vec::new());
     Ok(pipeline)

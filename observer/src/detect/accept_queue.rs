@@ -14,7 +14,7 @@ use serde_json::json;
 use super::{Alert, NS, Status, Subject, endpoint};
 use crate::{
     facts::listeners::{ListenSock, ListenerSample, NetnsStats},
-    track::record::Process,
+    track::{record::Process, uid_of},
 };
 
 pub const DEFAULT_WINDOW_S: u64 = 10;
@@ -94,7 +94,7 @@ impl Rule {
     }
 
     /// One listener sample.
-    pub fn sample(&mut self, s: &ListenerSample, alerts: &mut Vec<Alert>) {
+    pub fn sample(&mut self, s: &ListenerSample, boot_id: &[u8; 16], alerts: &mut Vec<Alert>) {
         let window_ns = self.window_ns();
         for n in &s.namespaces {
             let h = self.history.entry(n.netns).or_default();
@@ -129,7 +129,8 @@ impl Rule {
                         process: owner(sock),
                         destination: Some((sock.local.ip(), sock.local.port())),
                     };
-                    let alert = self.fired(s.ts_ns, subject, sock, history);
+                    let mut alert = self.fired(s.ts_ns, subject, sock, history);
+                    alert.samples = sock.queued.iter().map(|&c| uid_of(boot_id, c)).collect();
                     self.firing.insert(
                         key,
                         Firing {

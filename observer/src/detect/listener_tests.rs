@@ -21,6 +21,7 @@ fn rules(syn: Option<syn_flood::Config>, acc: Option<accept_queue::Config>) -> D
         accept_queue: acc,
         ..super::tests::none()
     })
+    .on_boot([7; 16])
 }
 
 fn sock(port: u16, queue: u32, backlog: u32) -> ListenSock {
@@ -33,6 +34,12 @@ fn sock(port: u16, queue: u32, backlog: u32) -> ListenSock {
             pid: 4242,
             comm: "server".into(),
         }],
+        // Only read while the queue is full.
+        queued: if queue > 0 && queue >= backlog {
+            vec![901, 902]
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -312,6 +319,15 @@ fn accept_queue_fires_when_full_and_dropping_and_resolves_after_a_quiet_window()
     assert_eq!(a.evidence["queue"], json!(5));
     assert_eq!(a.evidence["backlog"], json!(4));
     assert_eq!(a.evidence["listen_overflows"], json!(3));
+    // The connections waiting in the queue, named as their records are.
+    let boot = [7; 16];
+    assert_eq!(
+        a.samples,
+        vec![
+            crate::track::uid_of(&boot, 901),
+            crate::track::uid_of(&boot, 902)
+        ]
+    );
     assert!(
         a.reason
             .contains("server (pid 4242) does not call accept()"),

@@ -106,9 +106,18 @@ pub struct Detector {
     tls_failures: Option<tls_failures::Rule>,
     syn_flood: Option<syn_flood::Rule>,
     accept_queue: Option<accept_queue::Rule>,
+    /// The boot the sockets' cookies belong to: alerts name connections by `conn.uid`.
+    boot_id: [u8; 16],
 }
 
 impl Detector {
+    /// Names the connections of alerts as the records of boot `boot_id` do.
+    #[must_use]
+    pub fn on_boot(mut self, boot_id: [u8; 16]) -> Self {
+        self.boot_id = boot_id;
+        self
+    }
+
     #[must_use]
     pub fn new(config: &Config) -> Self {
         Self {
@@ -122,6 +131,7 @@ impl Detector {
             tls_failures: config.tls_failures.map(tls_failures::Rule::new),
             syn_flood: config.syn_flood.map(syn_flood::Rule::new),
             accept_queue: config.accept_queue.map(accept_queue::Rule::new),
+            boot_id: [0; 16],
         }
     }
 
@@ -140,7 +150,7 @@ impl Detector {
     /// A listener sample (`facts::listeners`).
     pub fn listeners(&mut self, sample: &ListenerSample, alerts: &mut Vec<Alert>) {
         if let Some(rule) = &mut self.accept_queue {
-            rule.sample(sample, alerts);
+            rule.sample(sample, &self.boot_id, alerts);
         }
         if let Some(rule) = &mut self.syn_flood {
             rule.sample(sample, alerts);

@@ -81,6 +81,10 @@ pub struct ListenSock {
     /// The processes holding it: the ones that should call `accept()`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub holders: Vec<Holder>,
+    /// While its queue is full: the cookies of up to `detect::SAMPLES` connections waiting in
+    /// it (established, no process has accepted them), lowest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queued: Vec<u64>,
 }
 
 /// A source prefix: /24 for IPv4, /64 for IPv6.

@@ -9,7 +9,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
 use observer_common::tcp_state;
@@ -28,18 +28,49 @@ use crate::{
 /// What one namespace yields.
 struct Inside {
     sockets: Result<Vec<ListenSocket>, sockdiag::SockDiagError>,
+    /// Connections waiting in a full accept queue: (local address, cookie).
+    queued: Vec<(SocketAddr, u64)>,
     netstat: String,
     syncookies: Option<u8>,
 }
 
 fn inside() -> Inside {
+    let sockets = sockdiag::dump_listeners();
+    let full = sockets.as_ref().is_ok_and(|s| {
+        s.iter()
+            .any(|l| l.state == tcp_state::LISTEN && l.queue > 0 && l.queue >= l.backlog)
+    });
     Inside {
-        sockets: sockdiag::dump_listeners(),
+        queued: if full { waiting() } else { Vec::new() },
+        sockets,
         netstat: std::fs::read_to_string("/proc/thread-self/net/netstat").unwrap_or_default(),
         syncookies: std::fs::read_to_string("/proc/sys/net/ipv4/tcp_syncookies")
             .ok()
             .and_then(|s| s.trim().parse().ok()),
     }
+}
+
+/// The connections waiting in accept queues of the calling thread's namespace: established
+/// (or already closed by the peer) and without a socket file, which `accept()` would give
+/// them. Dumped only while some queue is full; an error leaves the alert without samples.
+fn waiting() -> Vec<(SocketAddr, u64)> {
+    let mask = 1 << tcp_state::ESTABLISHED | 1 << tcp_state::CLOSE_WAIT;
+    let mut queued: Vec<(SocketAddr, u64)> = sockdiag::dump_tcp_states(mask)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| s.inode == 0 && !s.timewait)
+        .map(|s| (s.local, s.cookie))
+        .collect();
+    // A stable order for the samples (the kernel lists by hash bucket).
+    queued.sort_by_key(|&(_, cookie)| cookie);
+    queued
+}
+
+/// Whether a connection to `local` is one `listener` accepts: the same port, and the same
+/// address unless the listener's is the wildcard.
+fn accepted_by(listener: SocketAddr, local: SocketAddr) -> bool {
+    listener.port() == local.port()
+        && (listener.ip().is_unspecified() || listener.ip() == local.ip())
 }
 
 /// Parses the `TcpExt` lines of /proc/net/netstat (a header line of names, a line of values).
@@ -160,7 +191,7 @@ impl Listeners {
                 .namespaces
                 .push(tcp_ext(&got.netstat, ns.inode, got.syncookies));
             inodes.extend(sockets.iter().map(|s| s.inode));
-            let ports = self.ports(ns.inode, &sockets);
+            let ports = self.ports(ns.inode, &sockets, &got.queued);
             sample.ports.extend(ports);
         }
         // Closed listeners' owners are forgotten; an inode may name another socket later.
@@ -179,7 +210,12 @@ impl Listeners {
         (sample, warnings)
     }
 
-    fn ports(&mut self, netns: u32, sockets: &[ListenSocket]) -> Vec<ListenPort> {
+    fn ports(
+        &mut self,
+        netns: u32,
+        sockets: &[ListenSocket],
+        queued: &[(SocketAddr, u64)],
+    ) -> Vec<ListenPort> {
         let mut by_port: BTreeMap<u16, ListenPort> = BTreeMap::new();
         let mut half_open: BTreeMap<(u16, String), u32> = BTreeMap::new();
         let unknown: Vec<u64> = sockets
@@ -215,6 +251,16 @@ impl Listeners {
                 queue: s.queue,
                 backlog: s.backlog,
                 holders: self.owners.get(&s.inode).cloned().unwrap_or_default(),
+                queued: if s.queue > 0 && s.queue >= s.backlog {
+                    queued
+                        .iter()
+                        .filter(|&&(local, _)| accepted_by(s.local, local))
+                        .map(|&(_, cookie)| cookie)
+                        .take(crate::detect::SAMPLES)
+                        .collect()
+                } else {
+                    Vec::new()
+                },
             });
         }
         for s in sockets.iter().filter(|s| s.state != tcp_state::LISTEN) {

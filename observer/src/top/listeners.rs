@@ -242,6 +242,7 @@ mod tests {
                 pid,
                 comm: comm.into(),
             }],
+            queued: Vec::new(),
         }
     }
 

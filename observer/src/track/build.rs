@@ -194,7 +194,9 @@ impl Tracker {
     }
 }
 
-pub(super) fn uid_of(boot_id: &[u8; 16], cookie: u64) -> Uid {
+/// The `conn.uid` of the socket with `cookie` on the boot `boot_id`.
+#[must_use]
+pub fn uid_of(boot_id: &[u8; 16], cookie: u64) -> Uid {
     let boot_lo = u64::from_le_bytes(boot_id[..8].try_into().unwrap_or_default());
     let boot_hi = u64::from_le_bytes(boot_id[8..].try_into().unwrap_or_default());
     let a = mix(mix(boot_lo ^ cookie) ^ boot_hi);

@@ -6,6 +6,8 @@
 //! unread data) is sent after the state change.
 
 mod build;
+
+pub use build::uid_of;
 pub mod lifecycle;
 pub mod live;
 pub mod procs;
@@ -22,7 +24,7 @@ use observer_common::{
 };
 
 use self::{
-    build::{owner, role_of, uid_of},
+    build::{owner, role_of},
     lifecycle::LateResets,
     live::{Live, Open, TupleKey, key_of_state, reversed},
     procs::Procs,
@@ -250,6 +252,12 @@ impl Tracker {
                 .map(|(c, other)| peer_from_open(uid_of(&boot_id, c), other, listener));
         }
         Some(record)
+    }
+
+    /// The boot whose socket cookies this tracker names (`conn.uid`).
+    #[must_use]
+    pub fn boot_id(&self) -> [u8; 16] {
+        self.boot_id
     }
 
     /// Whether records wait for a kernel table newer than the latest: `app` reads one.
