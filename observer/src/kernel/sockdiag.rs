@@ -131,20 +131,28 @@ pub fn dump_tcp() -> Result<Vec<TcpSocket>, SockDiagError> {
 /// # Errors
 /// As [`dump_tcp`].
 pub fn dump_tcp_states(mask: u32) -> Result<Vec<TcpSocket>, SockDiagError> {
+    dump(&|family, seq| request(family, seq, mask), parse_socket)
+}
+
+/// The IPv4 then IPv6 dump that `request(family, seq)` asks for, each socket read by `parse`.
+fn dump<T>(
+    request: &dyn Fn(u16, u32) -> [u8; REQUEST_LEN],
+    parse: fn(&[u8]) -> Result<T, SockDiagError>,
+) -> Result<Vec<T>, SockDiagError> {
     let netlink = Netlink::open()?;
     let mut buffer = vec![0u8; RECV_BUFFER];
-    let mut sockets = Vec::new();
+    let mut out = Vec::new();
     for (seq, family) in [(1, AF_INET), (2, AF_INET6)] {
-        netlink.send(&request(family, seq, mask))?;
+        netlink.send(&request(family, seq))?;
         loop {
             let len = netlink.recv(&mut buffer)?;
             let datagram = buffer.get(..len).unwrap_or_default();
-            if parse_datagram(datagram, seq, family, &mut sockets)? == Flow::Done {
+            if parse_datagram(datagram, seq, family, &mut out, parse)? == Flow::Done {
                 break;
             }
         }
     }
-    Ok(sockets)
+    Ok(out)
 }
 
 /// A `SOCK_DIAG_BY_FAMILY` dump of TCP sockets of `family` in the states of `mask`, with
@@ -172,12 +180,14 @@ fn family_name(family: u16) -> &'static str {
     if family == AF_INET6 { "IPv6" } else { "IPv4" }
 }
 
-/// Appends the sockets of one datagram; `Done` once the kernel says the dump is complete.
-fn parse_datagram(
+/// Appends the sockets of one datagram, each read by `parse`; `Done` once the kernel says the
+/// dump is complete.
+fn parse_datagram<T>(
     mut rest: &[u8],
     seq: u32,
     family: u16,
-    out: &mut Vec<TcpSocket>,
+    out: &mut Vec<T>,
+    parse: fn(&[u8]) -> Result<T, SockDiagError>,
 ) -> Result<Flow, SockDiagError> {
     while !rest.is_empty() {
         let len = u32_at(rest, 0)
@@ -197,7 +207,7 @@ fn parse_datagram(
             err: io::Error::from_raw_os_error(errno.saturating_neg()),
         };
         match kind {
-            SOCK_DIAG_BY_FAMILY => out.push(parse_socket(payload)?),
+            SOCK_DIAG_BY_FAMILY => out.push(parse(payload)?),
             NLMSG_DONE => {
                 // The payload is the dump's final status (0, or a negative errno).
                 return match i32_at(payload, 0) {
