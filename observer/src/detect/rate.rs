@@ -3,11 +3,18 @@
 //! floor and a factor over a learnt baseline), and the feeding of `window::Windows`, so that
 //! each rule's file says only what it counts and what its alert says.
 
+use std::{collections::BTreeMap, net::IpAddr};
+
+use serde_json::{Value, json};
+
 use super::{
     Alert, SAMPLES, Status,
-    window::{BASELINE_ALPHA, Item, Subject, Windows, storm_release, storm_threshold},
+    window::{BASELINE_ALPHA, Item, Subject, Windows, rounded, storm_release, storm_threshold},
 };
 use crate::track::record::Uid;
+
+/// A storm's subject: (netns, ip, port) of a local listener, or of a remote host with port 0.
+pub type StormKey = (u32, IpAddr, u16);
 
 /// A rule that fires at `count` items of one subject within `window_s` seconds, and resolves
 /// once a whole window passes without one.
@@ -33,6 +40,20 @@ impl StormConfig {
     #[must_use]
     pub fn threshold(&self, mean: f64) -> u64 {
         storm_threshold(self.count, self.factor, mean)
+    }
+
+    /// The evidence every storm alert carries: its scope, the total since it fired, the
+    /// baseline and the levels; the rule adds its own.
+    #[must_use]
+    pub fn evidence<T>(&self, ch: &Change<StormKey, T>) -> BTreeMap<&'static str, Value> {
+        let listener = ch.key.2 != 0;
+        BTreeMap::from([
+            ("scope", json!(if listener { "listener" } else { "remote" })),
+            ("total", json!(ch.total())),
+            ("baseline", json!(rounded(ch.mean()))),
+            ("factor", json!(self.factor)),
+            ("floor", json!(self.count)),
+        ])
     }
 }
 

@@ -12,8 +12,7 @@
 //! max(floor, factor × the subject's learnt mean per window); resolved when the window's count
 //! is back to half of factor × baseline (with no baseline, a whole window without one).
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
+use std::collections::HashMap;
 
 use serde_json::json;
 
@@ -38,8 +37,7 @@ struct Retrans {
     sent: u64,
 }
 
-/// (netns, ip, port): a local listener, or a remote host with port 0.
-type Key = (u32, IpAddr, u16);
+type Key = rate::StormKey;
 
 #[derive(Debug)]
 pub struct Rule {
@@ -141,14 +139,9 @@ fn alert(config: &Config, ch: &Change<Key, Retrans>) -> Alert {
             ch.total()
         ),
     };
-    let mut evidence = BTreeMap::new();
-    evidence.insert("scope", json!(if listener { "listener" } else { "remote" }));
+    let mut evidence = config.evidence(ch);
     evidence.insert("connections", json!(conns.len()));
     evidence.insert("segments_sent", json!(sent));
-    evidence.insert("total", json!(ch.total()));
-    evidence.insert("baseline", json!(rounded(mean)));
-    evidence.insert("factor", json!(config.factor));
-    evidence.insert("floor", json!(config.count));
     Alert {
         rule: "retransmit_storm",
         status: ch.status,

@@ -8,9 +8,6 @@
 //! max(floor, factor × baseline); resolved when the window's count is back to half of
 //! factor × baseline (with no baseline, once a whole window passes without a reset).
 
-use std::collections::BTreeMap;
-use std::net::IpAddr;
-
 use serde_json::json;
 
 use super::{
@@ -34,8 +31,7 @@ struct Reset {
     received: u32,
 }
 
-/// (netns, ip, port): a local listener, or a remote host with port 0.
-type Key = (u32, IpAddr, u16);
+type Key = rate::StormKey;
 
 #[derive(Debug)]
 pub struct Rule {
@@ -125,14 +121,9 @@ fn alert(config: &Config, ch: &Change<Key, Reset>) -> Alert {
             ch.total()
         ),
     };
-    let mut evidence = BTreeMap::new();
-    evidence.insert("scope", json!(if listener { "listener" } else { "remote" }));
+    let mut evidence = config.evidence(ch);
     evidence.insert("resets_sent", json!(sent));
     evidence.insert("resets_received", json!(received));
-    evidence.insert("total", json!(ch.total()));
-    evidence.insert("baseline", json!(rounded(mean)));
-    evidence.insert("factor", json!(config.factor));
-    evidence.insert("floor", json!(config.count));
     Alert {
         rule: "rst_storm",
         status: ch.status,
