@@ -228,21 +228,61 @@ fn parse_datagram<T>(
     Ok(Flow::More)
 }
 
+/// The fixed part of an `inet_diag_msg` (`include/uapi/linux/inet_diag.h`), its ends read.
+struct DiagMsg<'a> {
+    bytes: &'a [u8; DIAG_MSG_LEN],
+    family: u16,
+    local: SocketAddr,
+    remote: SocketAddr,
+}
+
+impl<'a> DiagMsg<'a> {
+    fn parse(payload: &'a [u8]) -> Result<Self, SockDiagError> {
+        let bytes: &[u8; DIAG_MSG_LEN] = payload
+            .get(..DIAG_MSG_LEN)
+            .and_then(|m| m.try_into().ok())
+            .ok_or(SockDiagError::Malformed("inet_diag_msg cut short"))?;
+        let family = u16::from(bytes[0]);
+        if family != AF_INET && family != AF_INET6 {
+            return Err(SockDiagError::Malformed(
+                "socket of an unknown address family",
+            ));
+        }
+        Ok(Self {
+            bytes,
+            family,
+            local: socket_addr(
+                family,
+                &bytes[8..24],
+                u16::from_be_bytes([bytes[4], bytes[5]]),
+            ),
+            remote: socket_addr(
+                family,
+                &bytes[24..40],
+                u16::from_be_bytes([bytes[6], bytes[7]]),
+            ),
+        })
+    }
+
+    /// The native-order `u32` at `offset`.
+    fn u32(&self, offset: usize) -> u32 {
+        u32_at(self.bytes, offset).unwrap_or_default()
+    }
+
+    /// `idiag_inode`.
+    fn inode(&self) -> u64 {
+        u64::from(self.u32(68))
+    }
+
+    /// `idiag_cookie`: two native-order `u32`s, low first.
+    fn cookie(&self) -> u64 {
+        u64::from(self.u32(44)) | (u64::from(self.u32(48)) << 32)
+    }
+}
+
 /// One `inet_diag_msg` and its attributes.
 fn parse_socket(payload: &[u8]) -> Result<TcpSocket, SockDiagError> {
-    let msg: &[u8; DIAG_MSG_LEN] = payload
-        .get(..DIAG_MSG_LEN)
-        .and_then(|m| m.try_into().ok())
-        .ok_or(SockDiagError::Malformed("inet_diag_msg cut short"))?;
-    let family = u16::from(msg[0]);
-    if family != AF_INET && family != AF_INET6 {
-        return Err(SockDiagError::Malformed(
-            "socket of an unknown address family",
-        ));
-    }
-    let at = |offset: usize| u32_at(msg, offset).unwrap_or_default();
-    let local = socket_addr(family, &msg[8..24], u16::from_be_bytes([msg[4], msg[5]]));
-    let remote = socket_addr(family, &msg[24..40], u16::from_be_bytes([msg[6], msg[7]]));
+    let msg = DiagMsg::parse(payload)?;
     let mut tcp_info = None;
     let mut cgroup_id = None;
     let mut attrs = payload.get(DIAG_MSG_LEN..).unwrap_or_default();
@@ -261,16 +301,16 @@ fn parse_socket(payload: &[u8]) -> Result<TcpSocket, SockDiagError> {
         }
         attrs = attrs.get(align4(len)..).unwrap_or_default();
     }
-    let state = msg[1];
+    let state = msg.bytes[1];
     Ok(TcpSocket {
-        family,
-        local,
-        remote,
+        family: msg.family,
+        local: msg.local,
+        remote: msg.remote,
         state,
-        inode: u64::from(at(68)),
-        uid: at(64),
-        cookie: u64::from(at(44)) | (u64::from(at(48)) << 32),
-        timewait: msg[2] == TIMER_TIME_WAIT || state == tcp_state::TIME_WAIT,
+        inode: msg.inode(),
+        uid: msg.u32(64),
+        cookie: msg.cookie(),
+        timewait: msg.bytes[2] == TIMER_TIME_WAIT || state == tcp_state::TIME_WAIT,
         tcp_info,
         cgroup_id,
     })

@@ -9,9 +9,9 @@
 
 use std::net::SocketAddr;
 
-use observer_common::{AF_INET, AF_INET6, tcp_state};
+use observer_common::tcp_state;
 
-use super::{DIAG_MSG_LEN, SockDiagError, dump, request, socket_addr, u32_at};
+use super::{DiagMsg, SockDiagError, dump, request};
 
 /// A listener, or one of its half-open requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,24 +48,15 @@ pub fn dump_listeners() -> Result<Vec<ListenSocket>, SockDiagError> {
 }
 
 fn socket(payload: &[u8]) -> Result<ListenSocket, SockDiagError> {
-    let msg = payload
-        .get(..DIAG_MSG_LEN)
-        .ok_or(SockDiagError::Malformed("inet_diag_msg cut short"))?;
-    let family = u16::from(msg[0]);
-    if family != AF_INET && family != AF_INET6 {
-        return Err(SockDiagError::Malformed(
-            "socket of an unknown address family",
-        ));
-    }
-    let at = |offset: usize| u32_at(msg, offset).unwrap_or_default();
+    let msg = DiagMsg::parse(payload)?;
     Ok(ListenSocket {
-        local: socket_addr(family, &msg[8..24], u16::from_be_bytes([msg[4], msg[5]])),
-        remote: socket_addr(family, &msg[24..40], u16::from_be_bytes([msg[6], msg[7]])),
-        state: msg[1],
-        retrans: msg[3],
-        queue: at(56),
-        backlog: at(60),
-        inode: u64::from(at(68)),
-        cookie: u64::from(at(44)) | (u64::from(at(48)) << 32),
+        local: msg.local,
+        remote: msg.remote,
+        state: msg.bytes[1],
+        retrans: msg.bytes[3],
+        queue: msg.u32(56),
+        backlog: msg.u32(60),
+        inode: msg.inode(),
+        cookie: msg.cookie(),
     })
 }
