@@ -4,11 +4,12 @@
 
 use std::{process::Command, time::Duration};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::{
     NetNs, Observer, field,
     observer::{bin, of_dataset, parse_lines, scratch},
+    parse_ts,
     tls::validate,
     wait_for,
 };
@@ -107,4 +108,70 @@ pub fn check_common(a: &Value, rule: &str, status: &str) {
             .is_some_and(|r| r.len() > 20),
         "{a}"
     );
+}
+
+/// One socket that a `close_wait_stuck` or `fin_wait_2_stuck` test leaves stuck: the rule,
+/// the owner, the peer it names and the listening ports it reports.
+pub struct StuckSocket<'a> {
+    pub rule: &'a str,
+    pub pid: u32,
+    pub name: &'a str,
+    pub peer: String,
+    pub listen_ports: Value,
+}
+
+impl StuckSocket<'_> {
+    /// The firing alert, stuck since `since_us` with the rule's `--…-after 2`: one socket,
+    /// the default threshold of 1, its peer and ports, and fired within its latency (the
+    /// threshold, plus at most a table read period and slack).
+    pub fn check_fired(&self, a: &Value, since_us: i64) {
+        check_common(a, self.rule, "firing");
+        assert_eq!(field(a, "process.pid"), self.pid, "{a}");
+        assert_eq!(field(a, "process.name"), self.name, "{a}");
+        assert_eq!(field(a, "anomaly.observed"), 1, "{a}");
+        assert_eq!(field(a, "anomaly.threshold"), 1, "default min: {a}");
+        assert_eq!(field(a, "anomaly.window_s"), 2, "{a}");
+        assert_eq!(field(a, "anomaly.peers"), &json!([self.peer]), "{a}");
+        assert_eq!(field(a, "anomaly.listen_ports"), &self.listen_ports, "{a}");
+        let age = field(a, "anomaly.oldest_age_s").as_u64().expect("age");
+        assert!((2..=4).contains(&age), "{a}");
+        let after = parse_ts(field(a, "@timestamp").as_str().expect("ts")) - since_us;
+        assert!(
+            (1_990_000..4_500_000).contains(&after),
+            "fired {after} µs after: {a}"
+        );
+    }
+
+    /// The resolving alert, at most 2.5 s after the socket left its state at `since_us`.
+    pub fn check_resolved(&self, r: &Value, since_us: i64) {
+        check_common(r, self.rule, "resolved");
+        assert_eq!(field(r, "process.pid"), self.pid, "{r}");
+        assert_eq!(field(r, "anomaly.observed"), 0, "{r}");
+        assert_eq!(field(r, "anomaly.peak"), 1, "{r}");
+        let after = parse_ts(field(r, "@timestamp").as_str().expect("ts")) - since_us;
+        assert!(after < 2_500_000, "resolved {after} µs after: {r}");
+    }
+}
+
+/// Stops `obs` a little after `both` (the firing and resolving alerts of one stuck socket):
+/// nothing else fired, the alert's sample is the `role` end's connection record, and the
+/// recording replays to the same alerts.
+pub fn finish_stuck(obs: Observer, recording: &Recording, both: &[Value], role: &str) {
+    std::thread::sleep(Duration::from_millis(1500));
+    let stopped = obs.stop();
+    stopped.assert_clean();
+    let alerts = stopped.dataset(ANOMALY);
+    assert_eq!(alerts, both, "no flapping: {alerts:#?}");
+    let record = stopped
+        .dataset("observer.connection")
+        .into_iter()
+        .find(|c| field(c, "conn.role") == role)
+        .expect("the stuck socket's record");
+    let a = &both[0];
+    assert_eq!(
+        field(a, "conn.uids"),
+        &json!([field(&record, "conn.uid")]),
+        "{a}"
+    );
+    recording.assert_replays(&alerts);
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use observer_tests::{
     NetNs, Observer, Peer,
-    anomaly::{ANOMALY, Recording, check_common, wait_alerts},
+    anomaly::{ANOMALY, Recording, StuckSocket, check_common, finish_stuck, wait_alerts},
     field, now_us, parse_ts, privileged, sh,
 };
 use serde_json::{Value, json};
@@ -28,61 +28,22 @@ fn close_wait_stuck_names_the_process_and_resolves_when_it_closes() {
     let closed_at = now_us();
     ns.wait_tcp_state(port, "close-wait");
 
-    let fired = wait_alerts(&obs, 1, Duration::from_secs(10));
-    let a = &fired[0];
-    check_common(a, "close_wait_stuck", "firing");
-    assert_eq!(field(a, "process.pid"), server.pid, "{a}");
-    assert_eq!(field(a, "process.name"), "obs-cw-server", "{a}");
-    assert_eq!(field(a, "anomaly.observed"), 1, "{a}");
-    assert_eq!(field(a, "anomaly.threshold"), 1, "{a}");
-    assert_eq!(field(a, "anomaly.window_s"), 2, "{a}");
-    assert_eq!(field(a, "anomaly.listen_ports"), &json!([port]), "{a}");
-    assert_eq!(
-        field(a, "anomaly.peers"),
-        &json!([format!("127.0.0.1:{cport}")]),
-        "{a}"
-    );
-    let age = field(a, "anomaly.oldest_age_s").as_u64().expect("age");
-    assert!((2..=4).contains(&age), "{a}");
-    // Within its latency: the threshold, plus at most a table read period and slack.
-    let after = parse_ts(field(a, "@timestamp").as_str().expect("ts")) - closed_at;
-    assert!(
-        (1_990_000..4_500_000).contains(&after),
-        "fired {after} µs after: {a}"
-    );
+    let stuck = StuckSocket {
+        rule: "close_wait_stuck",
+        pid: server.pid,
+        name: "obs-cw-server",
+        peer: format!("127.0.0.1:{cport}"),
+        listen_ports: json!([port]),
+    };
+    stuck.check_fired(&wait_alerts(&obs, 1, Duration::from_secs(10))[0], closed_at);
 
     // The process closes it: resolved, once.
     server.ok("close");
     let resolved_from = now_us();
     let both = wait_alerts(&obs, 2, Duration::from_secs(10));
-    let r = &both[1];
-    check_common(r, "close_wait_stuck", "resolved");
-    assert_eq!(field(r, "process.pid"), server.pid, "{r}");
-    assert_eq!(field(r, "anomaly.observed"), 0, "{r}");
-    assert_eq!(field(r, "anomaly.peak"), 1, "{r}");
-    let after = parse_ts(field(r, "@timestamp").as_str().expect("ts")) - resolved_from;
-    assert!(
-        after < 2_500_000,
-        "resolved {after} µs after the close: {r}"
-    );
-
-    std::thread::sleep(Duration::from_millis(1500));
-    let stopped = obs.stop();
-    stopped.assert_clean();
-    let alerts = stopped.dataset(ANOMALY);
-    assert_eq!(alerts.len(), 2, "no flapping: {alerts:#?}");
+    stuck.check_resolved(&both[1], resolved_from);
     // The sample is the server's socket: its record names the same uid.
-    let server_record = stopped
-        .dataset("observer.connection")
-        .into_iter()
-        .find(|c| field(c, "conn.role") == "server")
-        .expect("server record");
-    assert_eq!(
-        field(a, "conn.uids"),
-        &json!([field(&server_record, "conn.uid")]),
-        "{a}"
-    );
-    recording.assert_replays(&alerts);
+    finish_stuck(obs, &recording, &both, "server");
 }
 
 #[test]

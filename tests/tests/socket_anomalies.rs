@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use observer_tests::{
     NetNs, Peer,
-    anomaly::{ANOMALY, Recording, check_common, wait_alerts},
+    anomaly::{ANOMALY, Recording, StuckSocket, check_common, finish_stuck, wait_alerts},
     field, now_us, parse_ts, privileged, sh, wait_for,
 };
 use serde_json::{Value, json};
@@ -203,64 +203,23 @@ fn fin_wait_2_stuck_names_the_process_and_resolves_when_the_peer_closes() {
     let shut_at = now_us();
     ns.wait_tcp_state(cport, "fin-wait-2");
 
-    let fired = wait_alerts(&obs, 1, Duration::from_secs(10));
-    let a = &fired[0];
-    check_common(a, "fin_wait_2_stuck", "firing");
-    assert_eq!(field(a, "process.pid"), client.pid, "{a}");
-    assert_eq!(field(a, "process.name"), "obs-fw-client", "{a}");
-    assert_eq!(field(a, "anomaly.observed"), 1, "{a}");
-    assert_eq!(field(a, "anomaly.threshold"), 1, "default min: {a}");
-    assert_eq!(field(a, "anomaly.window_s"), 2, "{a}");
-    assert_eq!(
-        field(a, "anomaly.peers"),
-        &json!([format!("127.0.0.1:{port}")]),
-        "{a}"
-    );
-    assert_eq!(
-        field(a, "anomaly.listen_ports"),
-        &json!([]),
-        "a client: {a}"
-    );
-    let age = field(a, "anomaly.oldest_age_s").as_u64().expect("age");
-    assert!((2..=4).contains(&age), "{a}");
-    let after = parse_ts(field(a, "@timestamp").as_str().expect("ts")) - shut_at;
-    assert!(
-        (1_990_000..4_500_000).contains(&after),
-        "fired {after} µs after the shutdown: {a}"
-    );
+    let stuck = StuckSocket {
+        rule: "fin_wait_2_stuck",
+        pid: client.pid,
+        name: "obs-fw-client",
+        peer: format!("127.0.0.1:{port}"),
+        // A client.
+        listen_ports: json!([]),
+    };
+    stuck.check_fired(&wait_alerts(&obs, 1, Duration::from_secs(10))[0], shut_at);
 
     // The peer closes at last: the client's socket goes on to TIME_WAIT. Resolved, once.
     server.ok("close");
     let closed_at = now_us();
     let both = wait_alerts(&obs, 2, Duration::from_secs(10));
-    let r = &both[1];
-    check_common(r, "fin_wait_2_stuck", "resolved");
-    assert_eq!(field(r, "process.pid"), client.pid, "{r}");
-    assert_eq!(field(r, "anomaly.observed"), 0, "{r}");
-    assert_eq!(field(r, "anomaly.peak"), 1, "{r}");
-    let after = parse_ts(field(r, "@timestamp").as_str().expect("ts")) - closed_at;
-    assert!(
-        after < 2_500_000,
-        "resolved {after} µs after the close: {r}"
-    );
+    stuck.check_resolved(&both[1], closed_at);
     client.ok("close");
-
-    std::thread::sleep(Duration::from_millis(1500));
-    let stopped = obs.stop();
-    stopped.assert_clean();
-    let alerts = stopped.dataset(ANOMALY);
-    assert_eq!(alerts, both, "no flapping: {alerts:#?}");
-    let client_record = stopped
-        .dataset("observer.connection")
-        .into_iter()
-        .find(|c| field(c, "conn.role") == "client")
-        .expect("client record");
-    assert_eq!(
-        field(a, "conn.uids"),
-        &json!([field(&client_record, "conn.uid")]),
-        "{a}"
-    );
-    recording.assert_replays(&alerts);
+    finish_stuck(obs, &recording, &both, "client");
 }
 
 /// The time-wait sockets in the namespace, as `ss` counts them.

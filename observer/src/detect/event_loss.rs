@@ -1,6 +1,7 @@
 //! `event_loss`: the observer's own loss, from the loss records the tracker writes when the
 //! kernel's counters move (read every second). While it fires, connection records are missing
-//! or incomplete. Resolved once a whole window passes without loss.
+//! or incomplete. Fires at `count` lost events within the window; resolved once a whole window
+//! passes without loss.
 
 use std::collections::BTreeMap;
 
@@ -8,28 +9,15 @@ use serde_json::json;
 
 use super::{
     Alert, Status, Subject,
-    window::{self, Item, Windows},
+    rate::{self, Change, Rate},
+    window::Item,
 };
 use crate::track::record::{LossRecord, Losses};
 
 pub const DEFAULT_COUNT: u64 = 1;
 pub const DEFAULT_WINDOW_S: u64 = 10;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Config {
-    /// Fires at this many lost events within the window.
-    pub count: u64,
-    pub window_s: u64,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            count: DEFAULT_COUNT,
-            window_s: DEFAULT_WINDOW_S,
-        }
-    }
-}
+pub type Config = rate::CountConfig;
 
 /// Events lost outright: dropped in the ring or the kernel map, undecodable, or not kept in
 /// the open-connection table. Truncated transition lists are reported as evidence only.
@@ -41,7 +29,7 @@ fn lost(l: &Losses) -> u64 {
 pub struct Rule {
     config: Config,
     /// One subject, the observer itself.
-    loss: Windows<(), Losses>,
+    loss: Rate<(), Losses>,
 }
 
 impl Rule {
@@ -49,7 +37,7 @@ impl Rule {
     pub fn new(config: Config) -> Self {
         Self {
             config,
-            loss: Windows::new(config.window_s),
+            loss: Rate::counting(config),
         }
     }
 
@@ -63,47 +51,20 @@ impl Rule {
             weight: lost(&l.delta),
             data: l.delta,
         };
-        let window_ns = self.loss.window_ns();
-        let config = &self.config;
-        self.loss.push(
-            (),
-            item,
-            |_| (config.count, 0),
-            |status, at, s| {
-                let mut a = alert(config, window_ns, status, at, l.events, s);
-                if status == Status::Resolved {
-                    a.evidence.remove("events_delivered");
-                }
-                alerts.push(a);
-            },
-        );
+        self.loss
+            .push((), item, |ch| alert(&self.config, ch, l.events), alerts);
     }
 
     pub fn tick(&mut self, now_ns: u64, alerts: &mut Vec<Alert>) {
-        let window_ns = self.loss.window_ns();
-        let config = &self.config;
-        self.loss.tick(
-            now_ns,
-            |_| 0,
-            |at, (), subj| {
-                let mut alert = alert(config, window_ns, Status::Resolved, at, 0, subj);
-                alert.evidence.remove("events_delivered");
-                alerts.push(alert);
-            },
-        );
+        self.loss
+            .tick(now_ns, |ch| alert(&self.config, ch, 0), alerts);
     }
 }
 
-fn alert(
-    config: &Config,
-    window_ns: u64,
-    status: Status,
-    ts_ns: u64,
-    events: u64,
-    subj: &window::Subject<Losses>,
-) -> Alert {
+/// `events`: the events delivered so far, named while firing.
+fn alert(config: &Config, ch: &Change<(), Losses>, events: u64) -> Alert {
     let mut sum = Losses::default();
-    for l in subj.window.at(window_ns, ts_ns).map(|i| &i.data) {
+    for l in ch.in_window() {
         sum.ring_full += l.ring_full;
         sum.map_full += l.map_full;
         sum.transitions_truncated += l.transitions_truncated;
@@ -112,7 +73,7 @@ fn alert(
         sum.table_full += l.table_full;
     }
     let observed = lost(&sum);
-    let reason = match status {
+    let reason = match ch.status {
         Status::Firing => {
             let fix = if sum.ring_full > 0 {
                 "raise --ring-mib"
@@ -129,7 +90,8 @@ fn alert(
         }
         Status::Resolved => format!(
             "no events lost for {} s ({} lost while firing)",
-            config.window_s, subj.total
+            config.window_s,
+            ch.total()
         ),
     };
     let mut evidence = BTreeMap::new();
@@ -139,12 +101,14 @@ fn alert(
     evidence.insert("read_failed", json!(sum.read_failed));
     evidence.insert("decode_errors", json!(sum.decode_errors));
     evidence.insert("transitions_truncated", json!(sum.transitions_truncated));
-    evidence.insert("total", json!(subj.total));
-    evidence.insert("events_delivered", json!(events));
+    evidence.insert("total", json!(ch.total()));
+    if ch.status == Status::Firing {
+        evidence.insert("events_delivered", json!(events));
+    }
     Alert {
         rule: "event_loss",
-        status,
-        ts_ns,
+        status: ch.status,
+        ts_ns: ch.ts_ns,
         severity: 4,
         reason,
         subject: Subject::default(),

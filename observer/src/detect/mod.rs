@@ -10,6 +10,7 @@ pub mod close_wait;
 pub mod connect_failures;
 pub mod event_loss;
 pub mod fin_wait_2;
+pub mod rate;
 pub mod retransmit_storm;
 pub mod rst_storm;
 pub mod stuck;
@@ -56,6 +57,17 @@ pub struct Subject {
     pub netns: Option<u32>,
     pub process: Option<Process>,
     pub destination: Option<(IpAddr, u16)>,
+}
+
+impl Subject {
+    /// A destination (port 0: a remote host) in one netns, named by a process.
+    fn at(netns: u32, process: Option<Process>, destination: (IpAddr, u16)) -> Self {
+        Self {
+            netns: Some(netns),
+            process,
+            destination: Some(destination),
+        }
+    }
 }
 
 /// One alert: a rule started or stopped firing for a subject.

@@ -12,14 +12,14 @@
 //! max(floor, factor × the subject's learnt mean per window); resolved when the window's count
 //! is back to half of factor × baseline (with no baseline, a whole window without one).
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
+use std::collections::HashMap;
 
 use serde_json::json;
 
 use super::{
     Alert, SAMPLES, Status, Subject, endpoint,
-    window::{self, BASELINE_ALPHA, Item, Windows, rounded, storm_release, storm_threshold},
+    rate::{self, Change, Rate},
+    window::{Item, rounded},
 };
 use crate::track::record::{ConnRecord, Process, RecordKind, Role, Uid};
 
@@ -27,25 +27,7 @@ pub const DEFAULT_COUNT: u64 = 50;
 pub const DEFAULT_WINDOW_S: u64 = 10;
 pub const DEFAULT_FACTOR: u64 = 10;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Config {
-    /// The floor: fires at no fewer than this many retransmitted segments of one subject
-    /// within the window.
-    pub count: u64,
-    pub window_s: u64,
-    /// Fires at this many times the subject's baseline, when that is above the floor.
-    pub factor: u64,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            count: DEFAULT_COUNT,
-            window_s: DEFAULT_WINDOW_S,
-            factor: DEFAULT_FACTOR,
-        }
-    }
-}
+pub type Config = rate::StormConfig;
 
 #[derive(Debug, Clone, Copy)]
 struct Retrans {
@@ -55,13 +37,12 @@ struct Retrans {
     sent: u64,
 }
 
-/// (netns, ip, port): a local listener, or a remote host with port 0.
-type Key = (u32, IpAddr, u16);
+type Key = rate::StormKey;
 
 #[derive(Debug)]
 pub struct Rule {
     config: Config,
-    subjects: Windows<Key, Retrans>,
+    subjects: Rate<Key, Retrans>,
     /// Per open socket (cookie) that had an update record: its data retransmits and segments
     /// sent as of that record.
     seen: HashMap<u64, (u32, u32)>,
@@ -72,7 +53,7 @@ impl Rule {
     pub fn new(config: Config) -> Self {
         Self {
             config,
-            subjects: Windows::new(config.window_s).with_baseline(BASELINE_ALPHA),
+            subjects: Rate::storm(config),
             seen: HashMap::new(),
         }
     }
@@ -111,54 +92,28 @@ impl Rule {
                 sent: u64::from(sent_now.saturating_sub(sent_before)),
             },
         };
-        let window_ns = self.subjects.window_ns();
-        let config = &self.config;
-        self.subjects.push(
-            key,
-            item,
-            |s| {
-                (
-                    storm_threshold(config.count, config.factor, s.baseline.mean()),
-                    storm_release(config.factor, s.baseline.mean()),
-                )
-            },
-            |status, at, s| {
-                alerts.push(alert(config, window_ns, status, at, key, s));
-            },
-        );
+        self.subjects
+            .push(key, item, |ch| alert(&self.config, ch), alerts);
     }
 
     /// Resolves the subjects whose count fell back to their release level before `now_ns`.
     pub fn tick(&mut self, now_ns: u64, alerts: &mut Vec<Alert>) {
-        let window_ns = self.subjects.window_ns();
-        let config = &self.config;
-        self.subjects.tick(
-            now_ns,
-            |s| storm_release(config.factor, s.baseline.mean()),
-            |at, key, subj| {
-                alerts.push(alert(config, window_ns, Status::Resolved, at, *key, subj));
-            },
-        );
+        self.subjects
+            .tick(now_ns, |ch| alert(&self.config, ch), alerts);
     }
 }
 
-fn alert(
-    config: &Config,
-    window_ns: u64,
-    status: Status,
-    ts_ns: u64,
-    key: Key,
-    subj: &window::Subject<Retrans>,
-) -> Alert {
-    let in_window: Vec<&Item<Retrans>> = subj.window.at(window_ns, ts_ns).collect();
+fn alert(config: &Config, ch: &Change<Key, Retrans>) -> Alert {
+    let key = ch.key;
+    let in_window = ch.items();
     let observed: u64 = in_window.iter().map(|i| i.weight).sum();
     let sent: u64 = in_window.iter().map(|i| i.data.sent).sum();
     let mut conns: Vec<Uid> = in_window.iter().map(|i| i.data.uid).collect();
     conns.sort_unstable_by_key(|u| u.0);
     conns.dedup();
-    let process = subj.window.last().and_then(|i| i.data.process);
-    let mean = subj.baseline.mean();
-    let threshold = storm_threshold(config.count, config.factor, mean);
+    let process = ch.last().and_then(|d| d.process);
+    let mean = ch.mean();
+    let threshold = config.threshold(mean);
     let listener = key.2 != 0;
     let what = if listener {
         format!("the listener {}", endpoint((key.1, key.2)))
@@ -166,7 +121,7 @@ fn alert(
         format!("connections with {}", key.1)
     };
     let who = process.map_or_else(String::new, |p| format!(" ({} pid {})", p.name(), p.pid));
-    let reason = match status {
+    let reason = match ch.status {
         Status::Firing => format!(
             "{what}{who} retransmitted {observed} segments within {} s ({} connections, \
              {sent} segments sent; usually {:.2} retransmits per {} s): check the path to {} \
@@ -180,28 +135,20 @@ fn alert(
         Status::Resolved => format!(
             "{what} retransmitted {observed} segments within the last {} s, back to normal \
              ({} while firing)",
-            config.window_s, subj.total
+            config.window_s,
+            ch.total()
         ),
     };
-    let mut evidence = BTreeMap::new();
-    evidence.insert("scope", json!(if listener { "listener" } else { "remote" }));
+    let mut evidence = config.evidence(ch);
     evidence.insert("connections", json!(conns.len()));
     evidence.insert("segments_sent", json!(sent));
-    evidence.insert("total", json!(subj.total));
-    evidence.insert("baseline", json!(rounded(mean)));
-    evidence.insert("factor", json!(config.factor));
-    evidence.insert("floor", json!(config.count));
     Alert {
         rule: "retransmit_storm",
-        status,
-        ts_ns,
+        status: ch.status,
+        ts_ns: ch.ts_ns,
         severity: 3,
         reason,
-        subject: Subject {
-            netns: Some(key.0),
-            process,
-            destination: Some((key.1, key.2)),
-        },
+        subject: Subject::at(key.0, process, (key.1, key.2)),
         observed,
         threshold,
         window_s: config.window_s,

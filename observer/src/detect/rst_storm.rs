@@ -8,14 +8,12 @@
 //! max(floor, factor × baseline); resolved when the window's count is back to half of
 //! factor × baseline (with no baseline, once a whole window passes without a reset).
 
-use std::collections::BTreeMap;
-use std::net::IpAddr;
-
 use serde_json::json;
 
 use super::{
-    Alert, SAMPLES, Status, Subject, endpoint,
-    window::{self, BASELINE_ALPHA, Item, Windows, rounded, storm_release, storm_threshold},
+    Alert, Status, Subject, endpoint,
+    rate::{self, Change, Rate},
+    window::{Item, rounded},
 };
 use crate::track::record::{ConnRecord, Process, RecordKind, Role, Uid};
 
@@ -23,26 +21,7 @@ pub const DEFAULT_COUNT: u64 = 20;
 pub const DEFAULT_WINDOW_S: u64 = 10;
 pub const DEFAULT_FACTOR: u64 = 10;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Config {
-    /// The floor: fires at no fewer than this many reset connections of one subject within
-    /// the window.
-    pub count: u64,
-    pub window_s: u64,
-    /// Fires at this many times the subject's baseline (its learnt mean per window), when that
-    /// is above the floor.
-    pub factor: u64,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            count: DEFAULT_COUNT,
-            window_s: DEFAULT_WINDOW_S,
-            factor: DEFAULT_FACTOR,
-        }
-    }
-}
+pub type Config = rate::StormConfig;
 
 #[derive(Debug, Clone, Copy)]
 struct Reset {
@@ -52,13 +31,12 @@ struct Reset {
     received: u32,
 }
 
-/// (netns, ip, port): a local listener, or a remote host with port 0.
-type Key = (u32, IpAddr, u16);
+type Key = rate::StormKey;
 
 #[derive(Debug)]
 pub struct Rule {
     config: Config,
-    subjects: Windows<Key, Reset>,
+    subjects: Rate<Key, Reset>,
 }
 
 impl Rule {
@@ -66,7 +44,7 @@ impl Rule {
     pub fn new(config: Config) -> Self {
         Self {
             config,
-            subjects: Windows::new(config.window_s).with_baseline(BASELINE_ALPHA),
+            subjects: Rate::storm(config),
         }
     }
 
@@ -91,57 +69,33 @@ impl Rule {
                 received: c.resets_received,
             },
         };
-        let window_ns = self.subjects.window_ns();
-        let config = &self.config;
-        self.subjects.push(
-            key,
-            item,
-            |s| {
-                (
-                    storm_threshold(config.count, config.factor, s.baseline.mean()),
-                    storm_release(config.factor, s.baseline.mean()),
-                )
-            },
-            |status, at, s| {
-                alerts.push(alert(config, window_ns, status, at, key, s));
-            },
-        );
+        self.subjects
+            .push(key, item, |ch| alert(&self.config, ch), alerts);
     }
 
     /// Resolves the subjects whose count fell back to their release level before `now_ns`.
     pub fn tick(&mut self, now_ns: u64, alerts: &mut Vec<Alert>) {
-        let window_ns = self.subjects.window_ns();
-        let config = &self.config;
-        self.subjects.tick(
-            now_ns,
-            |s| storm_release(config.factor, s.baseline.mean()),
-            |at, key, subj| alerts.push(alert(config, window_ns, Status::Resolved, at, *key, subj)),
-        );
+        self.subjects
+            .tick(now_ns, |ch| alert(&self.config, ch), alerts);
     }
 }
 
-fn alert(
-    config: &Config,
-    window_ns: u64,
-    status: Status,
-    ts_ns: u64,
-    key: Key,
-    subj: &window::Subject<Reset>,
-) -> Alert {
-    let in_window: Vec<&Reset> = subj.window.at(window_ns, ts_ns).map(|i| &i.data).collect();
+fn alert(config: &Config, ch: &Change<Key, Reset>) -> Alert {
+    let key = ch.key;
+    let in_window = ch.in_window();
     let sent: u64 = in_window.iter().map(|r| u64::from(r.sent)).sum();
     let received: u64 = in_window.iter().map(|r| u64::from(r.received)).sum();
     let observed = in_window.len() as u64;
-    let process = subj.window.last().and_then(|i| i.data.process);
+    let process = ch.last().and_then(|d| d.process);
     let listener = key.2 != 0;
     let what = if listener {
         format!("connections to the listener {}", endpoint((key.1, key.2)))
     } else {
         format!("connections with {}", key.1)
     };
-    let mean = subj.baseline.mean();
-    let threshold = storm_threshold(config.count, config.factor, mean);
-    let reason = match status {
+    let mean = ch.mean();
+    let threshold = config.threshold(mean);
+    let reason = match ch.status {
         Status::Firing => format!(
             "{observed} {what} ended by a reset within {} s ({sent} RST sent, {received} \
                  received; usually {:.2} per {} s): {}",
@@ -156,44 +110,31 @@ fn alert(
         ),
         Status::Resolved if observed == 0 => format!(
             "no {what} ended by a reset for {} s ({} while firing)",
-            config.window_s, subj.total
+            config.window_s,
+            ch.total()
         ),
         Status::Resolved => format!(
             "{what} ended by a reset are back to {observed} within {} s, near the usual {:.2} \
              ({} while firing)",
             config.window_s,
             rounded(mean),
-            subj.total
+            ch.total()
         ),
     };
-    let mut evidence = BTreeMap::new();
-    evidence.insert("scope", json!(if listener { "listener" } else { "remote" }));
+    let mut evidence = config.evidence(ch);
     evidence.insert("resets_sent", json!(sent));
     evidence.insert("resets_received", json!(received));
-    evidence.insert("total", json!(subj.total));
-    evidence.insert("baseline", json!(rounded(mean)));
-    evidence.insert("factor", json!(config.factor));
-    evidence.insert("floor", json!(config.count));
     Alert {
         rule: "rst_storm",
-        status,
-        ts_ns,
+        status: ch.status,
+        ts_ns: ch.ts_ns,
         severity: 3,
         reason,
-        subject: Subject {
-            netns: Some(key.0),
-            process,
-            destination: Some((key.1, key.2)),
-        },
+        subject: Subject::at(key.0, process, (key.1, key.2)),
         observed,
         threshold,
         window_s: config.window_s,
         evidence,
-        samples: in_window
-            .iter()
-            .rev()
-            .take(SAMPLES)
-            .map(|r| r.uid)
-            .collect(),
+        samples: rate::newest(&in_window, |r| Some(r.uid)),
     }
 }

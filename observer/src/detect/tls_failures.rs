@@ -12,8 +12,9 @@ use std::net::IpAddr;
 use serde_json::json;
 
 use super::{
-    Alert, SAMPLES, Status, Subject, endpoint,
-    window::{self, Item, Windows},
+    Alert, Status, Subject, endpoint,
+    rate::{self, Change, Rate},
+    window::Item,
 };
 use crate::{
     tls::{TlsRecord, TlsRole},
@@ -23,21 +24,8 @@ use crate::{
 pub const DEFAULT_COUNT: u64 = 5;
 pub const DEFAULT_WINDOW_S: u64 = 10;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Config {
-    /// Fires at this many failed handshakes with one server within the window.
-    pub count: u64,
-    pub window_s: u64,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            count: DEFAULT_COUNT,
-            window_s: DEFAULT_WINDOW_S,
-        }
-    }
-}
+/// Fires at `count` failed handshakes with one server within the window.
+pub type Config = rate::CountConfig;
 
 #[derive(Debug, Clone)]
 struct Failure {
@@ -53,7 +41,7 @@ type Key = (u32, IpAddr, u16, bool);
 #[derive(Debug)]
 pub struct Rule {
     config: Config,
-    servers: Windows<Key, Failure>,
+    servers: Rate<Key, Failure>,
 }
 
 impl Rule {
@@ -61,7 +49,7 @@ impl Rule {
     pub fn new(config: Config) -> Self {
         Self {
             config,
-            servers: Windows::new(config.window_s),
+            servers: Rate::counting(config),
         }
     }
 
@@ -95,40 +83,22 @@ impl Rule {
                     .unwrap_or_else(|| "not established".to_owned()),
             },
         };
-        let window_ns = self.servers.window_ns();
-        let config = &self.config;
-        self.servers.push(
-            key,
-            item,
-            |_| (config.count, 0),
-            |status, at, s| alerts.push(alert(config, window_ns, status, at, key, s)),
-        );
+        self.servers
+            .push(key, item, |ch| alert(&self.config, ch), alerts);
     }
 
     /// Resolves the servers without a failure for a whole window before `now_ns`.
     pub fn tick(&mut self, now_ns: u64, alerts: &mut Vec<Alert>) {
-        let window_ns = self.servers.window_ns();
-        let config = &self.config;
-        self.servers.tick(
-            now_ns,
-            |_| 0,
-            |at, key, s| alerts.push(alert(config, window_ns, Status::Resolved, at, *key, s)),
-        );
+        self.servers
+            .tick(now_ns, |ch| alert(&self.config, ch), alerts);
     }
 }
 
-fn alert(
-    config: &Config,
-    window_ns: u64,
-    status: Status,
-    ts_ns: u64,
-    key: Key,
-    subj: &window::Subject<Failure>,
-) -> Alert {
-    let (netns, ip, port, server_end) = key;
-    let in_window: Vec<&Failure> = subj.window.at(window_ns, ts_ns).map(|i| &i.data).collect();
+fn alert(config: &Config, ch: &Change<Key, Failure>) -> Alert {
+    let (netns, ip, port, server_end) = ch.key;
+    let in_window = ch.in_window();
     let observed = in_window.len() as u64;
-    let last = subj.window.last().map(|i| &i.data);
+    let last = ch.last();
     let process = last.and_then(|f| f.process);
     let server_name = last.and_then(|f| f.server_name.clone());
     let mut errors: BTreeMap<&str, u64> = BTreeMap::new();
@@ -144,7 +114,7 @@ fn alert(
     } else {
         format!("{observed} TLS handshakes to {server}{named} failed")
     };
-    let reason = match status {
+    let reason = match ch.status {
         Status::Firing => format!(
             "{what} within {} s ({}): check the certificate chain and its CA, its names and \
              dates, and the protocol versions and ciphers both ends accept",
@@ -157,36 +127,28 @@ fn alert(
         ),
         Status::Resolved => format!(
             "no failed TLS handshake with {server}{named} for {} s ({} failed while firing)",
-            config.window_s, subj.total
+            config.window_s,
+            ch.total()
         ),
     };
     let mut evidence = BTreeMap::new();
     evidence.insert("scope", json!(if server_end { "server" } else { "remote" }));
     evidence.insert("errors", json!(errors));
-    evidence.insert("total", json!(subj.total));
+    evidence.insert("total", json!(ch.total()));
     if let Some(name) = server_name {
         evidence.insert("server_name", json!(name));
     }
     Alert {
         rule: "tls_handshake_failures",
-        status,
-        ts_ns,
+        status: ch.status,
+        ts_ns: ch.ts_ns,
         severity: 3,
         reason,
-        subject: Subject {
-            netns: Some(netns),
-            process,
-            destination: Some((ip, port)),
-        },
+        subject: Subject::at(netns, process, (ip, port)),
         observed,
         threshold: config.count,
         window_s: config.window_s,
         evidence,
-        samples: in_window
-            .iter()
-            .rev()
-            .filter_map(|f| f.uid)
-            .take(SAMPLES)
-            .collect(),
+        samples: rate::newest(&in_window, |f| f.uid),
     }
 }

@@ -131,20 +131,28 @@ pub fn dump_tcp() -> Result<Vec<TcpSocket>, SockDiagError> {
 /// # Errors
 /// As [`dump_tcp`].
 pub fn dump_tcp_states(mask: u32) -> Result<Vec<TcpSocket>, SockDiagError> {
+    dump(&|family, seq| request(family, seq, mask), parse_socket)
+}
+
+/// The IPv4 then IPv6 dump that `request(family, seq)` asks for, each socket read by `parse`.
+fn dump<T>(
+    request: &dyn Fn(u16, u32) -> [u8; REQUEST_LEN],
+    parse: fn(&[u8]) -> Result<T, SockDiagError>,
+) -> Result<Vec<T>, SockDiagError> {
     let netlink = Netlink::open()?;
     let mut buffer = vec![0u8; RECV_BUFFER];
-    let mut sockets = Vec::new();
+    let mut out = Vec::new();
     for (seq, family) in [(1, AF_INET), (2, AF_INET6)] {
-        netlink.send(&request(family, seq, mask))?;
+        netlink.send(&request(family, seq))?;
         loop {
             let len = netlink.recv(&mut buffer)?;
             let datagram = buffer.get(..len).unwrap_or_default();
-            if parse_datagram(datagram, seq, family, &mut sockets)? == Flow::Done {
+            if parse_datagram(datagram, seq, family, &mut out, parse)? == Flow::Done {
                 break;
             }
         }
     }
-    Ok(sockets)
+    Ok(out)
 }
 
 /// A `SOCK_DIAG_BY_FAMILY` dump of TCP sockets of `family` in the states of `mask`, with
@@ -172,12 +180,14 @@ fn family_name(family: u16) -> &'static str {
     if family == AF_INET6 { "IPv6" } else { "IPv4" }
 }
 
-/// Appends the sockets of one datagram; `Done` once the kernel says the dump is complete.
-fn parse_datagram(
+/// Appends the sockets of one datagram, each read by `parse`; `Done` once the kernel says the
+/// dump is complete.
+fn parse_datagram<T>(
     mut rest: &[u8],
     seq: u32,
     family: u16,
-    out: &mut Vec<TcpSocket>,
+    out: &mut Vec<T>,
+    parse: fn(&[u8]) -> Result<T, SockDiagError>,
 ) -> Result<Flow, SockDiagError> {
     while !rest.is_empty() {
         let len = u32_at(rest, 0)
@@ -197,7 +207,7 @@ fn parse_datagram(
             err: io::Error::from_raw_os_error(errno.saturating_neg()),
         };
         match kind {
-            SOCK_DIAG_BY_FAMILY => out.push(parse_socket(payload)?),
+            SOCK_DIAG_BY_FAMILY => out.push(parse(payload)?),
             NLMSG_DONE => {
                 // The payload is the dump's final status (0, or a negative errno).
                 return match i32_at(payload, 0) {
@@ -218,21 +228,61 @@ fn parse_datagram(
     Ok(Flow::More)
 }
 
+/// The fixed part of an `inet_diag_msg` (`include/uapi/linux/inet_diag.h`), its ends read.
+struct DiagMsg<'a> {
+    bytes: &'a [u8; DIAG_MSG_LEN],
+    family: u16,
+    local: SocketAddr,
+    remote: SocketAddr,
+}
+
+impl<'a> DiagMsg<'a> {
+    fn parse(payload: &'a [u8]) -> Result<Self, SockDiagError> {
+        let bytes: &[u8; DIAG_MSG_LEN] = payload
+            .get(..DIAG_MSG_LEN)
+            .and_then(|m| m.try_into().ok())
+            .ok_or(SockDiagError::Malformed("inet_diag_msg cut short"))?;
+        let family = u16::from(bytes[0]);
+        if family != AF_INET && family != AF_INET6 {
+            return Err(SockDiagError::Malformed(
+                "socket of an unknown address family",
+            ));
+        }
+        Ok(Self {
+            bytes,
+            family,
+            local: socket_addr(
+                family,
+                &bytes[8..24],
+                u16::from_be_bytes([bytes[4], bytes[5]]),
+            ),
+            remote: socket_addr(
+                family,
+                &bytes[24..40],
+                u16::from_be_bytes([bytes[6], bytes[7]]),
+            ),
+        })
+    }
+
+    /// The native-order `u32` at `offset`.
+    fn u32(&self, offset: usize) -> u32 {
+        u32_at(self.bytes, offset).unwrap_or_default()
+    }
+
+    /// `idiag_inode`.
+    fn inode(&self) -> u64 {
+        u64::from(self.u32(68))
+    }
+
+    /// `idiag_cookie`: two native-order `u32`s, low first.
+    fn cookie(&self) -> u64 {
+        u64::from(self.u32(44)) | (u64::from(self.u32(48)) << 32)
+    }
+}
+
 /// One `inet_diag_msg` and its attributes.
 fn parse_socket(payload: &[u8]) -> Result<TcpSocket, SockDiagError> {
-    let msg: &[u8; DIAG_MSG_LEN] = payload
-        .get(..DIAG_MSG_LEN)
-        .and_then(|m| m.try_into().ok())
-        .ok_or(SockDiagError::Malformed("inet_diag_msg cut short"))?;
-    let family = u16::from(msg[0]);
-    if family != AF_INET && family != AF_INET6 {
-        return Err(SockDiagError::Malformed(
-            "socket of an unknown address family",
-        ));
-    }
-    let at = |offset: usize| u32_at(msg, offset).unwrap_or_default();
-    let local = socket_addr(family, &msg[8..24], u16::from_be_bytes([msg[4], msg[5]]));
-    let remote = socket_addr(family, &msg[24..40], u16::from_be_bytes([msg[6], msg[7]]));
+    let msg = DiagMsg::parse(payload)?;
     let mut tcp_info = None;
     let mut cgroup_id = None;
     let mut attrs = payload.get(DIAG_MSG_LEN..).unwrap_or_default();
@@ -251,16 +301,16 @@ fn parse_socket(payload: &[u8]) -> Result<TcpSocket, SockDiagError> {
         }
         attrs = attrs.get(align4(len)..).unwrap_or_default();
     }
-    let state = msg[1];
+    let state = msg.bytes[1];
     Ok(TcpSocket {
-        family,
-        local,
-        remote,
+        family: msg.family,
+        local: msg.local,
+        remote: msg.remote,
         state,
-        inode: u64::from(at(68)),
-        uid: at(64),
-        cookie: u64::from(at(44)) | (u64::from(at(48)) << 32),
-        timewait: msg[2] == TIMER_TIME_WAIT || state == tcp_state::TIME_WAIT,
+        inode: msg.inode(),
+        uid: msg.u32(64),
+        cookie: msg.cookie(),
+        timewait: msg.bytes[2] == TIMER_TIME_WAIT || state == tcp_state::TIME_WAIT,
         tcp_info,
         cgroup_id,
     })

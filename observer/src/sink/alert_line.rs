@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{
-    ndjson::{SCHEMA_VERSION, wall},
+    ndjson::{Head, wall},
     timefmt::Rfc3339,
 };
 use crate::detect::Alert;
@@ -61,17 +61,9 @@ struct Conn {
 }
 
 #[derive(Serialize)]
-struct Host<'a> {
-    name: &'a str,
-}
-
-#[derive(Serialize)]
 struct Line<'a> {
-    #[serde(rename = "@timestamp")]
-    timestamp: Rfc3339,
-    schema_version: &'static str,
-    event: Event,
-    host: Host<'a>,
+    #[serde(flatten)]
+    head: Head<'a, Event>,
     rule: Rule,
     anomaly: Anomaly<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -92,18 +84,19 @@ pub fn write(
     buf: &mut Vec<u8>,
 ) -> serde_json::Result<()> {
     let line = Line {
-        timestamp: Rfc3339::from_unix_ns(wall(a.ts_ns, boot_to_unix_ns)),
-        schema_version: SCHEMA_VERSION,
-        event: Event {
-            kind: "alert",
-            category: ["network"],
-            types: ["info"],
-            dataset: "observer.anomaly",
-            action: a.status.as_str(),
-            severity: a.severity,
-            reason: a.reason.clone(),
-        },
-        host: Host { name: host },
+        head: Head::new(
+            Rfc3339::from_unix_ns(wall(a.ts_ns, boot_to_unix_ns)),
+            Event {
+                kind: "alert",
+                category: ["network"],
+                types: ["info"],
+                dataset: "observer.anomaly",
+                action: a.status.as_str(),
+                severity: a.severity,
+                reason: a.reason.clone(),
+            },
+            host,
+        ),
         rule: Rule { id: a.rule },
         anomaly: Anomaly {
             status: a.status.as_str(),

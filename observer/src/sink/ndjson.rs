@@ -25,6 +25,28 @@ struct Host<'a> {
     name: &'a str,
 }
 
+/// What the anomaly and TLS lines open with: `@timestamp`, `schema_version`, `event.*` and
+/// `host.name`; flattened into each line, so it serialises byte for byte as if written there.
+#[derive(Serialize)]
+pub(super) struct Head<'a, E> {
+    #[serde(rename = "@timestamp")]
+    timestamp: Rfc3339,
+    schema_version: &'static str,
+    event: E,
+    host: Host<'a>,
+}
+
+impl<'a, E> Head<'a, E> {
+    pub(super) fn new(timestamp: Rfc3339, event: E, host: &'a str) -> Self {
+        Self {
+            timestamp,
+            schema_version: SCHEMA_VERSION,
+            event,
+            host: Host { name: host },
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct EventFields {
     kind: &'static str,

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use super::{
-    ndjson::{SCHEMA_VERSION, wall},
+    ndjson::{Head, wall},
     timefmt::Rfc3339,
 };
 use crate::{
@@ -115,17 +115,9 @@ struct End {
 }
 
 #[derive(Serialize)]
-struct Host<'a> {
-    name: &'a str,
-}
-
-#[derive(Serialize)]
 struct Line<'a> {
-    #[serde(rename = "@timestamp")]
-    timestamp: Rfc3339,
-    schema_version: &'static str,
-    event: Event,
-    host: Host<'a>,
+    #[serde(flatten)]
+    head: Head<'a, Event>,
     conn: Conn<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     process: Option<Process<'a>>,
@@ -160,24 +152,25 @@ pub fn write(
         None => (None, None),
     };
     let line = Line {
-        timestamp: ts(r.end_ns),
-        schema_version: SCHEMA_VERSION,
-        event: Event {
-            kind: "event",
-            category: ["network"],
-            types: ["protocol"],
-            dataset: "observer.tls",
-            action: "tls_handshake",
-            outcome: if r.facts.established {
-                "success"
-            } else {
-                "failure"
+        head: Head::new(
+            ts(r.end_ns),
+            Event {
+                kind: "event",
+                category: ["network"],
+                types: ["protocol"],
+                dataset: "observer.tls",
+                action: "tls_handshake",
+                outcome: if r.facts.established {
+                    "success"
+                } else {
+                    "failure"
+                },
+                start: ts(r.start_ns),
+                end: ts(r.end_ns),
+                duration: r.end_ns.saturating_sub(r.start_ns),
             },
-            start: ts(r.start_ns),
-            end: ts(r.end_ns),
-            duration: r.end_ns.saturating_sub(r.start_ns),
-        },
-        host: Host { name: host },
+            host,
+        ),
         conn: Conn {
             uid: r.uid.as_ref().map(Uid::as_str),
             cookie: r.cookie,

@@ -115,7 +115,7 @@ fn request_asks_for_every_tcp_state_with_tcp_info() {
 #[test]
 fn replies_parse_and_malformed_ones_are_errors() {
     let mut out = Vec::new();
-    let flow = parse_datagram(&reply(1), 1, AF_INET, &mut out).expect("valid reply");
+    let flow = parse_datagram(&reply(1), 1, AF_INET, &mut out, parse_socket).expect("valid reply");
     assert_eq!(flow, Flow::Done);
     let socket = &out[0];
     assert_eq!(socket.local, "10.0.0.1:8080".parse().expect("addr"));
@@ -132,7 +132,7 @@ fn replies_parse_and_malformed_ones_are_errors() {
     // Another request's messages are skipped.
     out.clear();
     assert_eq!(
-        parse_datagram(&reply(1), 2, AF_INET, &mut out).expect("ok"),
+        parse_datagram(&reply(1), 2, AF_INET, &mut out, parse_socket).expect("ok"),
         Flow::More
     );
     assert!(out.is_empty());
@@ -140,31 +140,32 @@ fn replies_parse_and_malformed_ones_are_errors() {
     // Every truncation is an error or a shorter parse, never a panic.
     let full = reply(1);
     for len in 0..full.len() {
-        let _ = parse_datagram(&full[..len], 1, AF_INET, &mut Vec::new());
+        let _ = parse_datagram(&full[..len], 1, AF_INET, &mut Vec::new(), parse_socket);
     }
     assert!(matches!(
-        parse_datagram(&full[..100], 1, AF_INET, &mut Vec::new()),
+        parse_datagram(&full[..100], 1, AF_INET, &mut Vec::new(), parse_socket),
         Err(SockDiagError::Malformed(
             "netlink message length out of bounds"
         ))
     ));
     let short = message(SOCK_DIAG_BY_FAMILY, 1, &[2; 40]);
     assert!(matches!(
-        parse_datagram(&short, 1, AF_INET, &mut Vec::new()),
+        parse_datagram(&short, 1, AF_INET, &mut Vec::new(), parse_socket),
         Err(SockDiagError::Malformed("inet_diag_msg cut short"))
     ));
     let mut bad_attr = vec![2u8; DIAG_MSG_LEN];
     bad_attr.extend_from_slice(&[2, 0, 2, 0]); // attribute length 2 < its own header
     let bad_attr = message(SOCK_DIAG_BY_FAMILY, 1, &bad_attr);
     assert!(matches!(
-        parse_datagram(&bad_attr, 1, AF_INET, &mut Vec::new()),
+        parse_datagram(&bad_attr, 1, AF_INET, &mut Vec::new(), parse_socket),
         Err(SockDiagError::Malformed("attribute length out of bounds"))
     ));
     let zero_len = [0u8; 16];
-    assert!(parse_datagram(&zero_len, 1, AF_INET, &mut Vec::new()).is_err());
+    assert!(parse_datagram(&zero_len, 1, AF_INET, &mut Vec::new(), parse_socket).is_err());
 
     let refused = message(NLMSG_ERROR, 1, &(-libc::ENOENT).to_ne_bytes());
-    let err = parse_datagram(&refused, 1, AF_INET6, &mut Vec::new()).expect_err("refused");
+    let err =
+        parse_datagram(&refused, 1, AF_INET6, &mut Vec::new(), parse_socket).expect_err("refused");
     assert!(
         err.to_string().contains("refused to dump IPv6 TCP sockets"),
         "{err}"
