@@ -4,6 +4,11 @@
 //! Fills the table the way a live run does — a kernel table read (`Tracked`) and a `sock_diag`
 //! listing (`SocketScan`, one holder per socket) for N connections — drops the inputs, and
 //! reports the heap the table keeps. BENCHMARKS.md quotes its output.
+#![expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_precision_loss,
+    reason = "synthetic addresses from a counter, and byte counts shown as floats"
+)]
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},

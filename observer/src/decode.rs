@@ -324,8 +324,8 @@ mod tests {
             bytes
                 .as_mut_ptr()
                 .cast::<EventHeader>()
-                .write_unaligned(header)
-        };
+                .write_unaligned(header);
+        }
         bytes[24..33].copy_from_slice(b"/bin/curl");
         let Ok(Event::Exec(e)) = decode(&bytes) else {
             panic!("not an exec: {:?}", decode(&bytes));

@@ -158,7 +158,7 @@ mod tests {
             },
             filename,
             exe: walk,
-            exe_len: exe.len() as u32,
+            exe_len: u32::try_from(exe.len()).expect("fits"),
             _pad: 0,
         }
     }

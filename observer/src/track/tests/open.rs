@@ -349,7 +349,15 @@ fn the_table_bound_counts_what_it_cannot_keep() {
     let mut t = Tracker::new([7; 16], Filter::default(), 2);
     let mut out = Vec::new();
     let sockets = (1..=3)
-        .map(|i| seen(i, ESTABLISHED, 40000 + i as u16, 80, None))
+        .map(|i| {
+            seen(
+                i,
+                ESTABLISHED,
+                40000 + u16::try_from(i).expect("small"),
+                80,
+                None,
+            )
+        })
         .collect();
     feed(&mut t, &mut out, &scan(MS, Purpose::Seed, sockets), MS);
     feed(
