@@ -227,12 +227,23 @@ impl Pipeline {
     }
 
     /// The time-wait sockets of every namespace (or of `netns`), counted now for the detectors.
-    fn time_wait_census(&mut self, netns: Option<u32>) {
-        let (census, warnings) = gather::time_wait_census(kernel::boottime_ns(), netns);
+    ///
+    /// `time_wait_pressure` weighs the census against the connection records emitted before
+    /// it, and which records are due depends on the clock of the flush. So the ring is drained
+    /// first, then everything due at the census's time is emitted, exactly as `replay` does
+    /// before a census: otherwise a live run counted the records due by its last flush (wall
+    /// time) and the replay those due by the last recorded event (a 6.12 guest, whose ring is
+    /// drained late, had 60 against 40).
+    fn time_wait_census(&mut self, netns: Option<u32>, ring: &mut Ring) -> Result<(), SinkError> {
+        drain(ring, self);
+        let ts_ns = kernel::boottime_ns();
+        let flushed = self.flush(ts_ns);
+        let (census, warnings) = gather::time_wait_census(ts_ns, netns);
         for w in warnings {
             eprintln!("observer: warning: {w}");
         }
         self.event(&Event::Fact(Box::new(Fact::TimeWait(census))));
+        flushed
     }
 
     /// Every TCP socket of the host, listed now for `purpose`; returned for a snapshot.
@@ -561,13 +572,15 @@ async fn live(
                     pipeline.table(probe, ring.get_mut());
                     last_table = Instant::now();
                 }
-                if pipeline.detector.as_ref().is_some_and(Detector::wants_time_wait)
+                let census = if pipeline.detector.as_ref().is_some_and(Detector::wants_time_wait)
                     && last_census.elapsed() >= TIME_WAIT_EVERY
                 {
-                    pipeline.time_wait_census(header.netns);
                     last_census = Instant::now();
-                }
-                pipeline.flush(kernel::boottime_ns())
+                    pipeline.time_wait_census(header.netns, ring.get_mut())
+                } else {
+                    Ok(())
+                };
+                census.and_then(|()| pipeline.flush(kernel::boottime_ns()))
             }
             _ = update_tick.tick(), if args.update_interval > 0 => {
                 pipeline.table(probe, ring.get_mut());
@@ -734,6 +747,13 @@ fn replay(args: &ReplayArgs) -> Result<()> {
     let mut last_ts = 0;
     while let Some(event) = input.next_event()? {
         last_ts = last_ts.max(event.ts_ns());
+        // What was due at a census's time is emitted before it, as the live run did.
+        if let Event::Fact(f) = &event
+            && let Fact::TimeWait(census) = &**f
+            && pipeline.flush(census.ts_ns).is_err()
+        {
+            return Ok(());
+        }
         pipeline.event(&event);
         if pipeline.flush(last_ts).is_err() {
             return Ok(());
