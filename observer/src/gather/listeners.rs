@@ -296,7 +296,11 @@ impl Listeners {
         for port in &mut sample.ports {
             let (mut syns, mut acks) = (0u64, 0u64);
             for sock in &port.sockets {
-                let c = counts.listeners.get(&sock.cookie).copied().unwrap_or_default();
+                let c = counts
+                    .listeners
+                    .get(&sock.cookie)
+                    .copied()
+                    .unwrap_or_default();
                 let mine = |m: &HashMap<(u64, u8, [u8; 8]), u64>| -> u64 {
                     m.iter()
                         .filter(|(k, _)| k.0 == sock.cookie)
@@ -443,7 +447,11 @@ mod tests {
             vec![0, 500, 1001, 1500, 1998, 2500]
         );
         for (s, n) in samples.iter().zip([0, 500, 501, 499, 498, 502]) {
-            let want = if n == 0 { vec![] } else { vec![("10.99.1.0/24", n)] };
+            let want = if n == 0 {
+                vec![]
+            } else {
+                vec![("10.99.1.0/24", n)]
+            };
             assert_eq!(source_syns(s), want, "{s:?}");
         }
         // Through the rule: every alert's SYNs equal its one prefix's SYNs.
