@@ -233,7 +233,8 @@ impl Pipeline {
     /// first, then everything due at the census's time is emitted, exactly as `replay` does
     /// before a census: otherwise a live run counted the records due by its last flush (wall
     /// time) and the replay those due by the last recorded event (a 6.12 guest, whose ring is
-    /// drained late, had 60 against 40).
+    /// drained late, had 60 against 40). Records still held then (for their peer's process)
+    /// are not counted: the alert's `closed_locally` is what it had seen.
     fn time_wait_census(&mut self, netns: Option<u32>, ring: &mut Ring) -> Result<(), SinkError> {
         drain(ring, self);
         let ts_ns = kernel::boottime_ns();
@@ -243,7 +244,8 @@ impl Pipeline {
             eprintln!("observer: warning: {w}");
         }
         self.event(&Event::Fact(Box::new(Fact::TimeWait(census))));
-        flushed
+        // Its alert goes out right after the records it counted.
+        flushed.and_then(|()| self.write())
     }
 
     /// Every TCP socket of the host, listed now for `purpose`; returned for a snapshot.
