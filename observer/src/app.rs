@@ -227,12 +227,25 @@ impl Pipeline {
     }
 
     /// The time-wait sockets of every namespace (or of `netns`), counted now for the detectors.
-    fn time_wait_census(&mut self, netns: Option<u32>) {
-        let (census, warnings) = gather::time_wait_census(kernel::boottime_ns(), netns);
+    ///
+    /// `time_wait_pressure` weighs the census against the connection records emitted before
+    /// it, and which records are due depends on the clock of the flush. So the ring is drained
+    /// first, then everything due at the census's time is emitted, exactly as `replay` does
+    /// before a census: otherwise a live run counted the records due by its last flush (wall
+    /// time) and the replay those due by the last recorded event (a 6.12 guest, whose ring is
+    /// drained late, had 60 against 40). Records still held then (for their peer's process)
+    /// are not counted: the alert's `closed_locally` is what it had seen.
+    fn time_wait_census(&mut self, netns: Option<u32>, ring: &mut Ring) -> Result<(), SinkError> {
+        drain(ring, self);
+        let ts_ns = kernel::boottime_ns();
+        let flushed = self.flush(ts_ns);
+        let (census, warnings) = gather::time_wait_census(ts_ns, netns);
         for w in warnings {
             eprintln!("observer: warning: {w}");
         }
         self.event(&Event::Fact(Box::new(Fact::TimeWait(census))));
+        // Its alert goes out right after the records it counted.
+        flushed.and_then(|()| self.write())
     }
 
     /// Every TCP socket of the host, listed now for `purpose`; returned for a snapshot.
@@ -624,16 +637,18 @@ impl Chores {
             pipeline.table(probe, ring);
             self.last_table = Instant::now();
         }
-        if pipeline
+        let census = if pipeline
             .detector
             .as_ref()
             .is_some_and(Detector::wants_time_wait)
             && self.last_census.elapsed() >= TIME_WAIT_EVERY
         {
-            pipeline.time_wait_census(self.netns);
             self.last_census = Instant::now();
-        }
-        pipeline.flush(kernel::boottime_ns())
+            pipeline.time_wait_census(self.netns, ring)
+        } else {
+            Ok(())
+        };
+        census.and_then(|()| pipeline.flush(kernel::boottime_ns()))
     }
 }
 
@@ -780,6 +795,13 @@ fn replay(args: &ReplayArgs) -> Result<()> {
     let mut last_ts = 0;
     while let Some(event) = input.next_event()? {
         last_ts = last_ts.max(event.ts_ns());
+        // What was due at a census's time is emitted before it, as the live run did.
+        if let Event::Fact(f) = &event
+            && let Fact::TimeWait(census) = &**f
+            && pipeline.flush(census.ts_ns).is_err()
+        {
+            return Ok(());
+        }
         pipeline.event(&event);
         if pipeline.flush(last_ts).is_err() {
             return Ok(());

@@ -105,10 +105,11 @@ impl Stopped {
         ] {
             assert_eq!(summary["loss"]["total"][key], 0, "loss {key} in {summary}");
         }
+        let losses = self.dataset("observer.loss");
         assert_eq!(
-            self.dataset("observer.loss").len(),
+            losses.len(),
             1,
-            "only the summary: no loss happened"
+            "only the summary: no loss happened: {losses:#?}"
         );
     }
 }

@@ -75,8 +75,13 @@ fn retransmit_storm_names_the_remote_and_process_and_resolves_when_loss_stops() 
         transfer(&mut client, &mut server, port, 60_000);
     }
     let fired = wait_alerts(&obs, 1, Duration::from_secs(10));
-    // The loss stops; clean transfers follow.
+    // The loss stops; clean transfers follow. Their zero retransmits must be the kernel's:
+    // under emulation (QEMU TCG) a slow receiver made a tail-loss probe resend a clean
+    // transfer's last segment (6.1 guest: 1 in 38 ms, srtt 2.4 ms), a real retransmission the
+    // loss never caused. `tcp_early_retrans=0` turns the probe off for them (lifecycle.rs does
+    // the same); the lossy transfers above kept it.
     ns.nft("delete table inet obs");
+    ns.sysctl("net.ipv4.tcp_early_retrans", "0");
     for _ in 0..3 {
         transfer(&mut client, &mut server, port, 60_000);
     }
@@ -262,7 +267,14 @@ fn time_wait_pressure_names_the_churning_process_against_the_port_range() {
         server.ok("wait_eof");
         server.ok("close");
     }
-    assert_eq!(time_waits(&ns), 60);
+    // The last connection's client reaches TIME_WAIT when it takes the server's FIN, which
+    // the kernel may still be delivering after the server's close() returned (a 6.1 guest
+    // under emulation counted 59 here): wait for it, up to 60 and never past.
+    let settled = wait_for(Duration::from_secs(5), "60 time-wait sockets", || {
+        let n = time_waits(&ns);
+        (n >= 60).then_some(n)
+    });
+    assert_eq!(settled, 60);
     let fired = wait_alerts(&obs, 1, Duration::from_secs(10));
     let a = &fired[0];
     check_common(a, "time_wait_pressure", "firing");
@@ -280,7 +292,6 @@ fn time_wait_pressure_names_the_churning_process_against_the_port_range() {
         "{a}"
     );
     assert_eq!(field(a, "anomaly.port_range_size"), 100, "{a}");
-    assert_eq!(field(a, "anomaly.closed_locally"), 60, "{a}");
     assert_eq!(field(a, "anomaly.window_s"), 60, "TIME_WAIT's length: {a}");
 
     // TIME_WAIT lasts 60 s; rather than wait, destroy the time-wait sockets (`ss -K`, which
@@ -324,7 +335,22 @@ fn time_wait_pressure_names_the_churning_process_against_the_port_range() {
             .all(|c| field(c, "conn.close_initiator") == "local"),
         "{clients:#?}"
     );
-    let uids: Vec<&Value> = clients
+    // The alert counts the client records emitted before it: all 60 when the census came a
+    // while after the churn, fewer when the last ones still waited for their peer's record
+    // (a 6.1 guest, whose ring is drained late: 36). It follows them in the output.
+    let at = stopped
+        .lines
+        .iter()
+        .position(|l| l == a)
+        .expect("the firing line");
+    let before: Vec<&Value> = stopped.lines[..at]
+        .iter()
+        .filter(|l| {
+            field(l, "event.dataset") == "observer.connection" && field(l, "conn.role") == "client"
+        })
+        .collect();
+    assert_eq!(field(a, "anomaly.closed_locally"), before.len(), "{a}");
+    let uids: Vec<&Value> = before
         .iter()
         .rev()
         .take(5)

@@ -270,7 +270,7 @@ fn refresh(
         .as_ref()
         .is_some_and(Detector::wants_time_wait)
     {
-        pipeline.time_wait_census(pipeline.filter.netns);
+        let _ = pipeline.time_wait_census(pipeline.filter.netns, ring);
     }
     let counters = Counters {
         ts_ns: kernel::boottime_ns(),

@@ -53,8 +53,8 @@ pub struct ListenPort {
     pub half_open: u32,
     /// SYN-ACK retransmits of those requests so far.
     pub synack_retrans: u32,
-    /// SYNs that reached its sockets since the observer attached; `None` without the
-    /// `listener_counts` program.
+    /// SYNs that reached its sockets since the observer attached, from the same read as
+    /// `sources` (gather's `SynTotal`); `None` without the `listener_counts` program.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub syns: Option<u64>,
     /// ACKs that completed (or tried to complete) a handshake since the observer attached.

@@ -130,12 +130,49 @@ fn prefix_of_bytes(family: u8, bytes: [u8; 8]) -> String {
     }
 }
 
-/// The impure side of listener samples: remembers listener owners and the previous SYN
-/// counts per source prefix.
+/// The impure side of listener samples: remembers listener owners, the previous SYN counts per
+/// source prefix, and each listening socket's SYN total.
 #[derive(Default)]
 pub struct Listeners {
     owners: HashMap<u64, Vec<Holder>>,
     previous_sources: HashMap<(u64, u8, [u8; 8]), u64>,
+    totals: HashMap<u64, SynTotal>,
+}
+
+/// One listening socket's SYN total, kept in step with its per-source counts.
+///
+/// `SYN_SOURCES` and `LISTEN_COUNTS` are two per-CPU maps, read one after the other while SYNs
+/// keep arriving, so their counts are never of the same instant: taken from each map, a
+/// window's SYNs and its sources' SYNs differed by the SYNs that landed between the reads (512
+/// against 513 in a 6.1 guest). So the total advances by what the sources gained since the
+/// previous sample, from the same read. `LISTEN_COUNTS` only makes up what the sources lost
+/// (entries the LRU evicted before they were read): a total never stays below what it had
+/// counted by the previous sample, a second earlier, since those SYNs have long reached their
+/// source entries or been evicted. So a total is a count of SYNs that arrived, at most a sample
+/// behind; the sources of a sample sum to its SYNs, or to less when entries were evicted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SynTotal {
+    syns: u64,
+    /// `LISTEN_COUNTS`' SYNs at this sample: the floor for the next one's total.
+    counted: u64,
+}
+
+impl SynTotal {
+    /// The first sample of a socket: every SYN since the program attached.
+    fn first(counted: u64, sourced: u64) -> Self {
+        Self {
+            syns: counted.max(sourced),
+            counted,
+        }
+    }
+
+    /// The next sample: `fresh` SYNs gained by its sources since the previous one.
+    fn next(self, counted: u64, fresh: u64) -> Self {
+        Self {
+            syns: self.syns.saturating_add(fresh).max(self.counted),
+            counted,
+        }
+    }
 }
 
 impl Listeners {
@@ -287,33 +324,53 @@ impl Listeners {
         by_port.into_values().collect()
     }
 
-    /// Adds the `listener_counts` program's counts: cumulative SYNs and ACKs per port (summed
-    /// over its sockets), and the SYNs per source prefix since the previous sample.
+    /// Adds the `listener_counts` program's counts: SYNs per port (its sockets' totals, see
+    /// [`SynTotal`]) and ACKs (cumulative, summed over its sockets), and the SYNs per source
+    /// prefix since the previous sample.
     fn join_counts(&mut self, sample: &mut ListenerSample, counts: &ListenCountsRead) {
+        // What each source entry gained since the previous read.
+        let mut fresh: HashMap<(u64, u8, [u8; 8]), u64> = HashMap::new();
+        for (k, &n) in &counts.sources {
+            let before = self.previous_sources.get(k).copied().unwrap_or(0);
+            // An entry the LRU evicted and made again starts over.
+            let delta = if n >= before { n - before } else { n };
+            if delta > 0 {
+                fresh.insert(*k, delta);
+            }
+        }
+        let mut totals = HashMap::with_capacity(self.totals.len());
         for port in &mut sample.ports {
-            let (mut syns, mut acks) = (0, 0);
+            let (mut syns, mut acks) = (0u64, 0u64);
             for sock in &port.sockets {
-                if let Some(c) = counts.listeners.get(&sock.cookie) {
-                    syns += c.syns;
-                    acks += c.acks;
-                }
+                let c = counts
+                    .listeners
+                    .get(&sock.cookie)
+                    .copied()
+                    .unwrap_or_default();
+                let mine = |m: &HashMap<(u64, u8, [u8; 8]), u64>| -> u64 {
+                    m.iter()
+                        .filter(|(k, _)| k.0 == sock.cookie)
+                        .map(|(_, &n)| n)
+                        .sum()
+                };
+                let total = match self.totals.get(&sock.cookie) {
+                    Some(t) => t.next(c.syns, mine(&fresh)),
+                    None => SynTotal::first(c.syns, mine(&counts.sources)),
+                };
+                totals.insert(sock.cookie, total);
+                syns = syns.saturating_add(total.syns);
+                acks = acks.saturating_add(c.acks);
             }
             port.syns = Some(syns);
             port.handshakes = Some(acks);
-            let mut fresh: BTreeMap<String, u64> = BTreeMap::new();
-            for (k, &n) in counts
-                .sources
+            let mut by_prefix: BTreeMap<String, u64> = BTreeMap::new();
+            for (k, &n) in fresh
                 .iter()
                 .filter(|(k, _)| port.sockets.iter().any(|s| s.cookie == k.0))
             {
-                let before = self.previous_sources.get(k).copied().unwrap_or(0);
-                // An entry the LRU evicted and made again starts over.
-                let delta = if n >= before { n - before } else { n };
-                if delta > 0 {
-                    *fresh.entry(prefix_of_bytes(k.1, k.2)).or_default() += delta;
-                }
+                *by_prefix.entry(prefix_of_bytes(k.1, k.2)).or_default() += n;
             }
-            for (prefix, n) in fresh {
+            for (prefix, n) in by_prefix {
                 if let Some(s) = port.sources.iter_mut().find(|s| s.prefix == prefix) {
                     s.syns = n;
                 } else {
@@ -325,13 +382,211 @@ impl Listeners {
                 }
             }
         }
+        // Closed listeners are forgotten.
+        self.totals = totals;
         self.previous_sources.clone_from(&counts.sources);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use observer_common::ListenCounts;
+
     use super::*;
+    use crate::{
+        detect::{Status, syn_flood},
+        facts::listeners::{ListenPort, ListenSock},
+    };
+
+    const COOKIE: u64 = 77;
+    const FLOOD: [u8; 8] = [10, 99, 1, 0, 0, 0, 0, 0];
+    const OTHER: [u8; 8] = [192, 0, 2, 0, 0, 0, 0, 0];
+
+    /// A listener on :8080 with nothing joined yet, at second `t`.
+    fn bare(t: u64) -> ListenerSample {
+        ListenerSample {
+            ts_ns: t * 1_000_000_000,
+            counted: true,
+            namespaces: vec![NetnsStats {
+                netns: 9,
+                syncookies: Some(2),
+                ..NetnsStats::default()
+            }],
+            ports: vec![ListenPort {
+                netns: 9,
+                port: 8080,
+                sockets: vec![ListenSock {
+                    local: "0.0.0.0:8080".parse().expect("addr"),
+                    cookie: COOKIE,
+                    queue: 0,
+                    backlog: 16,
+                    holders: Vec::new(),
+                    queued: Vec::new(),
+                }],
+                half_open: 0,
+                synack_retrans: 0,
+                syns: None,
+                handshakes: None,
+                sources: Vec::new(),
+            }],
+        }
+    }
+
+    /// One read of the two maps: `LISTEN_COUNTS`' SYNs and each source entry's SYNs.
+    fn read(counted: u64, sources: &[([u8; 8], u64)]) -> ListenCountsRead {
+        ListenCountsRead {
+            listeners: HashMap::from([(
+                COOKIE,
+                ListenCounts {
+                    syns: counted,
+                    acks: 0,
+                },
+            )]),
+            sources: sources
+                .iter()
+                .map(|&(prefix, n)| ((COOKIE, 4, prefix), n))
+                .collect(),
+        }
+    }
+
+    /// Joins each read into its second's sample.
+    fn joined(reads: &[ListenCountsRead]) -> Vec<ListenerSample> {
+        let mut l = Listeners::default();
+        (0u64..)
+            .zip(reads)
+            .map(|(t, r)| {
+                let mut s = bare(t);
+                l.join_counts(&mut s, r);
+                s
+            })
+            .collect()
+    }
+
+    fn port_syns(s: &ListenerSample) -> u64 {
+        s.ports[0].syns.expect("counted")
+    }
+
+    fn source_syns(s: &ListenerSample) -> Vec<(&str, u64)> {
+        s.ports[0]
+            .sources
+            .iter()
+            .map(|x| (x.prefix.as_str(), x.syns))
+            .collect()
+    }
+
+    /// A steady flood from one /24, with the two maps read at different instants: the sources
+    /// read 1 ahead of `LISTEN_COUNTS` at t=2 (a SYN between the reads, as in the 6.1 guest's
+    /// 512 against 513), 2 behind at t=4 (SYNs still between the program's two updates), level
+    /// elsewhere. Taken from each map, the window ending at t=4 had 1500 SYNs and 1498 from the
+    /// flood's prefix, the one ending at t=5 1500 and 1499.
+    #[test]
+    fn a_windows_syns_and_its_sources_come_from_one_read() {
+        let samples = joined(&[
+            read(0, &[]),
+            read(500, &[(FLOOD, 500)]),
+            read(1000, &[(FLOOD, 1001)]),
+            read(1500, &[(FLOOD, 1500)]),
+            read(2000, &[(FLOOD, 1998)]),
+            read(2500, &[(FLOOD, 2500)]),
+        ]);
+        assert_eq!(
+            samples.iter().map(port_syns).collect::<Vec<_>>(),
+            vec![0, 500, 1001, 1500, 1998, 2500]
+        );
+        for (s, n) in samples.iter().zip([0, 500, 501, 499, 498, 502]) {
+            let want = if n == 0 {
+                vec![]
+            } else {
+                vec![("10.99.1.0/24", n)]
+            };
+            assert_eq!(source_syns(s), want, "{s:?}");
+        }
+        // Through the rule: every alert's SYNs equal its one prefix's SYNs.
+        let mut rule = syn_flood::Rule::new(syn_flood::Config {
+            window_s: 3,
+            ..syn_flood::Config::default()
+        });
+        let mut alerts = Vec::new();
+        for s in &samples {
+            rule.sample(s, &mut alerts);
+        }
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        let a = &alerts[0];
+        assert_eq!((a.status, a.ts_ns), (Status::Firing, 1_000_000_000));
+        assert_eq!(a.evidence["syns"], 500);
+        assert_eq!(
+            a.evidence["sources"],
+            serde_json::json!([{"prefix": "10.99.1.0/24", "syns": 500, "half_open": 0}])
+        );
+        // Every window, not only the first alert's: the windows of 3 s ending at t=3..=5.
+        for last in 3..samples.len() {
+            let first = last - 3;
+            let syns = port_syns(&samples[last]) - port_syns(&samples[first]);
+            let sourced: u64 = samples[first + 1..=last]
+                .iter()
+                .flat_map(|s| s.ports[0].sources.iter().map(|x| x.syns))
+                .sum();
+            assert_eq!(sourced, syns, "window ending at t={last}");
+        }
+    }
+
+    /// Source entries the LRU evicted before they were read. A few: their SYNs are missing
+    /// from the total too (it stays a count of SYNs that arrived, never more). Many (a flood
+    /// from random sources): the total keeps up with what `LISTEN_COUNTS` had counted a sample
+    /// earlier, and the sources, a sample then, sum to less than the SYNs.
+    #[test]
+    fn syns_of_evicted_sources_keep_the_total_at_most_a_sample_behind() {
+        let counted = [0, 100, 235, 1335, 2335];
+        let samples = joined(&[
+            read(counted[0], &[]),
+            read(counted[1], &[(FLOOD, 60), (OTHER, 40)]),
+            // OTHER's entry evicted with 30 SYNs unread, then made again by 5 more.
+            read(counted[2], &[(FLOOD, 160), (OTHER, 5)]),
+            // 1000 SYNs from 1000 other prefixes, each entry evicted before a read.
+            read(counted[3], &[(FLOOD, 260), (OTHER, 5)]),
+            read(counted[4], &[(FLOOD, 360), (OTHER, 5)]),
+        ]);
+        assert_eq!(
+            samples.iter().map(port_syns).collect::<Vec<_>>(),
+            vec![0, 100, 205, 305, 1335]
+        );
+        assert_eq!(
+            source_syns(&samples[2]),
+            vec![("10.99.1.0/24", 100), ("192.0.2.0/24", 5)]
+        );
+        assert_eq!(source_syns(&samples[4]), vec![("10.99.1.0/24", 100)]);
+        for t in 1..samples.len() {
+            assert!(port_syns(&samples[t]) >= counted[t - 1], "t={t}");
+            let gained = port_syns(&samples[t]) - port_syns(&samples[t - 1]);
+            let sourced: u64 = samples[t].ports[0].sources.iter().map(|x| x.syns).sum();
+            assert!(sourced <= gained, "t={t}: {sourced} > {gained}");
+        }
+    }
+
+    #[test]
+    fn a_syn_total_follows_its_sources_and_never_falls_behind_the_listener_count() {
+        // (previous total, previous count), count now, fresh SYNs of its sources → total.
+        let cases = [
+            ((0, 0), 10, 10, 10),
+            ((10, 10), 19, 10, 20),
+            ((20, 19), 30, 9, 29),
+            // 30 counted by the previous sample, 25 seen: 5 lost to the LRU.
+            ((20, 30), 40, 5, 30),
+            ((7, 0), 0, 0, 7),
+        ];
+        for ((syns, counted), now, fresh, want) in cases {
+            assert_eq!(
+                SynTotal { syns, counted }.next(now, fresh),
+                SynTotal {
+                    syns: want,
+                    counted: now
+                },
+                "{syns} {counted} {now} {fresh}"
+            );
+        }
+        assert_eq!(SynTotal::first(10, 12).syns, 12);
+        assert_eq!(SynTotal::first(12, 10).syns, 12);
+    }
 
     #[test]
     fn reads_tcp_ext_counters() {
