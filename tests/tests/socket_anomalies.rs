@@ -56,7 +56,7 @@ fn retransmit_storm_names_the_remote_and_process_and_resolves_when_loss_stops() 
             "--retransmit-storm",
             "10",
             "--retransmit-storm-window",
-            "3",
+            "10",
         ],
     );
     let mut server = Peer::spawn(&ns, "obs-rt-server");
@@ -74,7 +74,7 @@ fn retransmit_storm_names_the_remote_and_process_and_resolves_when_loss_stops() 
     for _ in 0..6 {
         transfer(&mut client, &mut server, port, 60_000);
     }
-    let fired = wait_alerts(&obs, 1, Duration::from_secs(10));
+    let fired = wait_alerts(&obs, 1, Duration::from_secs(15));
     // The loss stops; clean transfers follow. Their zero retransmits must be the kernel's:
     // under emulation (QEMU TCG) a slow receiver made a tail-loss probe resend a clean
     // transfer's last segment (6.1 guest: 1 in 38 ms, srtt 2.4 ms), a real retransmission the
@@ -85,7 +85,8 @@ fn retransmit_storm_names_the_remote_and_process_and_resolves_when_loss_stops() 
     for _ in 0..3 {
         transfer(&mut client, &mut server, port, 60_000);
     }
-    let both = wait_alerts(&obs, 2, Duration::from_secs(10));
+    // Resolved a whole window (10 s) after the last lossy record.
+    let both = wait_alerts(&obs, 2, Duration::from_secs(25));
     assert_eq!(both[0], fired[0]);
     std::thread::sleep(Duration::from_millis(1500));
     let stopped = obs.stop();
@@ -111,8 +112,11 @@ fn retransmit_storm_names_the_remote_and_process_and_resolves_when_loss_stops() 
         clients[6..].iter().all(|c| data_retransmits(c) == 0),
         "clean after the rule went: {clients:#?}"
     );
-    // The record that crossed 10 within 3 s fires; the window then holds those of the last 3 s.
-    let window_us = 3_000_000;
+    // The record that crossed 10 within 10 s fires; the window then holds those of the last
+    // 10 s. (A window of 10 s, not less: on a busy machine a lossy transfer stalled by
+    // retransmission timeouts ended more than 3 s after the previous one, and a 3 s storm
+    // resolved and fired again between them.)
+    let window_us = 10_000_000;
     let (at, in_window) = (0..lossy.len())
         .find_map(|i| {
             let end = end_us(lossy[i]);
@@ -142,7 +146,7 @@ fn retransmit_storm_names_the_remote_and_process_and_resolves_when_loss_stops() 
     assert_eq!(field(a, "anomaly.floor"), 10, "{a}");
     assert_eq!(field(a, "anomaly.factor"), 10, "default factor: {a}");
     assert_eq!(field(a, "anomaly.baseline"), 0.0, "{a}");
-    assert_eq!(field(a, "anomaly.window_s"), 3, "{a}");
+    assert_eq!(field(a, "anomaly.window_s"), 10, "{a}");
     assert_eq!(field(a, "anomaly.connections"), in_window.len(), "{a}");
     let sent: u64 = in_window
         .iter()
