@@ -52,8 +52,8 @@ enum Task {
     /// Bootstrap, unit tests, build, then the privileged integration tests on this host's kernel
     /// and on each kernel of the matrix (Debian's cloud kernels under QEMU, software emulation)
     Test {
-        /// Kernel series to boot under QEMU, newest Debian cloud kernel of each (e.g. 6.1,6.12;
-        /// none by default, see docs/kernels.md)
+        /// Kernel series to boot under QEMU, newest Debian cloud kernel of each (see
+        /// docs/kernels.md)
         #[arg(long, value_name = "SERIES,...", default_value = vm::DEFAULT_SERIES)]
         kernels: String,
         /// Run on this host's kernel only (no QEMU)
