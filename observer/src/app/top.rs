@@ -84,7 +84,7 @@ fn top_pipeline(tracker: Tracker, detect: &detect::Config) -> Result<Pipeline> {
     let boot_id = tracker.boot_id();
     let mut pipeline = Pipeline::new(tracker, encoder, sink, None);
     pipeline.detector = Some(Detector::new(detect).on_boot(boot_id));
-    pipeline.tally.closed_cookies = Some(Vec::new());
+    pipeline.tally.closed_conns = Some(Vec::new());
     pipeline.tally.alerts = Some(Vec::new());
     Ok(pipeline)
 }
@@ -100,8 +100,8 @@ impl Pipeline {
                 resets: tally.resets,
                 retransmits: tally.retransmits,
             },
-            closed_cookies: tally
-                .closed_cookies
+            closed: tally
+                .closed_conns
                 .as_mut()
                 .map(std::mem::take)
                 .unwrap_or_default(),
