@@ -74,7 +74,7 @@ fn bad_input_gets_a_clear_error() {
     if !privileged("bad_input_gets_a_clear_error") {
         return;
     }
-    let cases: [(&[&str], i32, &str); 6] = [
+    let cases: [(&[&str], i32, &str); 7] = [
         (
             &["run", "--output", "/nonexistent/dir/out.ndjson"],
             1,
@@ -105,10 +105,17 @@ fn bad_input_gets_a_clear_error() {
             2,
             "invalid value 'http' for '--port <PORT>'",
         ),
+        // stdout is a pipe here: nothing is drawn into it.
+        (
+            &["top"],
+            1,
+            "observer top draws on a terminal, and its stdout is not one",
+        ),
     ];
     for (args, code, message) in cases {
         let out = observer(args);
-        let (_, stderr) = text(&out);
+        let (stdout, stderr) = text(&out);
+        assert_eq!(stdout, "", "{args:?}");
         assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
         assert!(stderr.contains(message), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");

@@ -8,6 +8,7 @@
 //! through the same pipeline and read model.
 
 use std::{
+    io::IsTerminal as _,
     path::Path,
     time::{Duration, Instant},
 };
@@ -43,6 +44,12 @@ use crate::{
 /// # Errors
 /// When capture cannot start or the terminal cannot be used.
 pub fn run(args: &TopArgs) -> Result<()> {
+    if !std::io::stdout().is_terminal() {
+        anyhow::bail!(
+            "observer top draws on a terminal, and its stdout is not one: run it in a terminal; \
+             for a file or a pipe use `observer run` (NDJSON) or `observer snapshot` (a listing)"
+        );
+    }
     let (runtime, signals) = runtime()?;
     let filter = filter(&args.filters, false)?;
     let config = ProbeConfig {
