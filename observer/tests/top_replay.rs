@@ -111,33 +111,49 @@ fn row(comm: &str, local: u16, remote: u16, state: &str) -> Shown {
 }
 
 // The recording's ports (tests/data/top/README.md): the listeners, and the clients' ends.
-const DB: u16 = 39101;
-const LEAKY: u16 = 55633;
-const TLS: u16 = 37725;
-const APP_TO_DB: u16 = 33036;
-const APP_TO_LEAKY: u16 = 37878;
-const TLS_CLI: u16 = 48768;
+const DB: u16 = 45817;
+const LEAKY: u16 = 50335;
+const TLS: u16 = 53219;
+const STALLED: u16 = 33645;
+const WEB: u16 = 39521;
+const APP_TO_DB: u16 = 49434;
+const APP_TO_LEAKY: u16 = 37786;
+const TLS_CLI: u16 = 54314;
+const CROWD: [u16; 2] = [48910, 48926];
+/// spoofer's source ports, from 198.51.100.1, .2 and .3 to web.
+const SPOOFED: [u16; 3] = [40000, 40001, 40002];
 
 #[test]
 fn the_recorded_stream_fills_every_column() {
     let m = model();
     assert_eq!(m.host, "vm");
-    // Every socket of the namespace at the last listing: three listeners, two connections
-    // with both ends, the leak in CLOSE_WAIT, and app's end of it in FIN_WAIT2, orphaned (app
-    // closed it: no process holds it).
+    // Every socket of the namespace at the last listing, by state then local address: five
+    // listeners; four connections with both ends (crowd's server ends wait in stalled's accept
+    // queue: no process has them); the leak in CLOSE_WAIT, and app's end of it in FIN_WAIT2,
+    // orphaned (app closed it: no process holds it); spoofer's three half-open requests to web.
+    // churn's connections were all gone (reset).
     let all = pick(&m, "", 4, false);
     assert_eq!(
         all,
         [
             row("leaky", LEAKY, APP_TO_LEAKY, "CLOSE_WAIT"),
+            row("", STALLED, CROWD[0], "ESTABLISHED"),
+            row("", STALLED, CROWD[1], "ESTABLISHED"),
+            row("db", DB, APP_TO_DB, "ESTABLISHED"),
+            row("crowd", CROWD[0], STALLED, "ESTABLISHED"),
+            row("crowd", CROWD[1], STALLED, "ESTABLISHED"),
             row("app", APP_TO_DB, DB, "ESTABLISHED"),
             row("tls-srv", TLS, TLS_CLI, "ESTABLISHED"),
-            row("db", DB, APP_TO_DB, "ESTABLISHED"),
             row("tls-cli", TLS_CLI, TLS, "ESTABLISHED"),
             row("", APP_TO_LEAKY, LEAKY, "FIN_WAIT2"),
-            row("tls-srv", TLS, 0, "LISTEN"),
+            row("stalled", STALLED, 0, "LISTEN"),
             row("db", DB, 0, "LISTEN"),
             row("leaky", LEAKY, 0, "LISTEN"),
+            row("tls-srv", TLS, 0, "LISTEN"),
+            row("web", WEB, 0, "LISTEN"),
+            row("", WEB, SPOOFED[0], "SYN_RECV"),
+            row("", WEB, SPOOFED[1], "SYN_RECV"),
+            row("", WEB, SPOOFED[2], "SYN_RECV"),
         ]
     );
     let tls: Vec<(u16, Option<&str>, Option<&str>)> = m
@@ -168,21 +184,22 @@ fn the_recorded_stream_fills_every_column() {
         alerts,
         [
             ("connect_failures", false, "app"),
+            ("accept_queue_overflow", true, "stalled"),
             ("close_wait_stuck", true, "leaky")
         ]
     );
-    assert_eq!(m.firing(), 1);
+    assert_eq!(m.firing(), 2);
 }
 
 #[test]
 fn every_view_renders_the_recorded_stream() {
     let m = model();
     let mut ui = Ui::default();
-    check("connections", &render(&m, &mut ui, 160, 14));
+    check("connections", &render(&m, &mut ui, 160, 24));
 
     press(&mut ui, KeyCode::Char('2'));
     assert_eq!(ui.tab, Tab::Processes);
-    check("processes", &render(&m, &mut ui, 110, 12));
+    check("processes", &render(&m, &mut ui, 110, 15));
 
     press(&mut ui, KeyCode::Char('3'));
     assert_eq!(ui.tab, Tab::Anomalies);
@@ -190,6 +207,10 @@ fn every_view_renders_the_recorded_stream() {
     // The resolved alert's pane: its reason and evidence at resolution.
     type_filter(&mut ui, "state:resolved");
     check("anomalies-resolved", &render(&m, &mut ui, 160, 18));
+    // stalled's full accept queue: the connections waiting in it, by uid.
+    press(&mut ui, KeyCode::Esc);
+    type_filter(&mut ui, "comm:stalled");
+    check("anomalies-accept-queue", &render(&m, &mut ui, 160, 22));
 
     // The detail pane of the TLS client's connection.
     press(&mut ui, KeyCode::Char('1'));
@@ -246,8 +267,8 @@ fn filter_expressions_on_the_recorded_stream() {
         (
             format!("port:{DB}"),
             vec![
-                row("app", APP_TO_DB, DB, "ESTABLISHED"),
                 row("db", DB, APP_TO_DB, "ESTABLISHED"),
+                row("app", APP_TO_DB, DB, "ESTABLISHED"),
                 row("db", DB, 0, "LISTEN"),
             ],
         ),
@@ -316,5 +337,9 @@ fn filter_expressions_on_the_recorded_stream() {
     };
     assert_eq!(rules(&format!("pid:{leaky_pid}")), ["close_wait_stuck"]);
     assert_eq!(rules("comm:app"), ["connect_failures"]);
-    assert_eq!(rules("state:firing"), ["close_wait_stuck"]);
+    assert_eq!(rules("comm:stalled"), ["accept_queue_overflow"]);
+    assert_eq!(
+        rules("state:firing"),
+        ["close_wait_stuck", "accept_queue_overflow"]
+    );
 }
