@@ -126,9 +126,9 @@ struct Tally {
     closed: u64,
     resets: u64,
     retransmits: u64,
-    /// Cookies of the sockets whose closed record was written since `observer top` last
-    /// looked; `None` (not kept) for other runs.
-    closed_cookies: Option<Vec<u64>>,
+    /// The sockets whose closed record was written since `observer top` last looked; `None`
+    /// (not kept) for other runs.
+    closed_conns: Option<Vec<crate::top::feed::Closed>>,
     /// The alerts written since `observer top` last looked; `None` for other runs.
     alerts: Option<Vec<Alert>>,
 }
@@ -358,8 +358,13 @@ impl Pipeline {
                 self.tally.closed += 1;
                 self.tally.resets += u64::from(c.resets_sent + c.resets_received);
                 self.tally.retransmits += u64::from(c.retransmits.total());
-                if let Some(cookies) = &mut self.tally.closed_cookies {
-                    cookies.push(c.cookie);
+                if let Some(closed) = &mut self.tally.closed_conns {
+                    closed.push(crate::top::feed::Closed {
+                        cookie: c.cookie,
+                        pid: c.process.map(|p| p.pid),
+                        comm: c.process.map(|p| p.name().to_owned()).unwrap_or_default(),
+                        bytes: c.source.bytes + c.destination.bytes,
+                    });
                 }
             }
             // Serialising these types cannot fail.

@@ -207,7 +207,7 @@ fn every_view_renders_the_recorded_stream() {
 
     press(&mut ui, KeyCode::Char('2'));
     assert_eq!(ui.tab, Tab::Processes);
-    check("processes", &render(&m, &mut ui, 110, 15));
+    check("processes", &render(&m, &mut ui, 110, 16));
 
     press(&mut ui, KeyCode::Char('3'));
     assert_eq!(ui.tab, Tab::Anomalies);

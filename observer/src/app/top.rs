@@ -1,7 +1,7 @@
 //! `observer top`: the capture loop of `run`, feeding a read model that is drawn on a tick.
 //!
-//! The ring is drained on every wake-up and every 50 ms whatever the screen does; the model
-//! is rebuilt once per refresh (the kernel table, a counter read and a `sock_diag` listing, as
+//! The ring is drained on every wake-up and every 50 ms whatever the screen does (it is drawn
+//! by a thread of its own, `top::display`); the model is rebuilt once per refresh (the kernel table, a counter read and a `sock_diag` listing, as
 //! `observer snapshot` does), and a frame draws only the rows that fit, so a frame costs the
 //! same with 10,000 connections as with 10 (BENCHMARKS.md). The detectors run as for
 //! `run --anomalies`; their alerts fill the Anomalies view. [`replay`] feeds a recording
@@ -31,8 +31,8 @@ use crate::{
     sink::{Sink, ndjson::Encoder},
     top::{
         Screen,
+        display::{Display, Timing},
         feed::{Feed, News, Totals},
-        input::{Action, Ui},
         model::Model,
     },
     track::{Filter, Tracker},
@@ -84,7 +84,7 @@ fn top_pipeline(tracker: Tracker, detect: &detect::Config) -> Result<Pipeline> {
     let boot_id = tracker.boot_id();
     let mut pipeline = Pipeline::new(tracker, encoder, sink, None);
     pipeline.detector = Some(Detector::new(detect).on_boot(boot_id));
-    pipeline.tally.closed_cookies = Some(Vec::new());
+    pipeline.tally.closed_conns = Some(Vec::new());
     pipeline.tally.alerts = Some(Vec::new());
     Ok(pipeline)
 }
@@ -100,8 +100,8 @@ impl Pipeline {
                 resets: tally.resets,
                 retransmits: tally.retransmits,
             },
-            closed_cookies: tally
-                .closed_cookies
+            closed: tally
+                .closed_conns
                 .as_mut()
                 .map(std::mem::take)
                 .unwrap_or_default(),
@@ -207,16 +207,18 @@ async fn live(
         boot_to_unix_ns: kernel::boot_to_unix_offset_ns(),
         ..Model::default()
     };
+    let mut refreshes = Timing::default();
+    let start = Instant::now();
     refresh(
         probe,
         pipeline,
         ring.get_mut(),
         Some((&mut model, &mut feed)),
     );
+    refreshes.add(start.elapsed());
 
-    let mut screen = Screen::enter().context("cannot take the terminal (is stdout a tty?)")?;
-    let mut ui = Ui::default();
-    screen.draw(&model, &mut ui)?;
+    let screen = Screen::enter().context("cannot take the terminal (is stdout a tty?)")?;
+    let display = Display::start(screen, model.clone()).context("cannot start the screen")?;
     let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
     let mut tls_tick = tokio::time::interval(TLS_RESCAN_EVERY);
     let mut exec_ready: Vec<u32> = Vec::new();
@@ -243,40 +245,56 @@ async fn live(
                     last_table = Instant::now();
                 }
                 let _ = pipeline.flush(kernel::boottime_ns());
-                match screen.input(&mut ui)? {
-                    Action::Quit => break,
-                    Action::Redraw => screen.draw(&model, &mut ui)?,
-                    Action::None => {}
-                }
             }
             _ = refresh_tick.tick() => {
                 // Paused, the screen keeps its model, but the detectors' clock still ticks.
-                let show = (!ui.paused).then_some((&mut model, &mut feed));
-                refresh(probe, pipeline, ring.get_mut(), show);
+                let start = Instant::now();
+                let show = (!display.paused()).then_some((&mut model, &mut feed));
+                if refresh(probe, pipeline, ring.get_mut(), show) {
+                    // The rows are rebuilt at each refresh: the screen takes them.
+                    let conns = std::mem::take(&mut model.conns);
+                    display.show(Model { conns, ..model.clone() });
+                }
+                refreshes.add(start.elapsed());
                 last_table = Instant::now();
-                screen.draw(&model, &mut ui)?;
                 assert!(!test_panic, "{TEST_PANIC} is set: a deliberate panic after a refresh");
             }
             _ = tls_tick.tick(), if args.tls => {
                 let new = probe.tls_scan_all();
                 tls_attached(probe, pipeline, &new);
             }
+            () = display.quit() => break,
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
     }
-    drop(screen);
+    let frames = display.stop();
+    drain(ring.get_mut(), pipeline);
+    let values = probe.counters();
+    // After the terminal was given back: what an SRE checks before trusting the screen.
+    eprintln!(
+        "observer top: stopped: {} connections closed, {} events, {} lost in the kernel; \
+         refreshes {}; frames {}",
+        pipeline.tally.closed,
+        values[observer_common::counter::EVENTS as usize],
+        lost(&Counters { ts_ns: 0, values }),
+        refreshes.summary(),
+        frames
+            .as_ref()
+            .map_or_else(ToString::to_string, Timing::summary),
+    );
+    frames.context("the terminal")?;
     Ok(())
 }
 
 /// Reads fresh tables and counters (the detectors' clock ticks with them) and, unless the
-/// display is paused, rebuilds the model.
+/// display is paused, rebuilds the model: whether it did.
 fn refresh(
     probe: &Probe,
     pipeline: &mut Pipeline,
     ring: &mut Ring,
     show: Option<(&mut Model, &mut Feed)>,
-) {
+) -> bool {
     pipeline.table(probe, ring);
     let listeners = pipeline.listeners(probe, ring);
     if pipeline
@@ -293,13 +311,14 @@ fn refresh(
     pipeline.event(&Event::Counters(counters));
     let Some((model, feed)) = show else {
         let _ = pipeline.flush(counters.ts_ns);
-        return;
+        return false;
     };
     if let Some(sample) = listeners {
         show_listeners(feed, model, &sample, pipeline.filter.port);
     }
     let Some(scan) = pipeline.scan(Purpose::Snapshot, ring) else {
-        return;
+        return false;
     };
     pipeline.refresh_model(&scan, feed, model, lost(&counters));
+    true
 }

@@ -77,6 +77,12 @@ impl Conn {
         state_name(self.state)
     }
 
+    /// Payload bytes received and sent.
+    #[must_use]
+    pub fn bytes(&self) -> u64 {
+        self.bytes_in.unwrap_or(0) + self.bytes_out.unwrap_or(0)
+    }
+
     /// The negotiated TLS version ("1.3"), once the server's hello was seen.
     #[must_use]
     pub fn tls_version(&self) -> Option<&'static str> {
@@ -111,13 +117,26 @@ pub struct Model {
     /// Events the kernel could not deliver (ring or map full) since start.
     pub lost: u64,
     pub conns: Vec<Conn>,
+    /// New connections and payload bytes per second, by owner, over the last refresh interval.
+    pub owner_rates: Vec<OwnerRate>,
     /// Alerts firing or recently resolved, as the detectors raised them.
     pub anomalies: Vec<Anomaly>,
     pub listeners: Vec<super::listeners::Listener>,
 }
 
+/// One owner's rates over the last refresh interval.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OwnerRate {
+    pub pid: Option<u32>,
+    pub comm: String,
+    /// Connections opened (or opened and closed) per second.
+    pub new_per_s: f64,
+    /// Payload bytes, received and sent, per second.
+    pub bytes_per_s: f64,
+}
+
 /// One process in the Processes view.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Proc {
     pub pid: Option<u32>,
     pub comm: String,
@@ -131,6 +150,8 @@ pub struct Proc {
     pub retransmits: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    pub new_per_s: f64,
+    pub bytes_per_s: f64,
 }
 
 impl Model {
@@ -150,7 +171,8 @@ impl Model {
         counts
     }
 
-    /// The connections grouped by owner (pid and name), by pid.
+    /// The connections grouped by owner (pid and name), by pid, with their rates; an owner
+    /// whose connections all closed within the last interval has a row of rates alone.
     #[must_use]
     pub fn processes(&self) -> Vec<Proc> {
         let mut by: BTreeMap<(Option<u32>, &str), Proc> = BTreeMap::new();
@@ -171,6 +193,15 @@ impl Model {
             p.retransmits += u64::from(c.retransmits.unwrap_or(0));
             p.bytes_in += c.bytes_in.unwrap_or(0);
             p.bytes_out += c.bytes_out.unwrap_or(0);
+        }
+        for r in &self.owner_rates {
+            let p = by.entry((r.pid, r.comm.as_str())).or_insert_with(|| Proc {
+                pid: r.pid,
+                comm: r.comm.clone(),
+                ..Proc::default()
+            });
+            p.new_per_s = r.new_per_s;
+            p.bytes_per_s = r.bytes_per_s;
         }
         by.into_values().collect()
     }

@@ -14,10 +14,11 @@ pub const CONN_COLUMNS: [&str; 13] = [
 ];
 
 /// The columns of the Processes view, in screen order.
-pub const PROC_COLUMNS: [&str; 10] = [
+pub const PROC_COLUMNS: [&str; 12] = [
     "PID",
     "COMM",
     "CONNS",
+    "NEW/s",
     "ESTAB",
     "LISTEN",
     "CLOSE_WAIT",
@@ -25,6 +26,7 @@ pub const PROC_COLUMNS: [&str; 10] = [
     "OTHER",
     "RETX",
     "RX+TX",
+    "BYTES/s",
 ];
 
 /// The columns of the Anomalies view, in screen order.
@@ -195,13 +197,15 @@ pub fn cmp_proc(a: &Proc, b: &Proc, col: usize) -> Ordering {
         0 => a.pid.cmp(&b.pid),
         1 => a.comm.cmp(&b.comm),
         2 => a.total.cmp(&b.total),
-        3 => a.established.cmp(&b.established),
-        4 => a.listen.cmp(&b.listen),
-        5 => a.close_wait.cmp(&b.close_wait),
-        6 => a.time_wait.cmp(&b.time_wait),
-        7 => a.other.cmp(&b.other),
-        8 => a.retransmits.cmp(&b.retransmits),
-        _ => (a.bytes_in + a.bytes_out).cmp(&(b.bytes_in + b.bytes_out)),
+        3 => a.new_per_s.total_cmp(&b.new_per_s),
+        4 => a.established.cmp(&b.established),
+        5 => a.listen.cmp(&b.listen),
+        6 => a.close_wait.cmp(&b.close_wait),
+        7 => a.time_wait.cmp(&b.time_wait),
+        8 => a.other.cmp(&b.other),
+        9 => a.retransmits.cmp(&b.retransmits),
+        10 => (a.bytes_in + a.bytes_out).cmp(&(b.bytes_in + b.bytes_out)),
+        _ => a.bytes_per_s.total_cmp(&b.bytes_per_s),
     };
     by.then_with(|| (a.pid, &a.comm).cmp(&(b.pid, &b.comm)))
 }

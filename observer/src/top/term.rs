@@ -1,14 +1,16 @@
 //! The real terminal: raw mode and the alternate screen, always given back — on return, on
 //! error (the guard's drop) and on panic (a hook that restores the screen and stderr before
-//! the message prints).
+//! the message prints). The screen thread (`display`) draws while capture may panic on its
+//! own thread: a frame is written under [`WRITING`], and the terminal is given back under it
+//! too, so that no frame lands on the shell's screen after it was given back.
 
 use std::{
     io::{self, Stdout},
     sync::{
-        Once,
+        Mutex, MutexGuard, Once, PoisonError, TryLockError,
         atomic::{AtomicBool, AtomicI32, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use crossterm::{
@@ -40,6 +42,46 @@ static SAVED_STDERR: AtomicI32 = AtomicI32::new(-1);
 /// Whether the terminal is ours (raw, alternate screen) and not yet given back.
 static TAKEN: AtomicBool = AtomicBool::new(false);
 
+/// Held while the terminal is written: a frame, a resize, or giving it back.
+static WRITING: Mutex<()> = Mutex::new(());
+
+thread_local! {
+    /// This thread holds [`WRITING`]: a panic while drawing must not wait for itself.
+    static HOLDS_WRITING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` on the terminal unless it was given back; `None` then.
+fn writing<R>(f: impl FnOnce() -> R) -> Option<R> {
+    let _held = WRITING.lock().unwrap_or_else(PoisonError::into_inner);
+    if !TAKEN.load(Ordering::SeqCst) {
+        return None;
+    }
+    HOLDS_WRITING.set(true);
+    let r = f();
+    HOLDS_WRITING.set(false);
+    Some(r)
+}
+
+/// [`WRITING`], waited for at most a second: a frame blocked on a stalled terminal must not
+/// keep a panicking thread from giving it back (the write would block as well, but raw mode
+/// is left by an ioctl).
+fn writing_lock() -> Option<MutexGuard<'static, ()>> {
+    if HOLDS_WRITING.get() {
+        return None;
+    }
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        match WRITING.try_lock() {
+            Ok(held) => return Some(held),
+            Err(TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(TryLockError::WouldBlock) => return None,
+        }
+    }
+}
+
 /// Gives the terminal back: cooked mode, the normal screen, the cursor, and stderr. Once: a
 /// second leave of the alternate screen (the guard's drop, unwinding after the panic hook)
 /// would move the cursor back above the panic message, and the shell would write over it.
@@ -47,6 +89,7 @@ fn restore() {
     if !TAKEN.swap(false, Ordering::SeqCst) {
         return;
     }
+    let _held = writing_lock();
     let _ = disable_raw_mode();
     let _ = execute!(io::stdout(), LeaveAlternateScreen, Show);
     let fd = SAVED_STDERR.swap(-1, Ordering::SeqCst);
@@ -94,15 +137,19 @@ impl Screen {
     /// # Errors
     /// When the terminal cannot be written.
     pub fn draw(&mut self, model: &Model, ui: &mut Ui) -> io::Result<()> {
-        self.terminal.autoresize()?;
-        self.terminal.draw(|f| view::draw(f, model, ui)).map(|_| ())
+        let terminal = &mut self.terminal;
+        writing(|| {
+            terminal.autoresize()?;
+            terminal.draw(|f| view::draw(f, model, ui)).map(|_| ())
+        })
+        .unwrap_or(Ok(()))
     }
 
-    /// Applies the keys typed since the last call, without waiting.
+    /// Applies the keys typed since the last call, waiting up to `wait` for the first.
     ///
     /// # Errors
     /// When the terminal cannot be read.
-    pub fn input(&mut self, ui: &mut Ui) -> io::Result<Action> {
+    pub fn input(&mut self, ui: &mut Ui, mut wait: Duration) -> io::Result<Action> {
         let mut action = Action::None;
         let mut resized = false;
         let mut apply = |key: KeyEvent, action: &mut Action| match ui.key(key) {
@@ -113,13 +160,15 @@ impl Screen {
             }
             Action::None => false,
         };
-        while event::poll(Duration::ZERO)? {
+        while event::poll(wait)? {
+            wait = Duration::ZERO;
             match event::read()? {
                 Event::Key(key) if key.kind != KeyEventKind::Release && apply(key, &mut action) => {
                     return Ok(Action::Quit);
                 }
                 Event::Resize(..) => {
-                    self.terminal.autoresize()?;
+                    let terminal = &mut self.terminal;
+                    writing(|| terminal.autoresize()).unwrap_or(Ok(()))?;
                     action = Action::Redraw;
                     resized = true;
                 }

@@ -10,7 +10,7 @@ use ratatui::{Terminal, backend::TestBackend};
 use super::{
     alerts::{AlertLog, RESOLVED_KEPT, RESOLVED_KEPT_NS},
     input::{Action, Tab, Ui},
-    model::{Conn, Model, Rates},
+    model::{Conn, Model, OwnerRate, Rates},
     select::{self, Filter},
     view,
 };
@@ -23,7 +23,14 @@ use crate::{
 
 const S: u64 = 1_000_000_000;
 
-fn conn(cookie: u64, pid: u32, comm: &str, local: &str, remote: &str, state: u8) -> Conn {
+pub(super) fn conn(
+    cookie: u64,
+    pid: u32,
+    comm: &str,
+    local: &str,
+    remote: &str,
+    state: u8,
+) -> Conn {
     Conn {
         cookie,
         pid: Some(pid),
@@ -147,6 +154,22 @@ fn model() -> Model {
         now_ns: NOW,
         boot_to_unix_ns: 1_790_000_000_000_000_000,
         anomalies: Vec::new(),
+        // nginx accepted 2 connections a second over the last interval; a cron job's curl
+        // opened and closed one, and holds none now.
+        owner_rates: vec![
+            OwnerRate {
+                pid: Some(100),
+                comm: "nginx".into(),
+                new_per_s: 2.0,
+                bytes_per_s: 3072.0,
+            },
+            OwnerRate {
+                pid: Some(400),
+                comm: "curl".into(),
+                new_per_s: 1.0,
+                bytes_per_s: 300.0,
+            },
+        ],
         conns: vec![
             conn(
                 1,
@@ -232,7 +255,7 @@ fn processes_view() {
     let mut ui = Ui::default();
     assert_eq!(press(&mut ui, KeyCode::Char('2')), Action::Redraw);
     assert_eq!(ui.tab, Tab::Processes);
-    let got = render(&model(), &mut ui, 100, 9);
+    let got = render(&model(), &mut ui, 110, 10);
     println!("{got}");
     assert_eq!(got, PROCESSES);
 }
@@ -318,9 +341,18 @@ fn sorting_by_column_and_reversed() {
     let procs = select::procs(m.processes(), &Filter::default(), 2, true);
     assert_eq!(procs[0].comm, "nginx");
     assert_eq!(procs[0].total, 2);
-    let by_close_wait = select::procs(m.processes(), &Filter::default(), 5, true);
+    let by_close_wait = select::procs(m.processes(), &Filter::default(), 6, true);
     assert_eq!(by_close_wait[0].comm, "python3");
     assert_eq!(by_close_wait[0].close_wait, 1);
+    // By new connections and by bytes per second, most first.
+    let pids = |col: usize| -> Vec<Option<u32>> {
+        select::procs(m.processes(), &Filter::default(), col, true)
+            .iter()
+            .map(|p| p.pid)
+            .collect()
+    };
+    assert_eq!(pids(3), [Some(100), Some(400), Some(300), Some(200)]);
+    assert_eq!(pids(11), [Some(100), Some(400), Some(300), Some(200)]);
 }
 
 #[test]
@@ -371,9 +403,15 @@ fn filter_expressions() {
     assert_eq!(ui.filter_text, "port:443", "Esc cancels the edit");
     press(&mut ui, KeyCode::Esc);
     assert!(ui.filter.is_empty(), "Esc again clears the filter");
-    // The processes view filters by pid and name.
+    // The processes view filters by pid and name: both curls, the one with rates alone too.
     let procs = select::procs(m.processes(), &Filter::parse("comm:curl"), 0, false);
-    assert_eq!(procs.len(), 1);
+    let pids: Vec<Option<u32>> = procs.iter().map(|p| p.pid).collect();
+    assert_eq!(pids, [Some(200), Some(400)]);
+    let procs = select::procs(m.processes(), &Filter::parse("pid:400"), 0, false);
+    assert_eq!(
+        (procs.len(), procs[0].total, procs[0].new_per_s),
+        (1, 0, 1.0)
+    );
 }
 
 #[test]
@@ -672,10 +710,11 @@ const PROCESSES: &str = "\
 observer top — web1  up 1h02m  new 2.0/s  closed 1.5/s  retx 0.2/s  resets 0.0/s  lost 0  firing 0
 4 sockets: CLOSE_WAIT 1 ESTABLISHED 2 LISTEN 1
  1 Connections   2 Processes   3 Anomalies   4 Listeners    sort: CONNS desc   filter: -
-PID     COMM            CONNS▼ ESTAB  LISTEN CLOSE_WAIT TIME_WAIT OTHER  RETX   RX+TX
-100     nginx           2      1      1      0          0         0      0      4.7K
-300     python3         1      0      0      1          0         0      0      6.2K
-200     curl            1      1      0      0          0         0      1      4.7K
+PID     COMM            CONNS▼ NEW/s   ESTAB  LISTEN CLOSE_WAIT TIME_WAIT OTHER  RETX   RX+TX    BYTES/s
+100     nginx           2      2.0     1      1      0          0         0      0      4.7K     3.0K
+300     python3         1      0.0     0      0      1          0         0      0      6.2K     0
+200     curl            1      0.0     1      0      0          0         0      1      4.7K     0
+400     curl            0      1.0     0      0      0          0         0      0      0        300
 
 q quit  ? help  1-4/Tab view  </> sort column  r reverse  / filter  p pause  Enter detail
 ";

@@ -19,7 +19,7 @@ use super::{
 };
 
 const CONN_WIDTHS: [u16; 13] = [7, 15, 22, 22, 11, 7, 8, 7, 7, 7, 5, 4, 24];
-const PROC_WIDTHS: [u16; 10] = [7, 15, 6, 6, 6, 10, 9, 6, 6, 8];
+const PROC_WIDTHS: [u16; 12] = [7, 15, 6, 7, 6, 6, 10, 9, 6, 6, 8, 8];
 
 /// Draws everything; clamps the selection to the rows shown.
 pub fn draw(frame: &mut Frame, model: &Model, ui: &mut Ui) {
@@ -229,6 +229,7 @@ fn proc_row(p: &Proc, selected: bool) -> Row<'static> {
             p.comm.clone()
         },
         p.total.to_string(),
+        format!("{:.1}", p.new_per_s),
         p.established.to_string(),
         p.listen.to_string(),
         p.close_wait.to_string(),
@@ -236,6 +237,12 @@ fn proc_row(p: &Proc, selected: bool) -> Row<'static> {
         p.other.to_string(),
         p.retransmits.to_string(),
         bytes(p.bytes_in + p.bytes_out),
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "a non-negative rate, shown rounded"
+        )]
+        bytes(p.bytes_per_s.round() as u64),
     ]);
     highlight(row, selected)
 }
