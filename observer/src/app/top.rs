@@ -24,7 +24,7 @@ use crate::{
     cli::{DEFAULT_MAX_CONNECTIONS, TopArgs},
     decode::{Counters, Event},
     detect::{self, Detector},
-    facts::{Fact, Purpose, SocketScan},
+    facts::{Fact, Purpose, SocketScan, listeners::ListenerSample},
     gather::Resolver,
     kernel,
     probe::{Probe, ProbeConfig},
@@ -148,6 +148,8 @@ pub fn replay(path: &Path, detect: &detect::Config) -> Result<Model> {
     );
     let mut pipeline = top_pipeline(tracker, detect)?;
     pipeline.encoder = Encoder::new(header.host.clone(), header.boot_to_unix_ns);
+    // As `run` sets it: the detectors see the listener samples of the live run's filter.
+    pipeline.filter = filter;
     let mut model = Model {
         host: header.host.clone(),
         boot_to_unix_ns: header.boot_to_unix_ns,
@@ -160,18 +162,30 @@ pub fn replay(path: &Path, detect: &detect::Config) -> Result<Model> {
         let _ = pipeline.flush(last_ts);
         match &event {
             Event::Counters(c) => lost_now = lost(c),
-            Event::Fact(f) => {
-                if let Fact::Sockets(scan) = &**f {
+            Event::Fact(f) => match &**f {
+                Fact::Sockets(scan) => {
                     let feed = feed.get_or_insert_with(|| Feed::new(scan.ts_ns));
                     if scan.purpose != Purpose::Seed {
                         pipeline.refresh_model(scan, feed, &mut model, lost_now);
                     }
                 }
-            }
+                // A sample a second, as `top` takes one a refresh (1 s unless told otherwise).
+                Fact::Listeners(sample) => {
+                    let feed = feed.get_or_insert_with(|| Feed::new(sample.ts_ns));
+                    show_listeners(feed, &mut model, sample, filter.port);
+                }
+                _ => {}
+            },
             _ => {}
         }
     }
     Ok(model)
+}
+
+/// A listener sample into the Listeners view, live and replayed: the listeners of `--port`
+/// only (the sample already holds only the `--netns` namespace's).
+fn show_listeners(feed: &mut Feed, model: &mut Model, sample: &ListenerSample, port: Option<u16>) {
+    feed.listeners(model, sample.filtered(|_, p| port.is_none_or(|q| q == p)));
 }
 
 /// A test hook, set only by `tests/tests/top.rs`: makes `observer top` panic after its first
@@ -307,8 +321,7 @@ fn refresh(
         return false;
     };
     if let Some(sample) = listeners {
-        let port = pipeline.filter.port;
-        feed.listeners(model, sample.filtered(|_, p| port.is_none_or(|q| q == p)));
+        show_listeners(feed, model, &sample, pipeline.filter.port);
     }
     let Some(scan) = pipeline.scan(Purpose::Snapshot, ring) else {
         return false;
