@@ -111,7 +111,7 @@ impl Rule {
             for sock in &port.sockets {
                 let key = (port.netns, sock.local);
                 present.push(key);
-                let full = sock.queue > 0 && sock.queue >= sock.backlog;
+                let full = sock.full();
                 let history = self.history.get(&port.netns);
                 let (overflows, _) = dropped(history);
                 if let Some(f) = self.firing.get_mut(&key) {

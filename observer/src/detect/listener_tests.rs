@@ -35,7 +35,7 @@ fn sock(port: u16, queue: u32, backlog: u32) -> ListenSock {
             comm: "server".into(),
         }],
         // Only read while the queue is full.
-        queued: if queue > 0 && queue >= backlog {
+        queued: if crate::facts::listeners::queue_full(queue, backlog) {
             vec![901, 902]
         } else {
             Vec::new()

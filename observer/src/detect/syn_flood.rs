@@ -22,7 +22,7 @@ use serde_json::json;
 
 use super::{Alert, NS, Status, Subject, endpoint};
 use crate::{
-    facts::listeners::{ListenPort, ListenerSample, NetnsStats, SOURCES},
+    facts::listeners::{ListenPort, ListenSock, ListenerSample, NetnsStats, SOURCES},
     track::record::{Process, ends_of},
 };
 
@@ -249,11 +249,7 @@ impl Rule {
             && w.unanswered.saturating_mul(100) >= self.config.ratio_pct.saturating_mul(w.syns);
         // A full accept queue drops real clients' SYNs too (they retry, unanswered): that is
         // `accept_queue_overflow`'s finding, not a flood.
-        let accept_full = !port.sockets.is_empty()
-            && port
-                .sockets
-                .iter()
-                .all(|s| s.queue > 0 && s.queue >= s.backlog);
+        let accept_full = !port.sockets.is_empty() && port.sockets.iter().all(ListenSock::full);
         let by_rate = w.counted && rate >= self.config.rate && ratio_ok && !accept_full;
         let by_half_open =
             self.config.half_open > 0 && u64::from(w.half_open) >= self.config.half_open;

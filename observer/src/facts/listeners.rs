@@ -100,6 +100,22 @@ pub struct Source {
     pub half_open: u32,
 }
 
+/// An accept queue counted as full: at its backlog or over it. The kernel drops a completed
+/// handshake only once the queue is over the backlog (`sk_acceptq_is_full`), so this is one
+/// connection early: a queue at its backlog has no room for a burst.
+#[must_use]
+pub fn queue_full(queue: u32, backlog: u32) -> bool {
+    queue > 0 && queue >= backlog
+}
+
+impl ListenSock {
+    /// Its accept queue is full ([`queue_full`]).
+    #[must_use]
+    pub fn full(&self) -> bool {
+        queue_full(self.queue, self.backlog)
+    }
+}
+
 impl ListenerSample {
     /// Only what `admits(netns, port)` keeps.
     #[must_use]

@@ -18,7 +18,9 @@ use super::holder;
 use crate::{
     facts::{
         Holder,
-        listeners::{ListenPort, ListenSock, ListenerSample, NetnsStats, SOURCES, Source},
+        listeners::{
+            ListenPort, ListenSock, ListenerSample, NetnsStats, SOURCES, Source, queue_full,
+        },
     },
     kernel::sockdiag::{self, ListenSocket},
     probe::ListenCountsRead,
@@ -38,7 +40,7 @@ fn inside() -> Inside {
     let sockets = sockdiag::dump_listeners();
     let full = sockets.as_ref().is_ok_and(|s| {
         s.iter()
-            .any(|l| l.state == tcp_state::LISTEN && l.queue > 0 && l.queue >= l.backlog)
+            .any(|l| l.state == tcp_state::LISTEN && queue_full(l.queue, l.backlog))
     });
     Inside {
         queued: if full { waiting() } else { Vec::new() },
@@ -288,7 +290,7 @@ impl Listeners {
                 queue: s.queue,
                 backlog: s.backlog,
                 holders: self.owners.get(&s.inode).cloned().unwrap_or_default(),
-                queued: if s.queue > 0 && s.queue >= s.backlog {
+                queued: if queue_full(s.queue, s.backlog) {
                     queued
                         .iter()
                         .filter(|&&(local, _)| accepted_by(s.local, local))
