@@ -356,7 +356,8 @@ fn filter_expressions_on_the_recorded_stream() {
 /// handshakes/s, overflows/s).
 type ListenerShown = (String, u16, u32, u32, String, u32, String, String);
 
-/// A row of the recording's namespace, whose overflows were 10 in the last 0.9908 s.
+/// A row of the recording's namespace, whose overflows were 10 in the last 0.9908 s, all of
+/// them stalled's (the one full queue).
 fn lrow(
     comm: &str,
     port: u16,
@@ -365,6 +366,7 @@ fn lrow(
     half_open: u32,
     handshakes: &str,
 ) -> ListenerShown {
+    let overflows = if comm == "stalled" { "10.1" } else { "0.0" };
     (
         comm.to_owned(),
         port,
@@ -373,7 +375,7 @@ fn lrow(
         syns.to_owned(),
         half_open,
         handshakes.to_owned(),
-        "10.1".to_owned(),
+        overflows.to_owned(),
     )
 }
 
@@ -504,7 +506,7 @@ fn the_listeners_view_renders_the_recorded_samples() {
     check("listeners", &render(&m, &mut ui, 110, 11));
     // Rates over the last second of samples (0.9908 s): stalled got spoofer's 10 SYNs and
     // dropped them all (queue 2 over backlog 1), web churn's 2 connections; the namespace's 10
-    // overflows show on each of its listeners.
+    // overflows are stalled's, its only full queue.
     let all = pick_listeners(&m, "", 0, false);
     assert_eq!(
         all,
@@ -516,8 +518,7 @@ fn the_listeners_view_renders_the_recorded_samples() {
             lrow("web", WEB, (0, 8), "2.0", 3, "2.0"),
         ]
     );
-    // The namespace's overflows are stalled's SYNs (shown on every row of the namespace: the
-    // kernel counts them per namespace).
+    // The namespace's overflows (the kernel counts them per namespace) are stalled's SYNs.
     let stalled = m
         .listeners
         .iter()

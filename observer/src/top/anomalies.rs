@@ -21,7 +21,8 @@ use crate::{detect::Subject, track::record::Uid};
 
 const WIDTHS: [Constraint; 9] = [
     Constraint::Length(9),
-    Constraint::Length(17),
+    // The longest rule name: tls_handshake_failures.
+    Constraint::Length(22),
     Constraint::Length(6),
     Constraint::Length(7),
     Constraint::Length(15),

@@ -1,6 +1,6 @@
 //! The Listeners view: one row per listening socket, with its accept queue against its
 //! backlog, the SYNs, half-open requests and completed handshakes of its port, and the accept
-//! queue overflows of its namespace. Rows are built from two consecutive listener samples
+//! queue overflows it had. Rows are built from two consecutive listener samples
 //! (`facts::listeners`, the same the `syn_flood` and `accept_queue_overflow` rules read); the
 //! renderer only draws them.
 
@@ -47,7 +47,10 @@ pub struct Listener {
     pub half_open: u32,
     /// Handshake-completing ACKs per second to its port.
     pub handshake_rate: Option<f64>,
-    /// Accept queue overflows per second in its namespace (`TcpExt` `ListenOverflows`).
+    /// Accept queue overflows per second. The kernel counts them per namespace (`TcpExt`
+    /// `ListenOverflows`): they are the listeners' whose queue was full at this sample or the
+    /// previous one, and 0 for the others; when none was, every listener of the namespace
+    /// shows them, since any of them may have overflowed between the samples.
     pub overflow_rate: Option<f64>,
 }
 
@@ -70,14 +73,21 @@ pub fn rows(prev: Option<&ListenerSample>, cur: &ListenerSample) -> Vec<Listener
         };
         let syn_rate = delta(port.syns, before.and_then(|b| b.syns));
         let handshake_rate = delta(port.handshakes, before.and_then(|b| b.handshakes));
-        let overflow_rate = match (
+        let netns_overflows = match (
             cur.netns(port.netns),
             prev.and_then(|p| p.netns(port.netns)),
         ) {
             (Some(n), Some(t)) => per_s(n.listen_overflows.saturating_sub(t.listen_overflows)),
             _ => None,
         };
+        let some_full = [Some(cur), prev]
+            .into_iter()
+            .flatten()
+            .any(|s| full_in(s, port.netns, None));
         for sock in &port.sockets {
+            let full =
+                sock.full() || prev.is_some_and(|p| full_in(p, port.netns, Some(sock.local)));
+            let overflow_rate = netns_overflows.map(|r| if full || !some_full { r } else { 0.0 });
             let holder = sock.holders.first();
             out.push(Listener {
                 netns: port.netns,
@@ -94,6 +104,16 @@ pub fn rows(prev: Option<&ListenerSample>, cur: &ListenerSample) -> Vec<Listener
         }
     }
     out
+}
+
+/// Whether a listener of `netns` in `sample` (the one at `local`, or any) had a full queue.
+fn full_in(sample: &ListenerSample, netns: u32, local: Option<SocketAddr>) -> bool {
+    sample
+        .ports
+        .iter()
+        .filter(|p| p.netns == netns)
+        .flat_map(|p| &p.sockets)
+        .any(|s| local.is_none_or(|l| l == s.local) && s.full())
 }
 
 impl Listener {
@@ -306,9 +326,9 @@ observer top — web1  up 10s  new 0.0/s  closed 0.0/s  retx 0.0/s  resets 0.0/s
 0 sockets:
  1 Connections   2 Processes   3 Anomalies   4 Listeners    sort: ADDRESS asc   filter: -
 ADDRESS▲               PID     COMM            QUEUE  BACKLOG  SYN/s    HALF-OPEN  HANDSHAKE/s  OVERFLOW/s
-0.0.0.0:443            100     nginx           0      511      2000.0   256        50.0         1.5
+0.0.0.0:443            100     nginx           0      511      2000.0   256        50.0         0.0
 127.0.0.1:8080         300     worker          5      4        10.0     0          10.0         1.5
-[::]:443               100     nginx           1      511      2000.0   256        50.0         1.5
+[::]:443               100     nginx           1      511      2000.0   256        50.0         0.0
 q quit  ? help  1-4/Tab view  </> sort column  r reverse  / filter  p pause  Enter detail
 ";
 
@@ -325,6 +345,24 @@ q quit  ? help  1-4/Tab view  </> sort column  r reverse  / filter  p pause  Ent
         let mut ui = Ui::default();
         ui.key(KeyEvent::new(KeyCode::Char('4'), KeyModifiers::NONE));
         assert_eq!(ui.tab, Tab::Listeners);
+        // The namespace's overflows are the full queue's (worker, 5 of backlog 4); were no
+        // queue full at either sample, they could be any listener's, and each shows them; a
+        // queue full at the previous sample only still had them.
+        let overflows = |prev_queue: u32, queue: u32| -> Vec<Option<f64>> {
+            let (prev, cur) = (sample(8, 0, 0, 7, prev_queue), sample(10, 0, 0, 10, queue));
+            rows(Some(&prev), &cur)
+                .iter()
+                .map(|l| l.overflow_rate)
+                .collect()
+        };
+        assert_eq!(overflows(5, 5), [Some(0.0), Some(0.0), Some(1.5)]);
+        assert_eq!(overflows(0, 0), [Some(1.5), Some(1.5), Some(1.5)]);
+        assert_eq!(overflows(4, 0), [Some(0.0), Some(0.0), Some(1.5)]);
+        assert_eq!(
+            rows(None, &cur)[2].overflow_rate,
+            None,
+            "no rate from one sample"
+        );
         let got = render(&model, &mut ui);
         println!("{got}");
         assert_eq!(got, LISTENERS);

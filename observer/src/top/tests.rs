@@ -674,9 +674,9 @@ const ANOMALIES: &str = "\
 observer top — web1  up 1h02m  new 2.0/s  closed 1.5/s  retx 0.2/s  resets 0.0/s  lost 0  firing 1
 4 sockets: CLOSE_WAIT 1 ESTABLISHED 2 LISTEN 1
  1 Connections   2 Processes   3 Anomalies   4 Listeners    sort: STATUS asc   filter: -
-STATUS▲   RULE              SEV    PID     COMM            DESTINATION            SINCE    OBS/THR  REASON
-FIRING    close_wait_stuck  medium 300     python3         -                      2m05s    2/1      close_wait_stuck firing
-resolved  connect_failures  medium 200     curl            10.0.0.5:5432          12m05s   2/1      connect_failures resolved
+STATUS▲   RULE                   SEV    PID     COMM            DESTINATION            SINCE    OBS/THR  REASON
+FIRING    close_wait_stuck       medium 300     python3         -                      2m05s    2/1      close_wait_stuck firing
+resolved  connect_failures       medium 200     curl            10.0.0.5:5432          12m05s   2/1      connect_failures resolved
 
 
 
