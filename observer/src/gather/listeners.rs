@@ -31,7 +31,7 @@ use crate::{
 struct Inside {
     sockets: Result<Vec<ListenSocket>, sockdiag::SockDiagError>,
     /// Connections waiting in a full accept queue: (local address, cookie).
-    queued: Vec<(SocketAddr, u64)>,
+    queued: Result<Vec<(SocketAddr, u64)>, sockdiag::SockDiagError>,
     netstat: String,
     syncookies: Option<u8>,
 }
@@ -43,7 +43,7 @@ fn inside() -> Inside {
             .any(|l| l.state == tcp_state::LISTEN && queue_full(l.queue, l.backlog))
     });
     Inside {
-        queued: if full { waiting() } else { Vec::new() },
+        queued: if full { waiting() } else { Ok(Vec::new()) },
         sockets,
         netstat: std::fs::read_to_string("/proc/thread-self/net/netstat").unwrap_or_default(),
         syncookies: std::fs::read_to_string("/proc/sys/net/ipv4/tcp_syncookies")
@@ -54,18 +54,17 @@ fn inside() -> Inside {
 
 /// The connections waiting in accept queues of the calling thread's namespace: established
 /// (or already closed by the peer) and without a socket file, which `accept()` would give
-/// them. Dumped only while some queue is full; an error leaves the alert without samples.
-fn waiting() -> Vec<(SocketAddr, u64)> {
+/// them. Dumped only while some queue is full.
+fn waiting() -> Result<Vec<(SocketAddr, u64)>, sockdiag::SockDiagError> {
     let mask = 1 << tcp_state::ESTABLISHED | 1 << tcp_state::CLOSE_WAIT;
-    let mut queued: Vec<(SocketAddr, u64)> = sockdiag::dump_tcp_states(mask)
-        .unwrap_or_default()
+    let mut queued: Vec<(SocketAddr, u64)> = sockdiag::dump_tcp_states(mask)?
         .into_iter()
         .filter(|s| s.inode == 0 && !s.timewait)
         .map(|s| (s.local, s.cookie))
         .collect();
     // A stable order for the samples (the kernel lists by hash bucket).
     queued.sort_by_key(|&(_, cookie)| cookie);
-    queued
+    Ok(queued)
 }
 
 /// Whether a connection to `local` is one `listener` accepts: the same port, and the same
@@ -230,7 +229,15 @@ impl Listeners {
                 .namespaces
                 .push(tcp_ext(&got.netstat, ns.inode, got.syncookies));
             inodes.extend(sockets.iter().map(|s| s.inode));
-            let ports = self.ports(ns.inode, &sockets, &got.queued);
+            let queued = got.queued.unwrap_or_else(|err| {
+                warnings.push(format!(
+                    "connections waiting in full accept queues of network namespace {}: {err} \
+                     (accept_queue_overflow names none of them)",
+                    ns.inode
+                ));
+                Vec::new()
+            });
+            let ports = self.ports(ns.inode, &sockets, &queued);
             sample.ports.extend(ports);
         }
         // Closed listeners' owners are forgotten; an inode may name another socket later.
