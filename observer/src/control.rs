@@ -37,7 +37,11 @@ pub fn listen(path: &Path) -> Result<tokio::net::UnixListener, ControlError> {
         path: path.display().to_string(),
         err,
     };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+    // A directory made here is root's alone; one that exists (/tmp, /run) is left as it is.
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
         fs::create_dir_all(dir).map_err(fail)?;
         let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
     }
@@ -98,4 +102,39 @@ pub fn read_request(stream: &UnixStream) -> io::Result<String> {
     let mut line = String::new();
     BufReader::new(stream).take(256).read_line(&mut line)?;
     Ok(line.trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        fs::metadata(p).expect("stat").permissions().mode() & 0o7777
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_shared_directory_keeps_its_mode_and_a_new_one_is_private() {
+        // A /tmp of our own: sticky and world-writable.
+        let shared = std::env::temp_dir().join(format!("observer-control-{}", std::process::id()));
+        fs::create_dir_all(&shared).expect("mkdir");
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).expect("chmod");
+        let in_shared = listen(&shared.join("agent.sock")).expect("listen");
+        assert_eq!(
+            mode(&shared),
+            0o1777,
+            "the existing directory is left as it was"
+        );
+        assert_eq!(mode(&shared.join("agent.sock")), 0o600);
+        let made = shared.join("made").join("here");
+        let in_made = listen(&made.join("agent.sock")).expect("listen");
+        assert_eq!(
+            mode(&made),
+            0o700,
+            "a directory made for the socket is private"
+        );
+        drop((in_shared, in_made));
+        fs::remove_dir_all(&shared).expect("cleanup");
+    }
 }
