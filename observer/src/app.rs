@@ -576,8 +576,8 @@ async fn live(
                 answer(stream, probe, pipeline, ring.get_mut());
                 pipeline.flush(kernel::boottime_ns())
             }
-            _ = sigusr1.recv() => toggle(probe, pipeline, &mut agent, false),
-            _ = sigusr2.recv() => toggle(probe, pipeline, &mut agent, true),
+            _ = sigusr1.recv() => toggle(probe, ring.get_mut(), pipeline, &mut agent, false),
+            _ = sigusr2.recv() => toggle(probe, ring.get_mut(), pipeline, &mut agent, true),
             _ = sigint.recv() => break "SIGINT",
             _ = sigterm.recv() => break "SIGTERM",
             () = &mut deadline => break "--duration elapsed",
@@ -748,6 +748,7 @@ fn tls_libraries(probe: &Probe, pipeline: &mut Pipeline) {
 /// SIGUSR2 resumes it; each writes an `observer.agent` line once done.
 fn toggle(
     probe: &mut Probe,
+    ring: &mut Ring,
     pipeline: &mut Pipeline,
     agent: &mut AgentRecord,
     resume: bool,
@@ -755,7 +756,7 @@ fn toggle(
     let done = if resume {
         probe.resume()
     } else {
-        probe.pause()
+        probe.pause(|| drain(ring, pipeline))
     };
     if let Err(err) = done {
         eprintln!(

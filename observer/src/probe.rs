@@ -351,12 +351,15 @@ impl Probe {
 
     /// Detaches every hook, so that none runs (a paused observer costs the kernel nothing), and
     /// forgets every tracked socket: after `resume` they are met again as pre-existing.
+    /// `drain` runs after each detach: one waits for the kernel's RCU grace periods (tens of
+    /// ms), while the hooks still attached keep filling the ring.
     ///
     /// # Errors
     /// A detach failure.
-    pub fn pause(&mut self) -> Result<(), ProbeError> {
+    pub fn pause(&mut self, mut drain: impl FnMut()) -> Result<(), ProbeError> {
         for link in std::mem::take(&mut self.links) {
             detach(&mut self.ebpf, link)?;
+            drain();
         }
         if let Some(tls) = &mut self.tls {
             tls.detach(&mut self.ebpf)?;
