@@ -48,8 +48,8 @@ pub struct TopArgs {
     /// Connections tracked at once (as for `run`).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
     pub max_connections: u32,
-    /// Ring buffer size in MiB (a power of two).
-    #[arg(long, value_name = "MIB", default_value_t = 1, value_parser = ring_size)]
+    /// Ring buffer size in MiB (a power of two), as for `run`.
+    #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = ring_size)]
     pub ring_mib: u32,
     /// How often the table is refreshed, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=10_000))]
@@ -112,9 +112,10 @@ pub struct RunArgs {
     /// this often; 0 turns updates off. At shutdown every open connection gets a last record.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     pub update_interval: u64,
-    /// Ring buffer size in MiB (a power of two). Small keeps it cache-warm; raise it if loss
-    /// records show `ring_full` on bursts.
-    #[arg(long, value_name = "MIB", default_value_t = 1, value_parser = ring_size)]
+    /// Ring buffer size in MiB (a power of two). 8 MiB holds some 28,000 closed sockets: a
+    /// quarter of a second at 60,000 connections/s (BENCHMARKS.md). Raise it if loss records
+    /// show `ring_full`.
+    #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = ring_size)]
     pub ring_mib: u32,
     #[arg(
         long,
