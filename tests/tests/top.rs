@@ -437,20 +437,35 @@ fn a_panic_in_top_gives_the_terminal_back_then_prints_its_message() {
     if !privileged("a_panic_in_top_gives_the_terminal_back_then_prints_its_message") {
         return;
     }
-    let ns = NetNs::new("toppanic");
+    // Rust's exit status for a panic that unwound out of main.
+    failing_top_gives_the_terminal_back("panic", 101);
+}
+
+#[test]
+fn an_error_in_top_gives_the_terminal_back_then_prints_it() {
+    if !privileged("an_error_in_top_gives_the_terminal_back_then_prints_it") {
+        return;
+    }
+    failing_top_gives_the_terminal_back("error", 1);
+}
+
+/// `observer top` made to fail (`OBSERVER_TOP_TEST_FAIL=<how>`) after its first refresh: it
+/// exits with `status`, the shell gets its normal screen, cursor and cooked mode back, and the
+/// message is printed on it: the panic's (after its `panicked at` line), or the error's.
+fn failing_top_gives_the_terminal_back(how: &str, status: i32) {
+    let ns = NetNs::new(&format!("top{how}"));
     let tmux = Tmux::start(120, 30);
     tmux.wait_line("the shell's prompt", |l| l.starts_with("PROMPT$"));
     let command = format!(
-        "RUST_BACKTRACE=0 OBSERVER_TOP_TEST_PANIC=1 {} top --refresh-ms 300 --netns {}; echo TOP-EXITED=$?",
+        "RUST_BACKTRACE=0 OBSERVER_TOP_TEST_FAIL={how} {} top --refresh-ms 300 --netns {}; echo TOP-EXITED=$?",
         bin().display(),
         ns.path().display()
     );
     tmux.keys(&[&command, "Enter"]);
-    let exited = tmux.wait_line("the shell after the panic", |l| {
+    let exited = tmux.wait_line("the shell after the failure", |l| {
         l.starts_with("TOP-EXITED=")
     });
-    // Rust's exit status for a panic that unwound out of main.
-    assert_eq!(exited.trim(), "TOP-EXITED=101");
+    assert_eq!(exited.trim(), format!("TOP-EXITED={status}"));
     assert!(!tmux.alternate_on(), "the alternate screen is left");
     assert_eq!(
         tmux.format("#{cursor_flag}"),
@@ -462,14 +477,19 @@ fn a_panic_in_top_gives_the_terminal_back_then_prints_its_message() {
     // was printed once the terminal was back (and stderr no longer pointed at /dev/null).
     let lines: Vec<&str> = screen.lines().collect();
     let at = |f: &dyn Fn(&str) -> bool| lines.iter().position(|l| f(l));
-    let command_line = at(&|l| l.starts_with("PROMPT$ RUST_BACKTRACE=0 OBSERVER_TOP_TEST_PANIC=1"))
+    let command_line = at(&|l| l.starts_with("PROMPT$ RUST_BACKTRACE=0 OBSERVER_TOP_TEST_FAIL="))
         .expect("command");
+    let wanted = format!("OBSERVER_TOP_TEST_FAIL={how}: a deliberate {how} after a refresh");
     let message =
-        at(&|l| l.contains("OBSERVER_TOP_TEST_PANIC is set: a deliberate panic after a refresh"))
-            .unwrap_or_else(|| panic!("the panic message is shown:\n{screen}"));
+        at(&|l| l.contains(&wanted)).unwrap_or_else(|| panic!("the message is shown:\n{screen}"));
     let status = at(&|l| l.starts_with("TOP-EXITED=")).expect("status");
     assert!(command_line < message && message < status, "{screen}");
-    assert!(lines[message - 1].contains("panicked at"), "{screen}");
+    if how == "panic" {
+        assert!(lines[message - 1].contains("panicked at"), "{screen}");
+    } else {
+        assert!(lines[message].starts_with("observer: error: "), "{screen}");
+        assert!(!screen.contains("panicked"), "{screen}");
+    }
     assert!(
         !screen.contains("IN-STATE"),
         "no frame left behind:\n{screen}"

@@ -188,9 +188,10 @@ fn show_listeners(feed: &mut Feed, model: &mut Model, sample: &ListenerSample, p
     feed.listeners(model, sample.filtered(|_, p| port.is_none_or(|q| q == p)));
 }
 
-/// A test hook, set only by `tests/tests/top.rs`: makes `observer top` panic after its first
-/// refresh, to check that the terminal is given back and the message is shown.
-const TEST_PANIC: &str = "OBSERVER_TOP_TEST_PANIC";
+/// A test hook, set only by `tests/tests/top.rs`: `panic` or `error` makes `observer top` fail
+/// that way after its first refresh, to check that the terminal is given back and the message
+/// is shown.
+const TEST_FAIL: &str = "OBSERVER_TOP_TEST_FAIL";
 
 async fn live(
     signals: Signals,
@@ -232,7 +233,7 @@ async fn live(
     let period = Duration::from_millis(args.refresh_ms);
     let mut refresh_tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let mut last_table = Instant::now();
-    let test_panic = std::env::var_os(TEST_PANIC).is_some();
+    let test_fail = std::env::var(TEST_FAIL).ok();
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -264,7 +265,11 @@ async fn live(
                 }
                 refreshes.add(start.elapsed());
                 last_table = Instant::now();
-                assert!(!test_panic, "{TEST_PANIC} is set: a deliberate panic after a refresh");
+                match test_fail.as_deref() {
+                    Some("panic") => panic!("{TEST_FAIL}=panic: a deliberate panic after a refresh"),
+                    Some("error") => anyhow::bail!("{TEST_FAIL}=error: a deliberate error after a refresh"),
+                    _ => {}
+                }
             }
             _ = tls_tick.tick(), if args.tls => {
                 let new = probe.tls_scan_all();
