@@ -13,6 +13,7 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
+mod chores;
 mod snapshot;
 pub mod top;
 
@@ -46,10 +47,6 @@ const COUNTERS_EVERY: Duration = Duration::from_secs(1);
 /// The least time between two reads of the kernel's socket table for records waiting for
 /// their other end.
 const TABLE_EVERY: Duration = Duration::from_millis(500);
-/// How often the kernel's socket table is read for the detectors that need it.
-const DETECT_TABLE_EVERY: Duration = Duration::from_secs(1);
-/// How often the time-wait sockets are counted for `time_wait_pressure`.
-const TIME_WAIT_EVERY: Duration = Duration::from_secs(2);
 
 /// Entry point of the binary.
 #[must_use]
@@ -518,7 +515,7 @@ async fn live(
     } = signals;
     let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
     let mut tls_tick = tokio::time::interval(TLS_RESCAN_EVERY);
-    let mut chores = Chores::new(header.netns);
+    let mut chores = chores::Chores::new(header.netns);
     let mut counter_tick = tokio::time::interval(COUNTERS_EVERY);
     let updates = Duration::from_secs(args.update_interval.max(1));
     let mut update_tick = tokio::time::interval_at(tokio::time::Instant::now() + updates, updates);
@@ -600,61 +597,6 @@ fn control_listener(path: &Path) -> Option<tokio::net::UnixListener> {
             eprintln!("observer: warning: no `observer snapshot` from this agent: {err}");
         })
         .ok()
-}
-
-/// What `run` does after each drain timer: TLS libraries of new processes, and the table
-/// reads and censuses that are due.
-struct Chores {
-    netns: Option<u32>,
-    exec_ready: Vec<u32>,
-    last_table: Instant,
-    last_census: Instant,
-}
-
-impl Chores {
-    fn new(netns: Option<u32>) -> Self {
-        Self {
-            netns,
-            exec_ready: Vec::new(),
-            last_table: Instant::now(),
-            last_census: Instant::now(),
-        }
-    }
-
-    fn drained(
-        &mut self,
-        probe: &mut Probe,
-        pipeline: &mut Pipeline,
-        ring: &mut Ring,
-    ) -> Result<(), SinkError> {
-        drain(ring, pipeline);
-        let new = probe.tls_scan_pids(&self.exec_ready);
-        self.exec_ready = std::mem::take(&mut pipeline.execs);
-        tls_attached(probe, pipeline, &new);
-        let detector_wants = pipeline
-            .detector
-            .as_ref()
-            .is_some_and(Detector::wants_table)
-            && self.last_table.elapsed() >= DETECT_TABLE_EVERY;
-        if detector_wants
-            || (pipeline.tracker.wants_table() && self.last_table.elapsed() >= TABLE_EVERY)
-        {
-            pipeline.table(probe, ring);
-            self.last_table = Instant::now();
-        }
-        let census = if pipeline
-            .detector
-            .as_ref()
-            .is_some_and(Detector::wants_time_wait)
-            && self.last_census.elapsed() >= TIME_WAIT_EVERY
-        {
-            self.last_census = Instant::now();
-            pipeline.time_wait_census(self.netns, ring)
-        } else {
-            Ok(())
-        };
-        census.and_then(|()| pipeline.flush(kernel::boottime_ns()))
-    }
 }
 
 /// The end of `run`: the last events, the final table and listing, the `stopped` line.
