@@ -511,11 +511,15 @@ pub mod counter {
     /// TLS sessions not followed because the in-flight handshake map was full.
     pub const TLS_MAP_FULL: u32 = 5;
     /// Runs of observer's programs the kernel skipped because one was already running on that
-    /// CPU (a softirq interrupting a hook, for instance): an upper bound of the events lost
-    /// that way (the first `inet_sock_set_state` program's skips are taken over by the second
-    /// and not counted). Not written by the programs: userspace reads it from the kernel's
-    /// per-program statistics (`bpf_prog_info.recursion_misses`) into the same snapshot.
+    /// CPU (a softirq interrupting a hook, for instance): events lost that way. Not written by
+    /// the programs: userspace reads the kernel's per-program statistics
+    /// (`bpf_prog_info.recursion_misses`) into the same snapshot. For the first
+    /// `inet_sock_set_state` program it counts only the skipped runs the second did not take
+    /// over (`TAKEN_OVER`).
     pub const RECURSION_MISSES: u32 = 6;
+    /// Transitions the second `inet_sock_set_state` program handled because the kernel had
+    /// skipped the first one for them.
+    pub const TAKEN_OVER: u32 = 7;
     pub const COUNT: u32 = 8;
 }
 

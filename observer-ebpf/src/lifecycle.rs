@@ -13,12 +13,8 @@
 //! - **Owner:** CLOSE→SYN_SENT runs inside connect() and CLOSE→LISTEN inside listen(), so the
 //!   current task owns those sockets. A server child is born in softirq context (often the
 //!   client's task), so its owner comes from accept() instead (`accept.rs`).
-//! - **Nesting:** the kernel skips a program that is already running on the CPU and counts it
-//!   in `recursion_misses`. A softirq that interrupts this hook and changes another socket's
-//!   state would lose that transition (measured: hundreds per 3000 loopback sockets under
-//!   load, more on 6.1). A second program on the same tracepoint, attached after this one,
-//!   takes over exactly those runs (`on_set_state_nested`); otherwise it only clears a per-CPU
-//!   flag. What is still skipped (a third level) is reported as `loss.recursion_misses`.
+//! - **Nesting:** the kernel skips a program that is already running on the CPU. A second
+//!   program on the same tracepoint takes over exactly the transitions it skipped (`nesting`).
 //! - **Fallback:** none needed on 5.8+ kernels with BTF; `observer check` reports a kernel
 //!   without BTF as unsupported.
 
@@ -36,33 +32,36 @@ use observer_common::{
 
 use crate::{
     kernel::{self, Direct},
-    runtime::{EVENTS, HANDLED, LISTENERS, NEWBORN, count, emit_transitions, header, submit_flags},
+    nesting,
+    runtime::{EVENTS, LISTENERS, NEWBORN, count, emit_transitions, header, submit_flags},
 };
 
 /// The first of the two programs on `inet_sock_set_state`: handles the transition, then marks
-/// this CPU's run as handled.
+/// it handled (`nesting`).
 pub fn on_set_state_first(ctx: &BtfTracePointContext) {
     on_set_state(ctx);
-    if let Some(flag) = HANDLED.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot of a per-CPU array.
-        unsafe { *flag = 1 };
-    }
+    let (sk, states) = transition(ctx);
+    nesting::mark(sk, states);
 }
 
-/// The second program on `inet_sock_set_state`, attached after the first. The kernel skips a
-/// program that is already running on the CPU (`recursion_misses`): when a softirq interrupts
-/// the first program and changes another socket's state, that transition would be lost. The
-/// first program has then not marked this CPU's run as handled, so this one handles it. In the
-/// common case it only reads and clears the flag.
+/// The second program on `inet_sock_set_state`, attached after the first: handles the
+/// transitions the kernel skipped the first one for (`nesting`).
 pub fn on_set_state_nested(ctx: &BtfTracePointContext) {
-    let Some(flag) = HANDLED.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: this CPU's slot of a per-CPU array.
-    if unsafe { core::ptr::replace(flag, 0) } == 1 {
+    let (sk, states) = transition(ctx);
+    if nesting::handled(sk, states) {
         return;
     }
+    count(counter::TAKEN_OVER);
     on_set_state(ctx);
+}
+
+/// The tracepoint's socket address and `old << 8 | new`.
+#[inline(always)]
+fn transition(ctx: &BtfTracePointContext) -> (u64, u64) {
+    let sk: u64 = ctx.arg(0);
+    let old: u64 = ctx.arg(1);
+    let new: u64 = ctx.arg(2);
+    (sk, (old & 0xff) << 8 | (new & 0xff))
 }
 
 fn on_set_state(ctx: &BtfTracePointContext) {

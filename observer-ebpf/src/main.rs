@@ -21,6 +21,8 @@ mod lifecycle;
 #[cfg(target_arch = "bpf")]
 mod listen;
 #[cfg(target_arch = "bpf")]
+mod nesting;
+#[cfg(target_arch = "bpf")]
 mod process;
 #[cfg(target_arch = "bpf")]
 mod runtime;

@@ -44,12 +44,6 @@ pub static LISTENERS: HashMap<u64, Owner> = HashMap::with_max_entries(4096, 0);
 #[map]
 pub static NEWBORN: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 
-/// Per CPU, 1 once `inet_sock_set_state` finished a run, until `inet_sock_set_state_nested`
-/// (attached after it) sees it: the backup then knows the first program was not skipped
-/// (`lifecycle::on_set_state_nested`).
-#[map]
-pub static HANDLED: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
-
 /// One `ConnState` per CPU to build new entries in (`kernel::scratch`).
 #[map]
 pub static SCRATCH: PerCpuArray<ConnState> = PerCpuArray::with_max_entries(1, 0);

@@ -1,5 +1,6 @@
 //! Wires the pipeline (probe → decode → track → sink) for a live run and for replay.
 
+use observer_common::counter;
 use std::{
     path::Path,
     process::ExitCode,
@@ -627,12 +628,16 @@ fn stop(
         let _ = pipeline.sink.retry();
     }
     let pending = pipeline.sink.backlog();
+    let at = |i: u32| counters.values[i as usize];
     eprintln!(
-        "observer: stopped ({outcome}): {} connection records, {} events, {} lost in the kernel{}",
+        "observer: stopped ({outcome}): {} connection records, {} events, {} lost in the kernel{}{}",
         pipeline.tracker.records,
-        counters.values[observer_common::counter::EVENTS as usize],
-        counters.values[observer_common::counter::RING_FULL as usize]
-            + counters.values[observer_common::counter::MAP_FULL as usize],
+        at(counter::EVENTS),
+        counters.lost(),
+        match at(counter::TAKEN_OVER) {
+            0 => String::new(),
+            n => format!(" ({n} transitions of interrupted hook runs taken over)"),
+        },
         if pending > 0 {
             format!(", {pending} bytes could not be written")
         } else {

@@ -29,6 +29,21 @@ pub struct Counters {
     pub values: [u64; counter::COUNT as usize],
 }
 
+impl Counters {
+    /// Events the kernel side lost: a full ring, a full map, hook runs skipped.
+    #[must_use]
+    pub fn lost(&self) -> u64 {
+        [
+            counter::RING_FULL,
+            counter::MAP_FULL,
+            counter::RECURSION_MISSES,
+        ]
+        .iter()
+        .map(|&i| self.values[i as usize])
+        .sum()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[expect(
     clippy::large_enum_variant,

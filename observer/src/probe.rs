@@ -5,8 +5,9 @@
 mod table;
 
 use std::{
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
     path::Path,
+    sync::atomic::{AtomicU64, Ordering},
 };
 
 use aya::{
@@ -175,6 +176,8 @@ pub struct Probe {
     /// `None` unless `ProbeConfig::listeners`, or when the kernel refused it (warned).
     listen: Option<listen_hooks::ListenHooks>,
     counters: PerCpuArray<MapData, u64>,
+    /// The highest `lifecycle_lost` reported, so that the total never goes back.
+    lifecycle_lost: AtomicU64,
     pub choices: Choices,
     /// "category:name" of every attached hook.
     pub attached: Vec<String>,
@@ -262,6 +265,7 @@ impl Probe {
             }),
             listen,
             counters,
+            lifecycle_lost: AtomicU64::new(0),
             choices,
             attached: Vec::new(),
         };
@@ -433,33 +437,46 @@ impl Probe {
     /// the runs the kernel skipped, summed over programs.
     #[must_use]
     pub fn counters(&self) -> [u64; counter::COUNT as usize] {
+        let misses = |fd: BorrowedFd<'_>| table::recursion_misses(fd.as_raw_fd());
+        // Read before `TAKEN_OVER`, which counts a subset of these skips a moment after each.
+        let first = self
+            .ebpf
+            .program("inet_sock_set_state")
+            .and_then(|p| p.fd().ok())
+            .and_then(|fd| misses(fd.as_fd()))
+            .unwrap_or(0);
         let mut out = [0; counter::COUNT as usize];
         for (i, slot) in (0..counter::COUNT).zip(out.iter_mut()) {
             if let Ok(per_cpu) = self.counters.get(&i, 0) {
                 *slot = per_cpu.iter().sum();
             }
         }
-        // The first `inet_sock_set_state` program's skipped runs are taken over by the second;
-        // a transition is lost only when both were skipped, so both counts bound it. The second
-        // alone would overcount: it is also skipped when a softirq interrupts its quick check
-        // of a run the first program handled (seen under QEMU's emulation on 6.1).
-        let misses = |name: &str| {
-            let fd = self.ebpf.program(name)?.fd().ok()?;
-            table::recursion_misses(fd.as_fd().as_raw_fd())
-        };
+        // The second state-change program takes over the first's skipped runs, and is itself
+        // skipped only when it interrupted itself, never losing a transition: its own skips
+        // are not losses.
         let others: u64 = self
             .ebpf
             .programs()
             .filter(|(name, _)| !name.starts_with("inet_sock_set_state"))
             .filter_map(|(_, p)| p.fd().ok())
-            .filter_map(|fd| table::recursion_misses(fd.as_fd().as_raw_fd()))
+            .filter_map(|fd| misses(fd.as_fd()))
             .sum();
-        let lifecycle = misses("inet_sock_set_state")
-            .unwrap_or(0)
-            .min(misses("inet_sock_set_state_nested").unwrap_or(0));
-        out[counter::RECURSION_MISSES as usize] = others + lifecycle;
+        let lost = lifecycle_lost(first, out[counter::TAKEN_OVER as usize]);
+        let lost = self
+            .lifecycle_lost
+            .fetch_max(lost, Ordering::Relaxed)
+            .max(lost);
+        out[counter::RECURSION_MISSES as usize] = others + lost;
         out
     }
+}
+
+/// Transitions lost to the first state-change program's skipped runs: those the second did
+/// not take over. `taken_over` is read after `first_skipped`, so it may count skips newer than
+/// that reading; the difference is then too small for a moment, never too large (the caller
+/// keeps the highest value seen).
+fn lifecycle_lost(first_skipped: u64, taken_over: u64) -> u64 {
+    first_skipped.saturating_sub(taken_over)
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {

@@ -443,6 +443,8 @@ fn more_live_sockets_than_hot_slots_lose_nothing() {
         };
         assert_eq!(states(r), want, "{r}");
     }
+    // Shown with --nocapture: how many transitions the second program took over.
+    println!("{}", stopped.stderr.trim_end());
     // Last: a loss record is told apart from records actually missing.
     stopped.assert_clean();
 }

@@ -124,11 +124,6 @@ impl Pipeline {
 }
 
 /// Events the kernel could not deliver: ring or map full.
-fn lost(c: &Counters) -> u64 {
-    c.values[observer_common::counter::RING_FULL as usize]
-        + c.values[observer_common::counter::MAP_FULL as usize]
-}
-
 /// The read model as `observer top` would have shown it at the last socket listing of a
 /// recording (`run --record`), with the detectors configured by `detect`.
 ///
@@ -161,7 +156,7 @@ pub fn replay(path: &Path, detect: &detect::Config) -> Result<Model> {
         pipeline.event(&event);
         let _ = pipeline.flush(last_ts);
         match &event {
-            Event::Counters(c) => lost_now = lost(c),
+            Event::Counters(c) => lost_now = c.lost(),
             Event::Fact(f) => match &**f {
                 Fact::Sockets(scan) => {
                     let feed = feed.get_or_insert_with(|| Feed::new(scan.ts_ns));
@@ -289,7 +284,7 @@ async fn live(
          refreshes {}; frames {}",
         pipeline.tally.closed,
         values[observer_common::counter::EVENTS as usize],
-        lost(&Counters { ts_ns: 0, values }),
+        Counters { ts_ns: 0, values }.lost(),
         refreshes.summary(),
         frames
             .as_ref()
@@ -331,6 +326,6 @@ fn refresh(
     let Some(scan) = pipeline.scan(Purpose::Snapshot, ring) else {
         return false;
     };
-    pipeline.refresh_model(&scan, feed, model, lost(&counters));
+    pipeline.refresh_model(&scan, feed, model, counters.lost());
     true
 }
