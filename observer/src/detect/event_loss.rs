@@ -19,10 +19,11 @@ pub const DEFAULT_WINDOW_S: u64 = 10;
 
 pub type Config = rate::CountConfig;
 
-/// Events lost outright: dropped in the ring or the kernel map, undecodable, or not kept in
-/// the open-connection table. Truncated transition lists are reported as evidence only.
+/// Events lost outright: dropped in the ring or the kernel map, never seen because the kernel
+/// skipped a hook, undecodable, or not kept in the open-connection table. Truncated transition
+/// lists are reported as evidence only.
 fn lost(l: &Losses) -> u64 {
-    l.ring_full + l.map_full + l.read_failed + l.decode_errors + l.table_full
+    l.ring_full + l.map_full + l.recursion_misses + l.read_failed + l.decode_errors + l.table_full
 }
 
 #[derive(Debug)]
@@ -71,6 +72,7 @@ fn alert(config: &Config, ch: &Change<(), Losses>, events: u64) -> Alert {
         sum.read_failed += l.read_failed;
         sum.decode_errors += l.decode_errors;
         sum.table_full += l.table_full;
+        sum.recursion_misses += l.recursion_misses;
     }
     let observed = lost(&sum);
     let reason = match ch.status {
@@ -79,13 +81,16 @@ fn alert(config: &Config, ch: &Change<(), Losses>, events: u64) -> Alert {
                 "raise --ring-mib"
             } else if sum.map_full + sum.table_full > 0 {
                 "raise --max-connections"
+            } else if sum.recursion_misses > 0 {
+                "the kernel skipped hooks interrupted on their CPU (docs/kernels.md)"
             } else {
                 "see the observer.loss records"
             };
             format!(
                 "the observer lost {observed} events within {} s ({} ring full, {} map \
-                     full, {} table full): connection records are missing; {fix}",
-                config.window_s, sum.ring_full, sum.map_full, sum.table_full
+                     full, {} table full, {} hook runs skipped): connection records are \
+                     missing; {fix}",
+                config.window_s, sum.ring_full, sum.map_full, sum.table_full, sum.recursion_misses
             )
         }
         Status::Resolved => format!(
@@ -98,6 +103,7 @@ fn alert(config: &Config, ch: &Change<(), Losses>, events: u64) -> Alert {
     evidence.insert("ring_full", json!(sum.ring_full));
     evidence.insert("map_full", json!(sum.map_full));
     evidence.insert("table_full", json!(sum.table_full));
+    evidence.insert("recursion_misses", json!(sum.recursion_misses));
     evidence.insert("read_failed", json!(sum.read_failed));
     evidence.insert("decode_errors", json!(sum.decode_errors));
     evidence.insert("transitions_truncated", json!(sum.transitions_truncated));

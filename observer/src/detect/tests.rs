@@ -380,6 +380,39 @@ fn event_loss_fires_holds_and_resolves() {
 }
 
 #[test]
+fn skipped_hook_runs_are_lost_events() {
+    let mut d = only(Config {
+        event_loss: Some(event_loss::Config {
+            count: 2,
+            window_s: 5,
+        }),
+        ..none()
+    });
+    let skipped = Losses {
+        recursion_misses: 3,
+        ..Losses::default()
+    };
+    let alerts = run(
+        &mut d,
+        vec![Step::R(Output::Loss(LossRecord {
+            ts_ns: S,
+            delta: skipped,
+            total: skipped,
+            events: 1000,
+            summary: false,
+        }))],
+    );
+    assert_eq!(summary(&alerts), [("event_loss", Status::Firing, 1, 3)]);
+    assert_eq!(alerts[0].evidence["recursion_misses"], 3);
+    assert_eq!(
+        alerts[0].reason,
+        "the observer lost 3 events within 5 s (0 ring full, 0 map full, 0 table full, 3 hook \
+         runs skipped): connection records are missing; the kernel skipped hooks interrupted \
+         on their CPU (docs/kernels.md)"
+    );
+}
+
+#[test]
 fn disabled_rules_raise_nothing() {
     use Step::{R, T};
     let mut d = only(none());
