@@ -324,10 +324,16 @@ fn connect_failures_count_only_failed_client_connects_per_destination() {
 }
 
 fn loss(ts_s: u64, ring_full: u64) -> Output {
-    let delta = Losses {
-        ring_full,
-        ..Losses::default()
-    };
+    loss_of(
+        ts_s,
+        Losses {
+            ring_full,
+            ..Losses::default()
+        },
+    )
+}
+
+fn loss_of(ts_s: u64, delta: Losses) -> Output {
     Output::Loss(LossRecord {
         ts_ns: ts_s * S,
         delta,
@@ -337,16 +343,17 @@ fn loss(ts_s: u64, ring_full: u64) -> Output {
     })
 }
 
+fn event_loss_detector(count: u64, window_s: u64) -> Detector {
+    only(Config {
+        event_loss: Some(event_loss::Config { count, window_s }),
+        ..none()
+    })
+}
+
 #[test]
 fn event_loss_fires_holds_and_resolves() {
     use Step::{R, T};
-    let mut d = only(Config {
-        event_loss: Some(event_loss::Config {
-            count: 10,
-            window_s: 5,
-        }),
-        ..none()
-    });
+    let mut d = event_loss_detector(10, 5);
     let alerts = run(
         &mut d,
         vec![
@@ -381,26 +388,13 @@ fn event_loss_fires_holds_and_resolves() {
 
 #[test]
 fn skipped_hook_runs_are_lost_events() {
-    let mut d = only(Config {
-        event_loss: Some(event_loss::Config {
-            count: 2,
-            window_s: 5,
-        }),
-        ..none()
-    });
     let skipped = Losses {
         recursion_misses: 3,
         ..Losses::default()
     };
     let alerts = run(
-        &mut d,
-        vec![Step::R(Output::Loss(LossRecord {
-            ts_ns: S,
-            delta: skipped,
-            total: skipped,
-            events: 1000,
-            summary: false,
-        }))],
+        &mut event_loss_detector(2, 5),
+        vec![Step::R(loss_of(1, skipped))],
     );
     assert_eq!(summary(&alerts), [("event_loss", Status::Firing, 1, 3)]);
     assert_eq!(alerts[0].evidence["recursion_misses"], 3);
