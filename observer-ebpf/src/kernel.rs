@@ -18,7 +18,7 @@ use observer_common::{AF_INET6, CloseInfo, ConnState, Endpoints, conn_flag, coun
 
 use core::intrinsics::AtomicOrdering;
 
-use crate::runtime::{CONNS, HASH_ENTRIES, SCRATCH, SETTINGS, SLOTS, count, layout};
+use crate::runtime::{CONNS, HASH_ENTRIES, SCRATCH, SCRATCH_DEPTH, SETTINGS, SLOTS, count, layout};
 
 pub const IPPROTO_TCP: u16 = 6;
 
@@ -245,15 +245,34 @@ pub fn claim(cookie: u64) -> Option<*mut ConnState> {
             return Some(slot);
         }
     }
-    let st = scratch()?;
+    let depth = SCRATCH_DEPTH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's counter. A run that interrupts this one between the read and the
+    // write finds the same level, and is done with it before this one resumes.
+    let level = unsafe { *depth };
+    unsafe { *depth = level + 1 };
+    let inserted = insert_fallback(cookie, level.min(1));
+    // SAFETY: as above.
+    unsafe { *depth = level };
+    inserted.then(|| CONNS.get_ptr_mut(cookie)).flatten()
+}
+
+/// Inserts a zeroed entry for `cookie` in the fallback map, built in this CPU's scratch entry
+/// `level`: 192 bytes do not fit the 512-byte BPF stack next to everything else.
+fn insert_fallback(cookie: u64, level: u32) -> bool {
+    let Some(st) = SCRATCH.get_ptr_mut(level) else {
+        return false;
+    };
+    zero_after_key(st);
+    // SAFETY: this CPU's scratch entry of this nesting level, used by one run at a time.
+    let st = unsafe { &mut *st };
     st.key = cookie;
     st.flags = conn_flag::IN_HASH;
     if CONNS.insert(cookie, &*st, 0).is_err() {
         count(counter::MAP_FULL);
-        return None;
+        return false;
     }
     hash_entries_add(1);
-    CONNS.get_ptr_mut(cookie)
+    true
 }
 
 /// Frees the entry of a socket that closed.
@@ -299,14 +318,4 @@ pub fn tracked(cookie: u64, sock: impl Kmem, now: u64) -> Option<*mut ConnState>
     st.netns = netns(sock);
     fill_identity(sock, st);
     Some(entry)
-}
-
-/// A zeroed per-CPU `ConnState` to build a fallback entry in: 192 bytes do not fit the
-/// 512-byte BPF stack next to everything else.
-fn scratch() -> Option<&'static mut ConnState> {
-    let slot = SCRATCH.get_ptr_mut(0)?;
-    zero_after_key(slot);
-    // SAFETY: a per-CPU slot used by one program at a time on this CPU, now zeroed but for its
-    // key, which the caller sets.
-    Some(unsafe { &mut *slot })
 }

@@ -44,9 +44,15 @@ pub static LISTENERS: HashMap<u64, Owner> = HashMap::with_max_entries(4096, 0);
 #[map]
 pub static NEWBORN: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 
-/// One `ConnState` per CPU to build new entries in (`kernel::scratch`).
+/// Two `ConnState`s per CPU to build fallback entries in (`kernel::claim`): a hook that
+/// interrupts another on its CPU (a softirq's, or the second lifecycle program taking over)
+/// builds in the second, chosen by `SCRATCH_DEPTH`.
 #[map]
-pub static SCRATCH: PerCpuArray<ConnState> = PerCpuArray::with_max_entries(1, 0);
+pub static SCRATCH: PerCpuArray<ConnState> = PerCpuArray::with_max_entries(2, 0);
+
+/// Per CPU, how many runs are building in `SCRATCH` right now.
+#[map]
+pub static SCRATCH_DEPTH: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
