@@ -8,6 +8,8 @@
 //!   it also drains on a timer.
 //! - `COUNTERS` is a per-CPU array: every event lost to a full ring or a full map is counted.
 
+use core::intrinsics::AtomicOrdering;
+
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
@@ -92,11 +94,9 @@ pub fn submit_flags() -> u64 {
     let Some(events) = COUNTERS.get_ptr_mut(counter::EVENTS) else {
         return BPF_RB_NO_WAKEUP;
     };
-    // SAFETY: per-CPU slot; programs do not preempt each other on one CPU for these hooks.
-    let n = unsafe {
-        *events += 1;
-        *events
-    };
+    add_one(events);
+    // SAFETY: as in `add_one`; a count from an interrupting hook only moves the next check.
+    let n = unsafe { core::ptr::read_volatile(events) };
     if n % 16 != 0 {
         return BPF_RB_NO_WAKEUP;
     }
@@ -111,9 +111,17 @@ pub fn submit_flags() -> u64 {
 
 pub fn count(index: u32) {
     if let Some(slot) = COUNTERS.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot; programs do not preempt each other on one CPU for these hooks.
-        unsafe { *slot += 1 };
+        add_one(slot);
     }
+}
+
+/// Adds one to a counter of this CPU. Atomic, though no other CPU writes it: a hook
+/// interrupted between a load and a store (by a softirq whose hook counts too) would otherwise
+/// lose the other's count.
+fn add_one(counter: *mut u64) {
+    // SAFETY: an 8-byte aligned slot of a per-CPU array map; the result is unused, so this is
+    // a plain atomic add (BPF_ATOMIC_ADD), which every BPF ISA version has.
+    unsafe { core::intrinsics::atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, 1) };
 }
 
 /// The header every event starts with. `pid_tgid` is the current task's, which is only
