@@ -182,7 +182,9 @@ fn is_birth(old: u8, _new: u8) -> bool {
 /// time as its SYN_RECV time. One per-CPU slot: no map insert, and the same on every kernel.
 fn newborn(sk: u64, now: u64) {
     if let Some(slot) = NEWBORN.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot of a per-CPU array; programs do not nest on a CPU here.
+        // SAFETY: this CPU's slot of a per-CPU array. A hook interrupting these two stores can
+        // only make `born_at` fall back to now for this child, or give its own child this
+        // (earlier) time.
         unsafe { *slot = [sk, now] };
     }
 }
