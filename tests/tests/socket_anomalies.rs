@@ -2,12 +2,12 @@
 //! test's own namespace: `retransmit_storm`, `fin_wait_2_stuck`, `time_wait_pressure`. Each
 //! fires with the exact subject and evidence, resolves after, and replays to the same alerts.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use observer_tests::{
     NetNs, Peer,
     anomaly::{ANOMALY, Recording, StuckSocket, check_common, finish_stuck, wait_alerts},
-    field, now_us, parse_ts, privileged, sh, wait_for,
+    field, now_us, parse_ts, privileged, sh, time_scale, wait_for,
 };
 use serde_json::{Value, json};
 
@@ -274,11 +274,23 @@ fn time_wait_pressure_names_the_churning_process_against_the_port_range() {
     // The last connection's client reaches TIME_WAIT when it takes the server's FIN, which
     // the kernel may still be delivering after the server's close() returned (a 6.1 guest
     // under emulation counted 59 here): wait for it, up to 60 and never past.
-    let settled = wait_for(Duration::from_secs(5), "60 time-wait sockets", || {
-        let n = time_waits(&ns);
-        (n >= 60).then_some(n)
-    });
-    assert_eq!(settled, 60);
+    let deadline = Instant::now() + Duration::from_secs(5).mul_f64(time_scale());
+    let mut settled = time_waits(&ns);
+    while settled < 60 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        settled = time_waits(&ns);
+    }
+    // A 6.1 guest under emulation once stayed at fewer for the whole wait: say where they are.
+    assert_eq!(
+        settled,
+        60,
+        "every socket of the namespace, and its TCP counters:\n{}\n{}",
+        sh("ip", &["netns", "exec", &ns.name, "ss", "-tanoe"]),
+        sh(
+            "ip",
+            &["netns", "exec", &ns.name, "cat", "/proc/net/netstat"]
+        )
+    );
     let fired = wait_alerts(&obs, 1, Duration::from_secs(10));
     let a = &fired[0];
     check_common(a, "time_wait_pressure", "firing");
