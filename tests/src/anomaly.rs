@@ -2,27 +2,53 @@
 //! fields every alert carries against docs/schema/anomaly.json, and recording an observer's
 //! input to check that `observer replay` gives the same alerts.
 
-use std::{process::Command, time::Duration};
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use serde_json::{Value, json};
 
 use crate::{
     NetNs, Observer, field,
     observer::{bin, of_dataset, parse_lines, scratch},
-    parse_ts,
+    parse_ts, time_scale,
     tls::validate,
-    wait_for,
 };
 
 pub const ANOMALY: &str = "observer.anomaly";
 
-/// Waits for the `n`th alert line.
+/// Waits for the `n`th alert line; on timeout, fails with the last lines of the output, which
+/// show what the detector was given.
 #[must_use]
 pub fn wait_alerts(obs: &Observer, n: usize, timeout: Duration) -> Vec<Value> {
-    wait_for(timeout, &format!("{n} alerts"), || {
-        let found = of_dataset(&obs.lines(), ANOMALY);
-        (found.len() >= n).then_some(found)
-    })
+    let timeout = timeout.mul_f64(time_scale());
+    let start = Instant::now();
+    loop {
+        let lines = obs.lines();
+        let found = of_dataset(&lines, ANOMALY);
+        if found.len() >= n {
+            return found;
+        }
+        if start.elapsed() >= timeout {
+            let last: Vec<String> = lines
+                .iter()
+                .rev()
+                .take(40)
+                .rev()
+                .map(Value::to_string)
+                .collect();
+            panic!(
+                "timed out after {timeout:?} waiting for {n} alerts ({} so far); the last {} \
+                 of {} output lines:\n{}",
+                found.len(),
+                last.len(),
+                lines.len(),
+                last.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The input of an observer recorded (`--record`) with its detector flags, to check that
