@@ -1,6 +1,5 @@
 //! Wires the pipeline (probe → decode → track → sink) for a live run and for replay.
 
-use observer_common::counter;
 use std::{
     path::Path,
     process::ExitCode,
@@ -9,6 +8,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use clap::Parser as _;
+use observer_common::counter;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},

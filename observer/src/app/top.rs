@@ -123,7 +123,6 @@ impl Pipeline {
     }
 }
 
-/// Events the kernel could not deliver: ring or map full.
 /// The read model as `observer top` would have shown it at the last socket listing of a
 /// recording (`run --record`), with the detectors configured by `detect`.
 ///
