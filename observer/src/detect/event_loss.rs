@@ -64,16 +64,10 @@ impl Rule {
 
 /// `events`: the events delivered so far, named while firing.
 fn alert(config: &Config, ch: &Change<(), Losses>, events: u64) -> Alert {
-    let mut sum = Losses::default();
-    for l in ch.in_window() {
-        sum.ring_full += l.ring_full;
-        sum.map_full += l.map_full;
-        sum.transitions_truncated += l.transitions_truncated;
-        sum.read_failed += l.read_failed;
-        sum.decode_errors += l.decode_errors;
-        sum.table_full += l.table_full;
-        sum.recursion_misses += l.recursion_misses;
-    }
+    let sum = ch
+        .in_window()
+        .into_iter()
+        .fold(Losses::default(), |sum, l| sum.plus(l));
     let observed = lost(&sum);
     let reason = match ch.status {
         Status::Firing => {

@@ -243,6 +243,20 @@ impl Losses {
         }
     }
 
+    /// The sum of two counts, field by field.
+    #[must_use]
+    pub fn plus(&self, other: &Self) -> Self {
+        Self {
+            ring_full: self.ring_full + other.ring_full,
+            map_full: self.map_full + other.map_full,
+            transitions_truncated: self.transitions_truncated + other.transitions_truncated,
+            read_failed: self.read_failed + other.read_failed,
+            decode_errors: self.decode_errors + other.decode_errors,
+            table_full: self.table_full + other.table_full,
+            recursion_misses: self.recursion_misses + other.recursion_misses,
+        }
+    }
+
     #[must_use]
     pub fn minus(&self, earlier: &Self) -> Self {
         Self {
