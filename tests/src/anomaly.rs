@@ -2,17 +2,14 @@
 //! fields every alert carries against docs/schema/anomaly.json, and recording an observer's
 //! input to check that `observer replay` gives the same alerts.
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{process::Command, time::Duration};
 
 use serde_json::{Value, json};
 
 use crate::{
     NetNs, Observer, field,
     observer::{bin, of_dataset, parse_lines, scratch},
-    parse_ts, time_scale,
+    parse_ts,
     tls::validate,
 };
 
@@ -22,33 +19,16 @@ pub const ANOMALY: &str = "observer.anomaly";
 /// show what the detector was given.
 #[must_use]
 pub fn wait_alerts(obs: &Observer, n: usize, timeout: Duration) -> Vec<Value> {
-    let timeout = timeout.mul_f64(time_scale());
-    let start = Instant::now();
-    loop {
-        let lines = obs.lines();
-        let found = of_dataset(&lines, ANOMALY);
-        if found.len() >= n {
-            return found;
-        }
-        if start.elapsed() >= timeout {
-            let last: Vec<String> = lines
-                .iter()
-                .rev()
-                .take(40)
-                .rev()
-                .map(Value::to_string)
-                .collect();
-            panic!(
-                "timed out after {timeout:?} waiting for {n} alerts ({} so far); the last {} \
-                 of {} output lines:\n{}",
-                found.len(),
-                last.len(),
-                lines.len(),
-                last.join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    obs.wait_dataset(ANOMALY, n, timeout, |lines, _| {
+        let last = &lines[lines.len().saturating_sub(40)..];
+        let text: Vec<String> = last.iter().map(Value::to_string).collect();
+        format!(
+            "the last {} of {} output lines:\n{}",
+            last.len(),
+            lines.len(),
+            text.join("\n")
+        )
+    })
 }
 
 /// The input of an observer recorded (`--record`) with its detector flags, to check that

@@ -197,7 +197,31 @@ impl Observer {
     /// Waits until `n` records of `dataset` were written; returns them.
     #[must_use]
     pub fn wait_records(&self, dataset: &str, n: usize) -> Vec<Value> {
-        let timeout = Duration::from_secs(20).mul_f64(crate::time_scale());
+        self.wait_dataset(dataset, n, Duration::from_secs(20), |lines, found| {
+            let mut roles = std::collections::BTreeMap::<String, usize>::new();
+            for record in found {
+                *roles
+                    .entry(field(record, "conn.role").to_string())
+                    .or_default() += 1;
+            }
+            format!(
+                "by role {roles:?}; loss records: {:?}",
+                of_dataset(lines, "observer.loss")
+            )
+        })
+    }
+
+    /// Waits until `n` lines of `dataset` were written (`timeout` times [`crate::time_scale`]);
+    /// returns them. On timeout, fails with what `explain` makes of all lines and those found.
+    #[must_use]
+    pub fn wait_dataset(
+        &self,
+        dataset: &str,
+        n: usize,
+        timeout: Duration,
+        explain: impl Fn(&[Value], &[Value]) -> String,
+    ) -> Vec<Value> {
+        let timeout = timeout.mul_f64(crate::time_scale());
         let start = std::time::Instant::now();
         loop {
             let lines = self.lines();
@@ -205,20 +229,12 @@ impl Observer {
             if found.len() >= n {
                 return found;
             }
-            if start.elapsed() >= timeout {
-                let mut roles = std::collections::BTreeMap::<String, usize>::new();
-                for record in &found {
-                    *roles
-                        .entry(field(record, "conn.role").to_string())
-                        .or_default() += 1;
-                }
-                panic!(
-                    "timed out after {timeout:?} waiting for {n} {dataset} records ({} so far, \
-                     by role {roles:?}; loss records: {:?})",
-                    found.len(),
-                    of_dataset(&lines, "observer.loss")
-                );
-            }
+            assert!(
+                start.elapsed() < timeout,
+                "timed out after {timeout:?} waiting for {n} {dataset} lines ({} so far): {}",
+                found.len(),
+                explain(&lines, &found)
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -249,6 +249,28 @@ fn time_waits(ns: &NetNs) -> usize {
     .count()
 }
 
+/// Waits up to 5 s (times the time scale) for `n` sockets in `TIME_WAIT`; fails with every socket
+/// of the namespace and its TCP counters if they do not come.
+fn settle_time_waits(ns: &NetNs, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5).mul_f64(time_scale());
+    let mut settled = time_waits(ns);
+    while settled < n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        settled = time_waits(ns);
+    }
+    // A 6.1 guest under emulation once stayed at fewer for the whole wait: say where they are.
+    assert_eq!(
+        settled,
+        n,
+        "every socket of the namespace, and its TCP counters:\n{}\n{}",
+        sh("ip", &["netns", "exec", &ns.name, "ss", "-tanoe"]),
+        sh(
+            "ip",
+            &["netns", "exec", &ns.name, "cat", "/proc/net/netstat"]
+        )
+    );
+}
+
 #[test]
 fn time_wait_pressure_names_the_churning_process_against_the_port_range() {
     if !privileged("time_wait_pressure_names_the_churning_process_against_the_port_range") {
@@ -277,23 +299,7 @@ fn time_wait_pressure_names_the_churning_process_against_the_port_range() {
     // The last connection's client reaches TIME_WAIT when it takes the server's FIN, which
     // the kernel may still be delivering after the server's close() returned (a 6.1 guest
     // under emulation counted 59 here): wait for it, up to 60 and never past.
-    let deadline = Instant::now() + Duration::from_secs(5).mul_f64(time_scale());
-    let mut settled = time_waits(&ns);
-    while settled < 60 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-        settled = time_waits(&ns);
-    }
-    // A 6.1 guest under emulation once stayed at fewer for the whole wait: say where they are.
-    assert_eq!(
-        settled,
-        60,
-        "every socket of the namespace, and its TCP counters:\n{}\n{}",
-        sh("ip", &["netns", "exec", &ns.name, "ss", "-tanoe"]),
-        sh(
-            "ip",
-            &["netns", "exec", &ns.name, "cat", "/proc/net/netstat"]
-        )
-    );
+    settle_time_waits(&ns, 60);
     let fired = wait_alerts(&obs, 1, Duration::from_secs(10));
     let a = &fired[0];
     check_common(a, "time_wait_pressure", "firing");
