@@ -451,9 +451,9 @@ impl Probe {
                 *slot = per_cpu.iter().sum();
             }
         }
-        // The second state-change program takes over the first's skipped runs, and is itself
-        // skipped only when it interrupted itself, never losing a transition: its own skips
-        // are not losses.
+        // The second state-change program takes over the first's skipped runs. It is itself
+        // skipped only for transitions of a softirq that interrupted it, which the first
+        // program handled: its own skips are not losses.
         let others: u64 = self
             .ebpf
             .programs()
