@@ -589,7 +589,7 @@ async fn live(
 }
 
 /// The control socket for `observer snapshot`, unless turned off (`none`) or impossible.
-fn control_listener(path: &Path) -> Option<tokio::net::UnixListener> {
+fn control_listener(path: &Path) -> Option<control::Listener> {
     if path.as_os_str() == "none" {
         return None;
     }
@@ -648,10 +648,10 @@ fn stop(
 
 /// The next client of the control socket; never, without one.
 async fn accept(
-    listener: Option<&tokio::net::UnixListener>,
+    listener: Option<&control::Listener>,
 ) -> std::io::Result<(tokio::net::UnixStream, tokio::net::unix::SocketAddr)> {
     match listener {
-        Some(l) => l.accept().await,
+        Some(l) => l.socket.accept().await,
         None => std::future::pending().await,
     }
 }

@@ -124,7 +124,8 @@ pub struct RunArgs {
                 the host while attached"
     )]
     pub accept_hook: bool,
-    /// Where `observer snapshot` reaches this agent; "none" for nowhere.
+    /// Where `observer snapshot` reaches this agent; "none" for nowhere. Removed when the agent
+    /// stops.
     #[arg(long, value_name = "PATH", default_value = crate::control::DEFAULT_SOCKET)]
     pub control_socket: PathBuf,
     #[arg(

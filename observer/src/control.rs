@@ -7,7 +7,7 @@ use std::{
     fs,
     io::{self, BufRead as _, BufReader, Read as _, Write as _},
     os::unix::{fs::PermissionsExt as _, net::UnixStream},
-    path::Path,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
@@ -28,11 +28,24 @@ pub enum ControlError {
     Request { path: String, err: io::Error },
 }
 
+/// The agent's bound control socket. Dropping it removes the socket file, so an agent that
+/// stopped leaves nothing behind (one killed outright leaves a file the next agent replaces).
+pub struct Listener {
+    pub socket: tokio::net::UnixListener,
+    path: PathBuf,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
 /// Binds the control socket; a stale socket file (no one listening) is replaced.
 ///
 /// # Errors
 /// The directory cannot be made, or another agent listens there.
-pub fn listen(path: &Path) -> Result<tokio::net::UnixListener, ControlError> {
+pub fn listen(path: &Path) -> Result<Listener, ControlError> {
     let fail = |err| ControlError::Listen {
         path: path.display().to_string(),
         err,
@@ -54,7 +67,11 @@ pub fn listen(path: &Path) -> Result<tokio::net::UnixListener, ControlError> {
         }
         fs::remove_file(path).map_err(fail)?;
     }
-    let listener = tokio::net::UnixListener::bind(path).map_err(fail)?;
+    let socket = tokio::net::UnixListener::bind(path).map_err(fail)?;
+    let listener = Listener {
+        socket,
+        path: path.to_owned(),
+    };
     fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(fail)?;
     Ok(listener)
 }
@@ -136,5 +153,25 @@ mod tests {
         );
         drop((in_shared, in_made));
         fs::remove_dir_all(&shared).expect("cleanup");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_stale_socket_is_replaced_a_live_one_refused_and_a_stopped_agent_leaves_none() {
+        let dir =
+            std::env::temp_dir().join(format!("observer-control-life-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("mkdir");
+        let path = dir.join("agent.sock");
+        // A socket file nobody listens on, as an agent killed outright leaves.
+        drop(std::os::unix::net::UnixListener::bind(&path).expect("bind"));
+        assert!(path.exists());
+        let agent = listen(&path).expect("a stale file is replaced");
+        assert!(
+            matches!(listen(&path), Err(ControlError::Listen { err, .. }) if err.kind() == io::ErrorKind::AddrInUse),
+            "a second agent on the same path is refused"
+        );
+        assert!(path.exists(), "the refusal left the first agent's socket");
+        drop(agent);
+        assert!(!path.exists(), "a stopped agent removes its socket");
+        fs::remove_dir_all(&dir).expect("cleanup");
     }
 }

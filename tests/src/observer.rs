@@ -60,6 +60,8 @@ pub struct Observer {
     child: Option<Child>,
     pub output: PathBuf,
     stderr: PathBuf,
+    /// The control socket the tests gave it, removed by the agent when it stops.
+    control: Option<PathBuf>,
     /// When it was spawned.
     pub started: std::time::Instant,
 }
@@ -69,6 +71,8 @@ pub struct Stopped {
     pub status: ExitStatus,
     pub lines: Vec<Value>,
     pub stderr: String,
+    /// Its control socket file was still there after it exited.
+    pub control_left: bool,
 }
 
 impl Stopped {
@@ -89,6 +93,10 @@ impl Stopped {
             !self.stderr.contains("panicked"),
             "observer panicked: {}",
             self.stderr
+        );
+        assert!(
+            !self.control_left,
+            "a stopped agent removes its control socket"
         );
         let summary = self.dataset("observer.loss");
         let summary = summary
@@ -140,9 +148,19 @@ impl Observer {
             command.arg("--output").arg(&output);
         }
         // Tests run side by side: each agent gets its own control socket.
-        if args.first() == Some(&"run") && !args.contains(&"--control-socket") {
-            command.arg("--control-socket").arg(scratch("sock"));
-        }
+        let named = args
+            .iter()
+            .position(|&a| a == "--control-socket")
+            .and_then(|i| args.get(i + 1))
+            .filter(|&&p| p != "none")
+            .map(PathBuf::from);
+        let control = if named.is_none() && args.first() == Some(&"run") {
+            let path = scratch("sock");
+            command.arg("--control-socket").arg(&path);
+            Some(path)
+        } else {
+            named
+        };
         let started = std::time::Instant::now();
         let child = command
             .stdin(Stdio::null())
@@ -154,6 +172,7 @@ impl Observer {
             child: Some(child),
             output,
             stderr,
+            control,
             started,
         };
         wait_for(
@@ -252,6 +271,7 @@ impl Observer {
             status,
             lines: self.lines(),
             stderr: fs::read_to_string(&self.stderr).unwrap_or_default(),
+            control_left: self.control.as_ref().is_some_and(|p| p.exists()),
         }
     }
 
@@ -271,6 +291,10 @@ impl Drop for Observer {
         if std::env::var_os("OBSERVER_KEEP").is_none() {
             let _ = fs::remove_file(&self.output);
             let _ = fs::remove_file(&self.stderr);
+        }
+        // Left by an agent killed outright.
+        if let Some(path) = &self.control {
+            let _ = fs::remove_file(path);
         }
     }
 }

@@ -542,4 +542,5 @@ os.waitpid(pid, 0)
         "{client}"
     );
     assert_eq!(field(client, "source.bytes"), 9, "{client}");
+    std::fs::remove_dir_all(&dir).expect("remove the client's directory");
 }
