@@ -34,6 +34,17 @@ use crate::{
 /// At most this many sample connection uids (and peers) are named in an alert.
 pub const SAMPLES: usize = 5;
 
+/// How far behind `now` the rules that count records decide that a window went quiet.
+///
+/// A record reaches the rules after its socket closed: once its grace period ended
+/// (`track::GRACE_NS`), or, when it waits for its other end, up to `track::PEER_WAIT_NS` later
+/// (TLS records wait less), and at the next flush of the tracker. A rule that resolved at `now`
+/// could then be handed a record that ended before `now` and fire again at once (seen: a lossy
+/// transfer's record arriving 35 ms after its storm resolved). Looking back this far, every
+/// record that ended by the decision's time has arrived, live or in a replay; the resolve is
+/// still stamped when the window went quiet, only noticed later.
+pub const RECORD_LAG_NS: u64 = crate::track::GRACE_NS + crate::track::PEER_WAIT_NS + NS;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     Firing,
@@ -238,19 +249,21 @@ impl Detector {
         self.tick(now_ns, alerts);
     }
 
-    /// Time passed: windows slide and quiet subjects resolve.
+    /// Time passed: windows slide and quiet subjects resolve. The rules that count records
+    /// look [`RECORD_LAG_NS`] back.
     pub fn tick(&mut self, now_ns: u64, alerts: &mut Vec<Alert>) {
+        let settled = now_ns.saturating_sub(RECORD_LAG_NS);
         if let Some(rule) = &mut self.connect_failures {
-            rule.tick(now_ns, alerts);
+            rule.tick(settled, alerts);
         }
         if let Some(rule) = &mut self.rst_storm {
-            rule.tick(now_ns, alerts);
+            rule.tick(settled, alerts);
         }
         if let Some(rule) = &mut self.retransmit_storm {
-            rule.tick(now_ns, alerts);
+            rule.tick(settled, alerts);
         }
         if let Some(rule) = &mut self.tls_failures {
-            rule.tick(now_ns, alerts);
+            rule.tick(settled, alerts);
         }
         if let Some(rule) = &mut self.event_loss {
             rule.tick(now_ns, alerts);

@@ -170,3 +170,40 @@ fn retransmit_storm_counts_data_retransmits_since_each_record() {
     assert!(a.reason.contains("server pid 400"), "{}", a.reason);
     assert_eq!(alerts[1].evidence["total"], 45);
 }
+
+#[test]
+fn a_record_that_arrives_after_its_window_went_quiet_extends_the_storm() {
+    use Step::T;
+    let mut d = only(Config {
+        retransmit_storm: Some(retransmit_storm::Config {
+            count: 10,
+            window_s: 10,
+            factor: 10,
+        }),
+        ..none()
+    });
+    let alerts = run(
+        &mut d,
+        vec![
+            retrans(0, 1, RecordKind::Closed, Role::Client, 25, 90),
+            // At 11 s the window since the first record is empty; but a transfer that ended at
+            // 10 s is still on its way (its record waits for its grace period, or its peer).
+            T(11),
+            retrans(1, 10, RecordKind::Closed, Role::Client, 27, 89),
+            T(12),
+            T(29),
+            T(30),
+        ],
+    );
+    // Not fired, resolved at 11 s and fired again at 10 s: one storm, quiet from 20 s, seen
+    // once a tick is `RECORD_LAG_NS` (4.25 s) past that.
+    assert_eq!(
+        summary(&alerts),
+        [
+            ("retransmit_storm", Status::Firing, 1, 25),
+            ("retransmit_storm", Status::Resolved, 20, 0),
+        ],
+        "{alerts:#?}"
+    );
+    assert_eq!(alerts[1].evidence["total"], 52);
+}
