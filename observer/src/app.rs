@@ -318,13 +318,18 @@ impl Pipeline {
                 } else {
                     Vec::new()
                 };
-                detector.table(t.ts_ns, &waiting, &mut self.alerts);
+                let settled = self.tracker.settled(t.ts_ns);
+                detector.table(t.ts_ns, settled, &waiting, &mut self.alerts);
             }
-            Event::Counters(c) => detector.tick(c.ts_ns, &mut self.alerts),
+            Event::Counters(c) => {
+                let settled = self.tracker.settled(c.ts_ns);
+                detector.tick(c.ts_ns, settled, &mut self.alerts);
+            }
             Event::SynackRetransmit(s) => detector.synack(s),
             Event::Fact(f) => {
                 if let Fact::TimeWait(census) = &**f {
-                    detector.time_wait(census, &mut self.alerts);
+                    let settled = self.tracker.settled(census.ts_ns);
+                    detector.time_wait(census, settled, &mut self.alerts);
                 }
                 if let Fact::Listeners(sample) = &**f {
                     let filter = self.filter;
@@ -566,6 +571,8 @@ async fn live(
             }
             _ = counter_tick.tick() => {
                 let _ = pipeline.listeners(probe, ring.get_mut());
+                // The detectors' clock: what the ring holds goes first (`Tracker::settled`).
+                drain(ring.get_mut(), pipeline);
                 let counters = Counters { ts_ns: kernel::boottime_ns(), values: probe.counters() };
                 pipeline.event(&Event::Counters(counters));
                 pipeline.write()

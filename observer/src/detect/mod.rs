@@ -34,17 +34,6 @@ use crate::{
 /// At most this many sample connection uids (and peers) are named in an alert.
 pub const SAMPLES: usize = 5;
 
-/// How far behind `now` the rules that count records decide that a window went quiet.
-///
-/// A record reaches the rules after its socket closed: once its grace period ended
-/// (`track::GRACE_NS`), or, when it waits for its other end, up to `track::PEER_WAIT_NS` later
-/// (TLS records wait less), and at the next flush of the tracker. A rule that resolved at `now`
-/// could then be handed a record that ended before `now` and fire again at once (seen: a lossy
-/// transfer's record arriving 35 ms after its storm resolved). Looking back this far, every
-/// record that ended by the decision's time has arrived, live or in a replay; the resolve is
-/// still stamped when the window went quiet, only noticed later.
-pub const RECORD_LAG_NS: u64 = crate::track::GRACE_NS + crate::track::PEER_WAIT_NS + NS;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     Firing,
@@ -199,12 +188,12 @@ impl Detector {
         self.time_wait.is_some()
     }
 
-    /// A census of time-wait sockets.
-    pub fn time_wait(&mut self, census: &TimeWaitCensus, alerts: &mut Vec<Alert>) {
+    /// A census of time-wait sockets; every record that ended by `settled_ns` was handed in.
+    pub fn time_wait(&mut self, census: &TimeWaitCensus, settled_ns: u64, alerts: &mut Vec<Alert>) {
         if let Some(rule) = &mut self.time_wait {
             rule.census(census, alerts);
         }
-        self.tick(census.ts_ns, alerts);
+        self.tick(census.ts_ns, settled_ns, alerts);
     }
 
     /// One tracker output (a connection or loss record).
@@ -238,21 +227,35 @@ impl Detector {
         }
     }
 
-    /// The sockets in `CLOSE_WAIT` or `FIN_WAIT2` of a kernel table read at `now_ns`.
-    pub fn table(&mut self, now_ns: u64, waiting: &[Waiting], alerts: &mut Vec<Alert>) {
+    /// The sockets in `CLOSE_WAIT` or `FIN_WAIT2` of a kernel table read at `now_ns`; every
+    /// record that ended by `settled_ns` was handed in (`tick`).
+    pub fn table(
+        &mut self,
+        now_ns: u64,
+        settled_ns: u64,
+        waiting: &[Waiting],
+        alerts: &mut Vec<Alert>,
+    ) {
         if let Some(rule) = &mut self.close_wait {
             rule.table(now_ns, waiting, alerts);
         }
         if let Some(rule) = &mut self.fin_wait_2 {
             rule.table(now_ns, waiting, alerts);
         }
-        self.tick(now_ns, alerts);
+        self.tick(now_ns, settled_ns, alerts);
     }
 
-    /// Time passed: windows slide and quiet subjects resolve. The rules that count records
-    /// look [`RECORD_LAG_NS`] back.
-    pub fn tick(&mut self, now_ns: u64, alerts: &mut Vec<Alert>) {
-        let settled = now_ns.saturating_sub(RECORD_LAG_NS);
+    /// Time passed: windows slide and quiet subjects resolve.
+    ///
+    /// The rules that count records see time only up to `settled_ns`, by which every record
+    /// that ended was handed in (`Tracker::settled`). A record reaches them after its socket's
+    /// grace period, and up to 3 s more when it waits for its other end: deciding at `now_ns`
+    /// could resolve a storm and then be handed a record that ended before the decision, and
+    /// the storm would fire again, stamped before its own resolve (seen: a lossy transfer's
+    /// record 35 ms after its `retransmit_storm` resolved). A resolve keeps the time the
+    /// window went quiet; only its notice can come later.
+    pub fn tick(&mut self, now_ns: u64, settled_ns: u64, alerts: &mut Vec<Alert>) {
+        let settled = settled_ns.min(now_ns);
         if let Some(rule) = &mut self.connect_failures {
             rule.tick(settled, alerts);
         }

@@ -67,7 +67,7 @@ fn fin_wait_2_counts_only_its_state_per_process_and_resolves_when_none_is_left()
     ];
     for (now, table, want) in reads {
         let mut alerts = Vec::new();
-        d.table(now * S, &table, &mut alerts);
+        d.table(now * S, now * S, &table, &mut alerts);
         assert_eq!(summary(&alerts), want, "read at {now} s: {alerts:#?}");
         if let Some(a) = alerts.iter().find(|a| a.rule == "fin_wait_2_stuck") {
             assert_eq!(a.subject.process.map(|p| p.pid), Some(50));
@@ -146,7 +146,7 @@ fn time_wait_pressure_against_the_port_range_names_the_churner() {
     ];
     for (t, count, want) in steps {
         alerts.clear();
-        d.time_wait(&census(t, count), &mut alerts);
+        d.time_wait(&census(t, count), t * S, &mut alerts);
         assert_eq!(summary(&alerts), want, "census at {t} s: {alerts:#?}");
         for a in &alerts {
             assert_eq!(a.subject.netns, Some(NETNS));

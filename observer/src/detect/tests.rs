@@ -109,7 +109,7 @@ fn close_wait_fires_holds_and_resolves_per_process() {
     for &(now, socks, want) in reads {
         let table: Vec<Waiting> = socks.iter().map(|&(n, p, t)| waiting(n, p, t)).collect();
         alerts.clear();
-        d.table(now * S, &table, &mut alerts);
+        d.table(now * S, now * S, &table, &mut alerts);
         let got: Vec<(Status, u64)> = alerts.iter().map(|a| (a.status, a.observed)).collect();
         assert_eq!(got, want, "table at {now} s: {alerts:#?}");
     }
@@ -122,7 +122,12 @@ fn close_wait_alert_names_the_process_peers_and_port() {
         ..none()
     });
     let mut alerts = Vec::new();
-    d.table(10 * S, &[waiting(0, 77, 3), waiting(1, 77, 7)], &mut alerts);
+    d.table(
+        10 * S,
+        10 * S,
+        &[waiting(0, 77, 3), waiting(1, 77, 7)],
+        &mut alerts,
+    );
     assert_eq!(alerts.len(), 1, "{alerts:#?}");
     let a = &alerts[0];
     assert_eq!(a.rule, "close_wait_stuck");
@@ -142,7 +147,7 @@ fn close_wait_alert_names_the_process_peers_and_port() {
     assert_eq!(a.samples, vec![uid(0), uid(1)]);
     assert!(a.reason.contains("leaky (pid 77)"), "{}", a.reason);
     alerts.clear();
-    d.table(11 * S, &[], &mut alerts);
+    d.table(11 * S, 11 * S, &[], &mut alerts);
     assert_eq!(
         summary(&alerts),
         [("close_wait_stuck", Status::Resolved, 11, 0)]
@@ -202,7 +207,8 @@ pub(super) fn failed(
     })
 }
 
-/// A stream of records (`r`) and ticks (`t`) at times in seconds.
+/// A stream of records (`R`) and ticks (`T`) at times in seconds; `Held(now, settled)`: a
+/// tick while a record that ended at `settled` has not been handed in yet.
 #[expect(
     clippy::large_enum_variant,
     reason = "a short constructed stream, built once per test"
@@ -210,6 +216,7 @@ pub(super) fn failed(
 pub(super) enum Step {
     R(Output),
     T(u64),
+    Held(u64, u64),
 }
 
 pub(super) fn run(d: &mut Detector, steps: Vec<Step>) -> Vec<Alert> {
@@ -217,7 +224,8 @@ pub(super) fn run(d: &mut Detector, steps: Vec<Step>) -> Vec<Alert> {
     for step in steps {
         match step {
             Step::R(o) => d.output(&o, &mut alerts),
-            Step::T(t) => d.tick(t * S, &mut alerts),
+            Step::T(t) => d.tick(t * S, t * S, &mut alerts),
+            Step::Held(t, settled) => d.tick(t * S, settled * S, &mut alerts),
         }
     }
     alerts
@@ -312,8 +320,7 @@ fn connect_failures_count_only_failed_client_connects_per_destination() {
                 R(failed(3, 20, 80, "refused", "REJ")),
                 R(failed(4, 20, 80, "refused", "REJ")),
                 R(failed(5, 20, 80, "refused", "REJ")),
-                // Quiet from 30 s, seen `RECORD_LAG_NS` (4.25 s) later.
-                T(35),
+                T(31),
             ],
             4,
         ),
@@ -420,7 +427,7 @@ fn disabled_rules_raise_nothing() {
             T(100),
         ],
     );
-    d.table(200 * S, &[waiting(0, 1, 0)], &mut alerts);
+    d.table(200 * S, 200 * S, &[waiting(0, 1, 0)], &mut alerts);
     assert!(alerts.is_empty(), "{alerts:#?}");
 }
 

@@ -199,6 +199,12 @@ impl TlsTable {
         Some(record)
     }
 
+    /// The earliest end of the records still held, if any.
+    #[must_use]
+    pub fn held_since(&self) -> Option<u64> {
+        self.held.iter().map(|(_, _, r)| r.end_ns).min()
+    }
+
     /// Held records whose wait ended by `now_ns`.
     pub fn due(&mut self, now_ns: u64) -> Vec<TlsRecord> {
         let (ready, waiting) = std::mem::take(&mut self.held)

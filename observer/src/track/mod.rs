@@ -268,6 +268,20 @@ impl Tracker {
             .is_some_and(|&(end, _)| self.live.tracked_ns < end.saturating_add(SKEW_NS))
     }
 
+    /// Up to when every record has been handed out, as of `now_ns`: the earliest end among
+    /// the records still held (for their grace period, their peer or their ALPN), else
+    /// `now_ns` less what the ring may still hold (`SKEW_NS`). The detectors that count
+    /// records decide that a window went quiet only up to this time.
+    #[must_use]
+    pub fn settled(&self, now_ns: u64) -> u64 {
+        self.held
+            .iter()
+            .chain(&self.order)
+            .map(|&(end, _)| end)
+            .chain(self.tls.held_since())
+            .fold(now_ns.saturating_sub(SKEW_NS), u64::min)
+    }
+
     /// Emits the records whose grace period ended by `now_ns`.
     pub fn flush_due(&mut self, now_ns: u64, out: &mut Vec<Output>) {
         while let Some(&(end, sk)) = self.held.front() {
