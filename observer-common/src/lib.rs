@@ -13,6 +13,8 @@
 
 use core::mem::{align_of, size_of};
 
+pub mod nesting;
+
 /// Bumped whenever a layout below changes. Recordings carry it, and replay refuses a mismatch.
 /// 7: [`ProcessExec`] gained the executed file's path (`exe`, `exe_len`); 6's shorter record
 /// still decodes.
