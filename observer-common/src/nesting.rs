@@ -53,7 +53,10 @@ impl Marks {
     ///
     /// # Safety
     /// `this` points at this CPU's `Marks`, touched only by this CPU's programs.
-    #[expect(clippy::inline_always, reason = "a BPF program's hot path: no BPF-to-BPF call")]
+    #[expect(
+        clippy::inline_always,
+        reason = "a BPF program's hot path: no BPF-to-BPF call"
+    )]
     #[inline(always)]
     pub unsafe fn mark(this: *mut Self, sk: u64, states: u64) {
         // SAFETY: as the caller promises; indexes are reduced below MARKS.
@@ -70,7 +73,10 @@ impl Marks {
     ///
     /// # Safety
     /// As for [`Marks::mark`].
-    #[expect(clippy::inline_always, reason = "a BPF program's hot path: no BPF-to-BPF call")]
+    #[expect(
+        clippy::inline_always,
+        reason = "a BPF program's hot path: no BPF-to-BPF call"
+    )]
     #[inline(always)]
     pub unsafe fn handled(this: *mut Self, sk: u64, states: u64) -> bool {
         // SAFETY: as the caller promises; indexes are reduced below MARKS.
