@@ -225,6 +225,31 @@ impl Report {
     }
 }
 
+/// libtest's `---- NAME stdout ----` sections of every failed test, each up to the next
+/// section or libtest's `failures:` list, so a failure's message survives a long console.
+pub fn failure_sections(console: &str) -> Vec<Vec<String>> {
+    let mut sections: Vec<Vec<String>> = Vec::new();
+    let mut open = false;
+    for raw in console.lines() {
+        let line = raw.trim_end_matches('\r');
+        let header = line.starts_with("---- ") && line.ends_with(" stdout ----");
+        if header {
+            sections.push(vec![line.to_owned()]);
+            open = true;
+        } else if open && (line == "failures:" || line.contains(MARK)) {
+            open = false;
+        } else if open {
+            sections.last_mut().expect("opened").push(line.to_owned());
+        }
+    }
+    for section in &mut sections {
+        while section.last().is_some_and(|l| l.trim().is_empty()) {
+            section.pop();
+        }
+    }
+    sections
+}
+
 fn exit_of(rest: &str) -> Option<i32> {
     rest.split_whitespace()
         .find_map(|w| w.strip_prefix("exit="))
@@ -351,6 +376,28 @@ mod tests {
         assert_eq!((r.skipped, r.ignored), (1, 2));
         assert!(r.problems(false).is_empty());
         assert_eq!(r.problems(true).len(), 2);
+    }
+
+    #[test]
+    fn failure_sections_keep_each_failed_tests_message() {
+        let text = "test a ... FAILED\ntest b ... FAILED\n\nfailures:\n\n\
+                    ---- a stdout ----\r\nthread 'a' panicked at x.rs:1:2:\n3001 records\n\n\
+                    ---- b stdout ----\nthread 'b' panicked\n\nfailures:\n    a\n    b\n\n\
+                    test result: FAILED. 0 passed; 2 failed\n\
+                    ---- c stdout ----\nleft open\n@@OBSERVER-VM binary-end x exit=101\nafter\n";
+        assert_eq!(
+            failure_sections(text),
+            [
+                vec![
+                    "---- a stdout ----",
+                    "thread 'a' panicked at x.rs:1:2:",
+                    "3001 records"
+                ],
+                vec!["---- b stdout ----", "thread 'b' panicked"],
+                vec!["---- c stdout ----", "left open"],
+            ]
+        );
+        assert!(failure_sections("test a ... ok\n").is_empty());
     }
 
     #[test]

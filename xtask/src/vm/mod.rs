@@ -161,8 +161,30 @@ pub fn run_kernel(prepared: &Prepared, series: &str, strict: bool) -> Result<Ker
         ignored: report.count(Outcome::Ignored),
         problems,
     };
+    // The next run overwrites the log: a failed one is kept under a name of its own.
+    let log = if run.ok() {
+        log
+    } else {
+        keep_failed(&log, series)
+    };
     print_report(&run, &report, &boot.console, &log);
     Ok(run)
+}
+
+/// Copies a failed run's console log to `console-SERIES.failed-UNIXTIME.log`; the copy's path,
+/// or the log's own when it cannot be copied.
+fn keep_failed(log: &Path, series: &str) -> PathBuf {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let kept = log.with_file_name(format!("console-{series}.failed-{now}.log"));
+    match fs::copy(log, &kept) {
+        Ok(_) => kept,
+        Err(e) => {
+            eprintln!("cannot keep {} as {}: {e}", log.display(), kept.display());
+            log.to_path_buf()
+        }
+    }
 }
 
 /// The kernel's `observer check`, its tests' results, and on failure the console's end.
@@ -198,10 +220,11 @@ fn print_report(run: &KernelRun, report: &Report, console: &str, log: &Path) {
     for line in &lines[from..] {
         eprintln!("{}", line.trim_end_matches('\r'));
     }
-    eprintln!(
-        "--- end of guest console ---\nkernel {} FAILED:",
-        run.series
-    );
+    eprintln!("--- end of guest console ---");
+    for section in console::failure_sections(console) {
+        eprintln!("{}", section.join("\n"));
+    }
+    eprintln!("kernel {} FAILED:", run.series);
     for problem in &run.problems {
         eprintln!("  - {problem}");
     }
