@@ -20,7 +20,7 @@ pub mod top;
 
 use crate::{
     check,
-    cli::{Cli, Command, DEFAULT_MAX_CONNECTIONS, Filters, ReplayArgs, RunArgs},
+    cli::{Cli, Command, DEFAULT_MAX_CONNECTIONS, DEFAULT_QUEUE_MIB, Filters, ReplayArgs, RunArgs},
     control,
     decode::{self, Counters, Event},
     detect::{Alert, Detector},
@@ -30,7 +30,7 @@ use crate::{
     probe::{Probe, ProbeConfig},
     recording::{Header, Recorder, Replay},
     sink::{
-        self, Sink, SinkError,
+        self, FLUSH_TIMEOUT, Sink, SinkError, Target,
         ndjson::{AgentRecord, Encoder},
     },
     track::{
@@ -39,6 +39,8 @@ use crate::{
     },
 };
 
+/// The most NDJSON handed to an output at once: a quarter of the smallest queue.
+const BATCH_BYTES: usize = 256 << 10;
 /// How often the ring is drained when the kernel did not wake us.
 const DRAIN_EVERY: Duration = Duration::from_millis(50);
 /// How often every process is searched for TLS libraries loaded with `dlopen()`.
@@ -85,21 +87,25 @@ fn filter(filters: &Filters, allow_inode: bool) -> Result<Filter> {
     })
 }
 
-fn open_sink(output: Option<&Path>) -> Result<Sink> {
-    Ok(match output {
-        Some(path) => Sink::append(path)?,
-        None => Sink::stdout(),
-    })
+fn open_sink(output: Option<&Path>, queue_mib: u32) -> Result<Sink> {
+    let target = output.map_or(Target::Stdout, |p| Target::File(p.to_owned()));
+    Ok(Sink::open(target, (queue_mib as usize) << 20)?)
 }
 
 /// Decoded events in, NDJSON out; shared by the live run and replay.
 struct Pipeline {
     tracker: Tracker,
     encoder: Encoder,
-    sink: Sink,
+    /// Where NDJSON goes; none for `observer top`.
+    sink: Option<Sink>,
     recorder: Option<Recorder>,
     outputs: Vec<Output>,
+    /// Lines for the sink, and how many: records and alerts, then the observer's own lines
+    /// (loss and agent), which a full queue takes a little past its bound.
     buf: Vec<u8>,
+    lines: u64,
+    own: Vec<u8>,
+    own_lines: u64,
     scratch: Vec<u8>,
     warned_decode: bool,
     /// Looks up owners' executables and cgroups (live runs only: a replay has them recorded).
@@ -132,7 +138,12 @@ struct Tally {
 }
 
 impl Pipeline {
-    fn new(tracker: Tracker, encoder: Encoder, sink: Sink, recorder: Option<Recorder>) -> Self {
+    fn new(
+        tracker: Tracker,
+        encoder: Encoder,
+        sink: Option<Sink>,
+        recorder: Option<Recorder>,
+    ) -> Self {
         Self {
             tracker,
             encoder,
@@ -140,6 +151,9 @@ impl Pipeline {
             recorder,
             outputs: Vec::with_capacity(1024),
             buf: Vec::with_capacity(1 << 20),
+            lines: 0,
+            own: Vec::new(),
+            own_lines: 0,
             scratch: Vec::new(),
             warned_decode: false,
             resolver: None,
@@ -301,6 +315,11 @@ impl Pipeline {
         if let Some(rec) = &mut self.recorder {
             rec.event(event, &mut self.scratch);
         }
+        // The counters' loss line also reports the output's drops (not recorded: they are
+        // this run's, not the capture's).
+        if let (Event::Counters(_), Some(sink)) = (event, &self.sink) {
+            self.tracker.sink_dropped(sink.name(), sink.dropped());
+        }
         self.tracker.ingest(event, &mut self.outputs);
         self.detect(event);
     }
@@ -370,27 +389,58 @@ impl Pipeline {
                     });
                 }
             }
-            // Serialising these types cannot fail.
-            let _ = self.encoder.write(&output, &mut self.buf);
+            if self.sink.is_some() {
+                let (buf, lines) = if matches!(output, Output::Loss(_)) {
+                    (&mut self.own, &mut self.own_lines)
+                } else {
+                    (&mut self.buf, &mut self.lines)
+                };
+                // Serialising these types cannot fail.
+                let _ = self.encoder.write(&output, buf);
+                *lines += 1;
+            }
+            // A big batch (a table read's updates, the records held at exit) goes in pieces
+            // that a small queue can take.
+            if self.buf.len() >= BATCH_BYTES
+                && let Some(sink) = &mut self.sink
+            {
+                sink.write(&mut self.buf, std::mem::take(&mut self.lines), false)?;
+            }
         }
         for alert in self.alerts.drain(..) {
-            let _ = self.encoder.alert(&alert, &mut self.buf);
+            if self.sink.is_some() {
+                let _ = self.encoder.alert(&alert, &mut self.buf);
+                self.lines += 1;
+            }
             if let Some(kept) = &mut self.tally.alerts {
                 kept.push(alert);
             }
         }
-        let result = if self.buf.is_empty() {
-            self.sink.retry()
-        } else {
-            self.sink.write(&self.buf)
+        let Some(sink) = &mut self.sink else {
+            return Ok(());
         };
-        self.buf.clear();
-        result
+        let records = sink.write(&mut self.buf, std::mem::take(&mut self.lines), false);
+        let own = sink.write(&mut self.own, std::mem::take(&mut self.own_lines), true);
+        records.and(own)
     }
 
     fn agent(&mut self, record: &AgentRecord) -> Result<(), SinkError> {
-        let _ = self.encoder.agent(record, &mut self.buf);
+        if self.sink.is_some() {
+            let _ = self.encoder.agent(record, &mut self.own);
+            self.own_lines += 1;
+        }
         self.write()
+    }
+
+    /// SIGHUP: the file output is opened again by its name (after logrotate's `mv`), and the
+    /// `reopened` line is the new file's first.
+    fn reopen(&mut self, agent: &mut AgentRecord) -> Result<(), SinkError> {
+        if let Some(sink) = &self.sink {
+            sink.reopen();
+        }
+        agent.action = "reopened";
+        agent.ts_ns = kernel::boottime_ns();
+        self.agent(agent)
     }
 
     fn finish(&mut self, ts_ns: u64) -> Result<(), SinkError> {
@@ -419,7 +469,7 @@ fn runtime() -> Result<(tokio::runtime::Runtime, Signals)> {
 fn run(args: &RunArgs) -> Result<()> {
     let (runtime, signals) = runtime()?;
     let filter = filter(&args.filters, false)?;
-    let sink = open_sink(args.output.as_deref())?;
+    let sink = open_sink(args.output.as_deref(), args.queue_mib)?;
     let detector_config = args.anomalies.config();
     let config = ProbeConfig {
         max_connections: args.max_connections,
@@ -451,7 +501,7 @@ fn run(args: &RunArgs) -> Result<()> {
         .transpose()?;
     let encoder = Encoder::new(header.host.clone(), header.boot_to_unix_ns);
     let tracker = Tracker::new(boot_id, filter, args.max_connections as usize);
-    let mut pipeline = Pipeline::new(tracker, encoder, sink, recorder);
+    let mut pipeline = Pipeline::new(tracker, encoder, Some(sink), recorder);
     pipeline.resolver = Some(Resolver::new());
     pipeline.detector = detector_config.map(|c| Detector::new(&c).on_boot(boot_id));
     pipeline.filter = filter;
@@ -486,6 +536,7 @@ struct Signals {
     sigterm: tokio::signal::unix::Signal,
     sigusr1: tokio::signal::unix::Signal,
     sigusr2: tokio::signal::unix::Signal,
+    sighup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -495,6 +546,7 @@ impl Signals {
             sigterm: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
             sigusr1: signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?,
             sigusr2: signal(SignalKind::user_defined2()).context("cannot handle SIGUSR2")?,
+            sighup: signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
         })
     }
 }
@@ -518,6 +570,7 @@ async fn live(
         mut sigterm,
         mut sigusr1,
         mut sigusr2,
+        mut sighup,
     } = signals;
     let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
     let mut tls_tick = tokio::time::interval(TLS_RESCAN_EVERY);
@@ -541,6 +594,8 @@ async fn live(
         accept_hook: args.accept_hook,
         max_connections: args.max_connections,
         ring_mib: args.ring_mib,
+        queue_mib: args.queue_mib,
+        sinks: Vec::new(),
     };
     // The sockets that existed before: listed once the hooks are attached, so that a change
     // during the listing is seen by both, and deduplicated by socket cookie. Before the
@@ -583,6 +638,7 @@ async fn live(
             }
             _ = sigusr1.recv() => toggle(probe, ring.get_mut(), pipeline, &mut agent, false),
             _ = sigusr2.recv() => toggle(probe, ring.get_mut(), pipeline, &mut agent, true),
+            _ = sighup.recv() => pipeline.reopen(&mut agent),
             _ = sigint.recv() => break "SIGINT",
             _ = sigterm.recv() => break "SIGTERM",
             () = &mut deadline => break "--duration elapsed",
@@ -615,6 +671,10 @@ fn stop(
     mut agent: AgentRecord,
     outcome: &'static str,
 ) {
+    let deadline = Instant::now() + FLUSH_TIMEOUT;
+    if let Some(sink) = &mut pipeline.sink {
+        sink.closing(deadline);
+    }
     drain(ring, pipeline);
     if outcome != "output closed" {
         pipeline.table(probe, ring);
@@ -630,14 +690,22 @@ fn stop(
     agent.reason = Some(outcome);
     agent.ts_ns = kernel::boottime_ns();
     agent.records = Some(pipeline.tracker.records);
-    if !closed && pipeline.agent(&agent).is_ok() {
-        // Give a full disk a last chance before exiting.
-        let _ = pipeline.sink.retry();
+    agent.sinks = pipeline
+        .sink
+        .iter()
+        .map(|s| (s.name(), s.totals()))
+        .collect();
+    if !closed {
+        let _ = pipeline.agent(&agent);
     }
-    let pending = pipeline.sink.backlog();
+    let totals = pipeline
+        .sink
+        .as_mut()
+        .map(|s| s.finish(Some(deadline)))
+        .unwrap_or_default();
     let at = |i: u32| counters.values[i as usize];
     eprintln!(
-        "observer: stopped ({outcome}): {} connection records, {} events, {} lost in the kernel{}{}",
+        "observer: stopped ({outcome}): {} connection records, {} events, {} lost in the kernel{}{}{}",
         pipeline.tracker.records,
         at(counter::EVENTS),
         counters.lost(),
@@ -645,10 +713,16 @@ fn stop(
             0 => String::new(),
             n => format!(" ({n} transitions of interrupted hook runs taken over)"),
         },
-        if pending > 0 {
-            format!(", {pending} bytes could not be written")
-        } else {
-            String::new()
+        match totals.dropped {
+            0 => String::new(),
+            n => format!(", {n} lines dropped by a full output queue"),
+        },
+        match totals.unwritten_bytes {
+            0 => String::new(),
+            n => format!(
+                ", {n} bytes not written within {} s",
+                FLUSH_TIMEOUT.as_secs()
+            ),
         }
     );
 }
@@ -739,14 +813,14 @@ fn replay(args: &ReplayArgs) -> Result<()> {
         filter.netns = header.netns;
         filter.port = header.port;
     }
-    let sink = open_sink(args.output.as_deref())?;
+    let sink = open_sink(args.output.as_deref(), DEFAULT_QUEUE_MIB)?.lossless();
     let tracker = Tracker::new(
         header.boot_id_bytes(),
         filter,
         DEFAULT_MAX_CONNECTIONS as usize,
     );
     let encoder = Encoder::new(header.host.clone(), header.boot_to_unix_ns);
-    let mut pipeline = Pipeline::new(tracker, encoder, sink, None);
+    let mut pipeline = Pipeline::new(tracker, encoder, Some(sink), None);
     pipeline.detector = args
         .anomalies
         .config()
@@ -774,5 +848,8 @@ fn replay(args: &ReplayArgs) -> Result<()> {
         );
     }
     let _ = pipeline.finish(last_ts);
+    if let Some(sink) = &mut pipeline.sink {
+        sink.finish(None);
+    }
     Ok(())
 }

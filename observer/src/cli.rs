@@ -6,6 +6,9 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::detect;
 
+/// An output's queue, in MiB, unless `--queue-mib` says otherwise.
+pub const DEFAULT_QUEUE_MIB: u32 = 64;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "observer",
@@ -99,6 +102,11 @@ pub struct RunArgs {
     /// Append NDJSON to FILE instead of writing to stdout.
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Each output's queue, in MiB: lines wait there while the output is slow (a full disk, a
+    /// reader that falls behind); past it they are dropped and counted in `observer.loss`
+    /// (`loss.sink.NAME.dropped`), so that no output can slow capture.
+    #[arg(long, value_name = "MIB", default_value_t = DEFAULT_QUEUE_MIB, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub queue_mib: u32,
     /// Also write the raw event stream to FILE, for `observer replay`.
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,

@@ -29,7 +29,7 @@ use crate::{
     kernel,
     probe::{Probe, ProbeConfig},
     recording::Replay,
-    sink::{Sink, ndjson::Encoder},
+    sink::ndjson::Encoder,
     top::{
         Screen,
         display::{Display, Timing},
@@ -65,7 +65,7 @@ pub fn run(args: &TopArgs) -> Result<()> {
     let (mut probe, ring) = Probe::load(config)
         .context("cannot start capture (`observer check` shows what is missing)")?;
     let tracker = Tracker::new(kernel::boot_id(), filter, args.max_connections as usize);
-    let mut pipeline = top_pipeline(tracker, &thresholds(args))?;
+    let mut pipeline = top_pipeline(tracker, &thresholds(args));
     pipeline.resolver = Some(Resolver::new());
     pipeline.filter = filter;
     pipeline.listeners = Some(crate::gather::listeners::Listeners::default());
@@ -85,15 +85,14 @@ pub fn thresholds(args: &TopArgs) -> detect::Config {
 /// A pipeline whose records are built as for `run` (that is where closes, resets,
 /// retransmits and alerts come from) and thrown away, their totals and alerts kept for the
 /// read model.
-fn top_pipeline(tracker: Tracker, detect: &detect::Config) -> Result<Pipeline> {
-    let sink = Sink::append(Path::new("/dev/null"))?;
+fn top_pipeline(tracker: Tracker, detect: &detect::Config) -> Pipeline {
     let encoder = Encoder::new(kernel::hostname(), kernel::boot_to_unix_offset_ns());
     let boot_id = tracker.boot_id();
-    let mut pipeline = Pipeline::new(tracker, encoder, sink, None);
+    let mut pipeline = Pipeline::new(tracker, encoder, None, None);
     pipeline.detector = Some(Detector::new(detect).on_boot(boot_id));
     pipeline.tally.closed_conns = Some(Vec::new());
     pipeline.tally.alerts = Some(Vec::new());
-    Ok(pipeline)
+    pipeline
 }
 
 impl Pipeline {
@@ -140,7 +139,7 @@ pub fn replay(path: &Path, detect: &detect::Config) -> Result<Model> {
         filter,
         DEFAULT_MAX_CONNECTIONS as usize,
     );
-    let mut pipeline = top_pipeline(tracker, detect)?;
+    let mut pipeline = top_pipeline(tracker, detect);
     pipeline.encoder = Encoder::new(header.host.clone(), header.boot_to_unix_ns);
     // As `run` sets it: the detectors see the listener samples of the live run's filter.
     pipeline.filter = filter;

@@ -348,6 +348,7 @@ fn loss_of(ts_s: u64, delta: Losses) -> Output {
         total: delta,
         events: 1000,
         summary: false,
+        sinks: Vec::new(),
     })
 }
 

@@ -1,28 +1,36 @@
-//! Where NDJSON lines go: stdout or a file opened for append.
+//! Where NDJSON lines go. Each output has its own writer thread behind a byte-bounded queue
+//! ([`queue`]), so a slow disk or reader never slows capture: what does not fit is dropped,
+//! counted per output and reported in the stream itself (`observer.loss`'s `sink`).
 //!
-//! A closed reader (`observer run | head`) ends the run cleanly. Any other write error (a full
-//! disk, EIO) loses nothing at first: unwritten bytes wait in memory, up to [`BACKLOG_LIMIT`],
-//! and every later write retries them; one warning names the problem. Only past the limit are
-//! whole batches dropped, and they are counted.
+//! A closed reader (`observer run | head`) ends the run cleanly. At exit every queue is
+//! written out within [`FLUSH_TIMEOUT`]; what could not be is said on stderr.
 
 mod alert_line;
 pub mod community_id;
 mod conn_line;
 pub mod ndjson;
+pub mod queue;
 pub mod snapshot;
 pub mod timefmt;
 mod tls_line;
+pub mod writer;
 
 use std::{
-    fs::File,
-    io::{self, Write},
-    path::{Path, PathBuf},
+    io,
+    path::PathBuf,
+    sync::{Arc, atomic::Ordering},
+    thread::JoinHandle,
+    time::{Duration, Instant},
 };
 
 use thiserror::Error;
 
-/// Bytes held in memory while the output cannot be written.
-pub const BACKLOG_LIMIT: usize = 64 << 20;
+use queue::{Full, Queue};
+use writer::Shared;
+pub use writer::Target;
+
+/// How long the end of a run waits for its outputs to write what they hold.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Error)]
 pub enum SinkError {
@@ -30,136 +38,155 @@ pub enum SinkError {
     Closed,
     #[error("cannot open {path} for appending: {err}; check the directory exists and is writable")]
     Open { path: PathBuf, err: io::Error },
+    #[error("cannot start the writer thread of {name}: {err}")]
+    Thread { name: String, err: io::Error },
 }
 
-enum Target {
-    Stdout(io::Stdout),
-    File(File),
+/// What an output did, at the end of a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Lines handed to the output.
+    pub lines: u64,
+    /// Lines dropped because its queue was full.
+    pub dropped: u64,
+    /// Lines written.
+    pub written: u64,
+    /// Bytes still queued when the flush timed out.
+    pub unwritten_bytes: usize,
 }
 
-impl Target {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Target::Stdout(out) => out.lock().write(buf),
-            Target::File(file) => file.write(buf),
-        }
-    }
-}
-
+/// The pipeline's handle on one output.
 pub struct Sink {
-    target: Target,
-    name: String,
-    backlog: Vec<u8>,
-    warned: Option<io::ErrorKind>,
-    /// Bytes dropped because the backlog was full.
-    pub dropped_bytes: u64,
-    /// Lines dropped because the backlog was full.
-    pub dropped_lines: u64,
+    name: &'static str,
+    limit: usize,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    full: Full,
+    warned_full: bool,
 }
 
 impl Sink {
-    #[must_use]
-    pub fn stdout() -> Self {
-        Self::new(Target::Stdout(io::stdout()), "stdout".to_owned())
-    }
-
-    /// Opens `path` for appending, creating it if needed.
+    /// Opens `target` (a file is created 0640 or appended to) and starts its writer, with a
+    /// queue of `queue_bytes`.
     ///
     /// # Errors
-    /// When the file cannot be opened.
-    pub fn append(path: &Path) -> Result<Self, SinkError> {
-        let file = File::options()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|err| SinkError::Open {
-                path: path.to_owned(),
+    /// When the file cannot be opened or the thread started.
+    pub fn open(target: Target, queue_bytes: usize) -> Result<Self, SinkError> {
+        let (name, file) = match &target {
+            Target::Stdout => ("stdout", None),
+            Target::File(path) => (
+                "file",
+                Some(writer::append(path).map_err(|err| SinkError::Open {
+                    path: path.clone(),
+                    err,
+                })?),
+            ),
+        };
+        let shared = Arc::new(Shared::new(Queue::new(queue_bytes)));
+        let thread =
+            writer::spawn(name, target, file, shared.clone()).map_err(|err| SinkError::Thread {
+                name: name.to_owned(),
                 err,
             })?;
-        Ok(Self::new(Target::File(file), path.display().to_string()))
-    }
-
-    fn new(target: Target, name: String) -> Self {
-        Self {
-            target,
+        Ok(Self {
             name,
-            backlog: Vec::new(),
-            warned: None,
-            dropped_bytes: 0,
-            dropped_lines: 0,
+            limit: queue_bytes,
+            shared,
+            thread: Some(thread),
+            full: Full::Drop,
+            warned_full: false,
+        })
+    }
+
+    /// Waits for room instead of dropping (a replay: there is no capture to protect).
+    #[must_use]
+    pub fn lossless(mut self) -> Self {
+        self.full = Full::Wait(None);
+        self
+    }
+
+    /// From now on waits for room until `deadline` (the end of a run: capture is over, and
+    /// the last records should reach a reader that keeps up, within a bound).
+    pub fn closing(&mut self, deadline: Instant) {
+        if self.full == Full::Drop {
+            self.full = Full::Wait(Some(deadline));
         }
     }
 
-    /// Writes complete lines. Never blocks on a failing disk: unwritten bytes are kept.
-    ///
-    /// # Errors
-    /// [`SinkError::Closed`] when the reader went away.
-    pub fn write(&mut self, lines: &[u8]) -> Result<(), SinkError> {
-        if !self.backlog.is_empty() {
-            if self.backlog.len() + lines.len() > BACKLOG_LIMIT {
-                self.dropped_bytes += lines.len() as u64;
-                self.dropped_lines += lines.split(|&b| b == b'\n').count() as u64 - 1;
-            } else {
-                self.backlog.extend_from_slice(lines);
-            }
-            return self.retry();
-        }
-        let written = self.write_some(lines)?;
-        if written < lines.len() {
-            self.backlog.extend_from_slice(&lines[written..]);
-        }
-        Ok(())
+    /// The output's name in `observer.loss` and `observer.agent` lines.
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        self.name
     }
 
-    /// Retries bytes held back by an earlier error.
+    /// Hands the `lines` lines in `buf` to the writer, leaving `buf` empty. `keep`: the
+    /// observer's own lines, taken a little past a full queue so the reader learns of a loss.
     ///
     /// # Errors
     /// [`SinkError::Closed`] when the reader went away.
-    pub fn retry(&mut self) -> Result<(), SinkError> {
-        if self.backlog.is_empty() {
-            return Ok(());
+    pub fn write(&mut self, buf: &mut Vec<u8>, lines: u64, keep: bool) -> Result<(), SinkError> {
+        if self.shared.closed.load(Ordering::Relaxed) {
+            buf.clear();
+            return Err(SinkError::Closed);
         }
-        let backlog = std::mem::take(&mut self.backlog);
-        let written = self.write_some(&backlog)?;
-        self.backlog = backlog;
-        self.backlog.drain(..written);
-        if self.backlog.is_empty() && self.warned.take().is_some() {
+        let full = if keep && self.full == Full::Drop {
+            Full::Keep
+        } else {
+            self.full
+        };
+        if !self.shared.queue.push(buf, lines, full) && !self.warned_full {
+            self.warned_full = true;
             eprintln!(
-                "observer: writing to {} works again; nothing was lost",
+                "observer: warning: {} cannot keep up: its {} MiB queue is full, so lines are dropped and counted in observer.loss (loss.sink.{}.dropped) — speed up the reader or raise --queue-mib",
+                self.name,
+                self.limit >> 20,
                 self.name
             );
         }
         Ok(())
     }
 
-    /// Bytes waiting to be written.
-    #[must_use]
-    pub fn backlog(&self) -> usize {
-        self.backlog.len()
+    /// Reopens a file output by its name, after what is queued (SIGHUP, after logrotate).
+    pub fn reopen(&self) {
+        self.shared.queue.reopen();
     }
 
-    /// Writes as much as possible; returns how much was written.
-    fn write_some(&mut self, mut buf: &[u8]) -> Result<usize, SinkError> {
-        let total = buf.len();
-        while !buf.is_empty() {
-            match self.target.write(buf) {
-                Ok(0) => break,
-                Ok(n) => buf = &buf[n..],
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Err(SinkError::Closed),
-                Err(e) => {
-                    if self.warned.is_none() {
-                        eprintln!(
-                            "observer: warning: cannot write to {}: {e}; holding records in memory (up to {} MiB) and retrying — free space or fix the output",
-                            self.name,
-                            BACKLOG_LIMIT >> 20
-                        );
-                        self.warned = Some(e.kind());
-                    }
-                    break;
-                }
-            }
+    /// Lines dropped so far.
+    #[must_use]
+    pub fn dropped(&self) -> u64 {
+        self.shared.queue.counts().dropped
+    }
+
+    /// What the output was handed and dropped so far.
+    #[must_use]
+    pub fn totals(&self) -> Totals {
+        let counts = self.shared.queue.counts();
+        Totals {
+            lines: counts.queued + counts.dropped,
+            dropped: counts.dropped,
+            written: self.shared.written.load(Ordering::Relaxed),
+            unwritten_bytes: counts.bytes,
         }
-        Ok(total - buf.len())
+    }
+
+    /// Writes out what is queued, waiting until `deadline` at most (`None`: as long as it
+    /// takes), and says what was done. Takes nothing more.
+    pub fn finish(&mut self, deadline: Option<Instant>) -> Totals {
+        self.shared.queue.close();
+        if self.shared.wait_done(deadline)
+            && let Some(thread) = self.thread.take()
+        {
+            let _ = thread.join();
+        }
+        self.thread = None;
+        self.totals()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.finish(Some(Instant::now() + FLUSH_TIMEOUT));
+        }
     }
 }

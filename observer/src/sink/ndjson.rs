@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::{alert_line, conn_line, timefmt::Rfc3339, tls_line};
 use crate::track::{
     lifecycle::state_name,
-    record::{LossRecord, Losses, Output, Role, StateRecord},
+    record::{LossRecord, Losses, Output, Role, SinkLoss, StateRecord},
 };
 
 /// Bumped when a field changes meaning or disappears; additions keep it.
@@ -144,8 +144,47 @@ struct StateLine<'a> {
 struct LossFields<'a> {
     #[serde(flatten)]
     delta: &'a Losses,
-    total: &'a Losses,
+    #[serde(skip_serializing_if = "SinkDrops::is_empty")]
+    sink: SinkDrops<'a>,
+    total: LossTotal<'a>,
     events_delivered: u64,
+}
+
+#[derive(Serialize)]
+struct LossTotal<'a> {
+    #[serde(flatten)]
+    losses: &'a Losses,
+    #[serde(skip_serializing_if = "SinkDrops::is_empty")]
+    sink: SinkDrops<'a>,
+}
+
+/// `{"<sink>": {"dropped": N}}`: since the previous line, or (`total`) since the start.
+struct SinkDrops<'a> {
+    sinks: &'a [SinkLoss],
+    total: bool,
+}
+
+impl SinkDrops<'_> {
+    fn is_empty(&self) -> bool {
+        self.sinks.is_empty()
+    }
+}
+
+#[derive(Serialize)]
+struct Dropped {
+    dropped: u64,
+}
+
+impl Serialize for SinkDrops<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = serializer.serialize_map(Some(self.sinks.len()))?;
+        for s in self.sinks {
+            let dropped = if self.total { s.total } else { s.dropped };
+            map.serialize_entry(s.name, &Dropped { dropped })?;
+        }
+        map.end()
+    }
 }
 
 #[derive(Serialize)]
@@ -173,6 +212,9 @@ pub struct AgentRecord {
     pub accept_hook: bool,
     pub max_connections: u32,
     pub ring_mib: u32,
+    pub queue_mib: u32,
+    /// At stop: each output's lines before this one, and how many of them it dropped.
+    pub sinks: Vec<(&'static str, crate::sink::Totals)>,
 }
 
 #[derive(Serialize)]
@@ -201,7 +243,39 @@ struct AgentObserver<'a> {
     hooks: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]
     records: Option<u64>,
+    #[serde(skip_serializing_if = "AgentSinks::is_empty")]
+    sink: AgentSinks<'a>,
     config: AgentConfig,
+}
+
+/// `{"<sink>": {"lines": N, "dropped": N}}`.
+struct AgentSinks<'a>(&'a [(&'static str, crate::sink::Totals)]);
+
+impl AgentSinks<'_> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+#[derive(Serialize)]
+struct SinkLines {
+    lines: u64,
+    dropped: u64,
+}
+
+impl Serialize for AgentSinks<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, t) in self.0 {
+            let lines = SinkLines {
+                lines: t.lines,
+                dropped: t.dropped,
+            };
+            map.serialize_entry(name, &lines)?;
+        }
+        map.end()
+    }
 }
 
 #[derive(Serialize)]
@@ -215,6 +289,7 @@ struct AgentConfig {
     accept_hook: bool,
     max_connections: u32,
     ring_mib: u32,
+    queue_mib: u32,
 }
 
 pub(super) fn wall(boot_ns: u64, offset: i64) -> i64 {
@@ -308,11 +383,13 @@ impl Encoder {
                 os: AgentOs { kernel: &a.kernel },
                 hooks: &a.hooks,
                 records: a.records,
+                sink: AgentSinks(&a.sinks),
                 config: AgentConfig {
                     transitions: a.transitions,
                     accept_hook: a.accept_hook,
                     max_connections: a.max_connections,
                     ring_mib: a.ring_mib,
+                    queue_mib: a.queue_mib,
                 },
             },
         };
@@ -370,7 +447,17 @@ impl Encoder {
             host: Host { name: &self.host },
             loss: LossFields {
                 delta: &l.delta,
-                total: &l.total,
+                sink: SinkDrops {
+                    sinks: &l.sinks,
+                    total: false,
+                },
+                total: LossTotal {
+                    losses: &l.total,
+                    sink: SinkDrops {
+                        sinks: &l.sinks,
+                        total: true,
+                    },
+                },
                 events_delivered: l.events,
             },
         };

@@ -28,7 +28,9 @@ use self::{
     lifecycle::LateResets,
     live::{Live, Open, TupleKey, key_of_state, reversed},
     procs::Procs,
-    record::{LossRecord, Losses, Output, Peer, Process, RecordKind, StateRecord, ends_of},
+    record::{
+        LossRecord, Losses, Output, Peer, Process, RecordKind, SinkLoss, StateRecord, ends_of,
+    },
 };
 use crate::tls::{TlsRecord, TlsTable};
 use crate::{
@@ -113,6 +115,8 @@ pub struct Tracker {
     last_counters: Counters,
     decode_errors: u64,
     reported: Losses,
+    /// Lines each output dropped: (name, since the start, in the last loss record).
+    sink_drops: Vec<(&'static str, u64, u64)>,
     /// Resets that no socket could be found for.
     pub unattributed_resets: u64,
     /// Records emitted.
@@ -139,10 +143,36 @@ impl Tracker {
             last_counters: Counters::default(),
             decode_errors: 0,
             reported: Losses::default(),
+            sink_drops: Vec::new(),
             unattributed_resets: 0,
             records: 0,
             tls: TlsTable::default(),
         }
+    }
+
+    /// How many lines output `name` dropped since the start; reported with the next counters.
+    pub fn sink_dropped(&mut self, name: &'static str, total: u64) {
+        match self.sink_drops.iter_mut().find(|(n, ..)| *n == name) {
+            Some(entry) => entry.1 = total,
+            None => self.sink_drops.push((name, total, 0)),
+        }
+    }
+
+    /// Every output that dropped lines, marked as reported.
+    fn sink_losses(&mut self) -> Vec<SinkLoss> {
+        let mut losses = Vec::new();
+        for (name, total, reported) in &mut self.sink_drops {
+            if *total == 0 {
+                continue;
+            }
+            losses.push(SinkLoss {
+                name,
+                dropped: *total - *reported,
+                total: *total,
+            });
+            *reported = *total;
+        }
+        losses
     }
 
     pub fn note_decode_error(&mut self) {
@@ -328,6 +358,7 @@ impl Tracker {
             total,
             events: self.last_counters.values[observer_common::counter::EVENTS as usize],
             summary: true,
+            sinks: self.sink_losses(),
         }));
         self.reported = total;
     }
@@ -394,13 +425,18 @@ impl Tracker {
         self.last_counters = *c;
         let total = self.losses();
         let delta = total.minus(&self.reported);
-        if delta.any() {
+        let sinks_grew = self
+            .sink_drops
+            .iter()
+            .any(|&(_, total, reported)| total > reported);
+        if delta.any() || sinks_grew {
             out.push(Output::Loss(LossRecord {
                 ts_ns: c.ts_ns,
                 delta,
                 total,
                 events: c.values[observer_common::counter::EVENTS as usize],
                 summary: false,
+                sinks: self.sink_losses(),
             }));
             self.reported = total;
         }

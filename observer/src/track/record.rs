@@ -207,6 +207,18 @@ pub struct LossRecord {
     pub events: u64,
     /// The summary at exit.
     pub summary: bool,
+    /// Outputs that dropped lines since the start (their queue was full).
+    pub sinks: Vec<SinkLoss>,
+}
+
+/// Lines one output dropped because its queue was full.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkLoss {
+    pub name: &'static str,
+    /// Since the previous loss record.
+    pub dropped: u64,
+    /// Since the start.
+    pub total: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]

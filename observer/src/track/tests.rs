@@ -10,7 +10,7 @@ use observer_common::{
 
 use super::{
     Filter, GRACE_NS, SKEW_NS, Tracker,
-    record::{ConnRecord, Output, Role},
+    record::{ConnRecord, LossRecord, Output, Role, SinkLoss},
 };
 use crate::decode::{Counters, Event};
 
@@ -420,6 +420,15 @@ fn state_records_only_when_asked_and_with_the_connection_uid() {
     assert_eq!(states[0].uid, conns(&out)[0].uid);
 }
 
+fn losses(out: &[Output]) -> Vec<&LossRecord> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Loss(l) => Some(l),
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
 fn loss_records_report_deltas_and_a_summary() {
     let snap = |ts, ring_full, events| {
@@ -434,16 +443,7 @@ fn loss_records_report_deltas_and_a_summary() {
     );
     t.note_decode_error();
     t.finish(4 * MS, &mut out);
-    let losses: Vec<_> = out
-        .iter()
-        .filter_map(|o| {
-            if let Output::Loss(l) = o {
-                Some(l)
-            } else {
-                None
-            }
-        })
-        .collect();
+    let losses = losses(&out);
     assert_eq!(
         losses.len(),
         2,
@@ -466,4 +466,33 @@ fn loss_records_report_deltas_and_a_summary() {
         (0, 1, true)
     );
     assert_eq!((losses[1].total.ring_full, losses[1].events), (3, 30));
+}
+
+#[test]
+fn a_sinks_drops_alone_make_a_loss_record_with_its_delta_and_total() {
+    let snap = |ts| {
+        let mut values = [0; counter::COUNT as usize];
+        values[counter::EVENTS as usize] = 10;
+        Event::Counters(Counters { ts_ns: ts, values })
+    };
+    let mut t = Tracker::new([0; 16], Filter::default(), 1024);
+    let mut out = Vec::new();
+    t.sink_dropped("file", 0);
+    t.ingest(&snap(MS), &mut out);
+    assert!(out.is_empty(), "nothing dropped, nothing lost: {out:#?}");
+    t.sink_dropped("file", 7);
+    t.ingest(&snap(2 * MS), &mut out);
+    t.ingest(&snap(3 * MS), &mut out);
+    t.sink_dropped("file", 9);
+    t.finish(4 * MS, &mut out);
+    let losses = losses(&out);
+    assert_eq!(losses.len(), 2, "the drop, then the summary: {losses:#?}");
+    assert!(!losses[0].delta.any() && !losses[0].summary);
+    let sink = |name, dropped, total| SinkLoss {
+        name,
+        dropped,
+        total,
+    };
+    assert_eq!(losses[0].sinks, [sink("file", 7, 7)]);
+    assert_eq!(losses[1].sinks, [sink("file", 2, 9)]);
 }
