@@ -1,4 +1,4 @@
-//! Wires the pipeline (probe → decode → track → sink) for a live run and for replay.
+//! Wires the pipeline (probe → decode → track → sink, in `pipeline`) for a live run and replay.
 
 use std::{
     path::Path,
@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use clap::Parser as _;
+use clap::{CommandFactory as _, FromArgMatches as _};
 use observer_common::counter;
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -15,32 +15,30 @@ use tokio::{
 };
 
 mod chores;
+mod pipeline;
 mod snapshot;
 pub mod top;
+
+use pipeline::Pipeline;
 
 use crate::{
     check,
     cli::{Cli, Command, DEFAULT_MAX_CONNECTIONS, DEFAULT_QUEUE_MIB, Filters, ReplayArgs, RunArgs},
-    control,
-    decode::{self, Counters, Event},
-    detect::{Alert, Detector},
-    facts::{Fact, Purpose, SocketScan, Tracked, listeners::ListenerSample},
+    config, control,
+    decode::{Counters, Event},
+    detect::Detector,
+    facts::{Fact, Purpose},
     gather::{self, Resolver},
     kernel,
     probe::{Probe, ProbeConfig},
     recording::{Header, Recorder, Replay},
     sink::{
-        self, FLUSH_TIMEOUT, Sink, SinkError, Target,
+        FLUSH_TIMEOUT, Sink, SinkError, Target,
         ndjson::{AgentRecord, Encoder},
     },
-    track::{
-        Filter, Tracker,
-        record::{Output, RecordKind},
-    },
+    track::{Filter, Tracker},
 };
 
-/// The most NDJSON handed to an output at once: a quarter of the smallest queue.
-const BATCH_BYTES: usize = 256 << 10;
 /// How often the ring is drained when the kernel did not wake us.
 const DRAIN_EVERY: Duration = Duration::from_millis(50);
 /// How often every process is searched for TLS libraries loaded with `dlopen()`.
@@ -54,9 +52,30 @@ const TABLE_EVERY: Duration = Duration::from_millis(500);
 /// Entry point of the binary.
 #[must_use]
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_args(std::env::args_os().collect()) {
+        Ok(cli) => cli,
+        Err(err) => {
+            eprintln!("observer: error: {err}");
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
-        Some(Command::Check) => return check::run(),
+        Some(Command::Check(args)) => {
+            if let Some(path) = &args.config {
+                match config::load(path, &run_command()) {
+                    Ok(settings) => eprintln!(
+                        "observer: the configuration {} is valid ({} arguments for run)",
+                        path.display(),
+                        settings.len()
+                    ),
+                    Err(err) => {
+                        eprintln!("observer: error: {err}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            return check::run();
+        }
         Some(Command::Replay(args)) => replay(&args),
         Some(Command::Snapshot(args)) => snapshot::run(&args),
         Some(Command::Run(args)) => run(&args),
@@ -70,6 +89,49 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The command line, with a later flag overriding an earlier one (the file's come first).
+fn command() -> clap::Command {
+    Cli::command()
+        .args_override_self(true)
+        .mut_subcommand("run", |run| run.args_override_self(true))
+}
+
+fn run_command() -> clap::Command {
+    command()
+        .find_subcommand("run")
+        .cloned()
+        .unwrap_or_else(|| unreachable!("run is a subcommand"))
+}
+
+/// Parses `argv`; for `run`, the configuration file's arguments go before the command line's.
+/// Exits as clap does on a usage error or `--help`.
+fn parse_args(mut argv: Vec<std::ffi::OsString>) -> Result<Cli, config::ConfigError> {
+    let cmd = command();
+    if let Ok(matches) = cmd.clone().try_get_matches_from(&argv) {
+        // Run's flags come right after the binary, or after `run` (they conflict with any
+        // other subcommand, so nothing precedes it).
+        let run = match matches.subcommand() {
+            None => Some((&matches, 1)),
+            Some(("run", sub)) => Some((sub, 2)),
+            Some(_) => None,
+        };
+        if let Some((run, at)) = run {
+            let path = match run.get_one::<std::path::PathBuf>("config") {
+                Some(p) if p.as_os_str() == "none" => None,
+                Some(p) => Some(p.clone()),
+                None => Some(std::path::PathBuf::from(config::DEFAULT_PATH)).filter(|p| p.exists()),
+            };
+            if let Some(path) = path {
+                let settings = config::load(&path, &run_command())?;
+                eprintln!("observer: configuration from {}", path.display());
+                argv.splice(at..at, settings);
+            }
+        }
+    }
+    let matches = cmd.get_matches_from(argv);
+    Ok(Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()))
 }
 
 fn filter(filters: &Filters, allow_inode: bool) -> Result<Filter> {
@@ -90,367 +152,6 @@ fn filter(filters: &Filters, allow_inode: bool) -> Result<Filter> {
 fn open_sink(output: Option<&Path>, queue_mib: u32) -> Result<Sink> {
     let target = output.map_or(Target::Stdout, |p| Target::File(p.to_owned()));
     Ok(Sink::open(target, (queue_mib as usize) << 20)?)
-}
-
-/// Decoded events in, NDJSON out; shared by the live run and replay.
-struct Pipeline {
-    tracker: Tracker,
-    encoder: Encoder,
-    /// Where NDJSON goes; none for `observer top`.
-    sink: Option<Sink>,
-    recorder: Option<Recorder>,
-    outputs: Vec<Output>,
-    /// Lines for the sink, and how many: records and alerts, then the observer's own lines
-    /// (loss and agent), which a full queue takes a little past its bound.
-    buf: Vec<u8>,
-    lines: u64,
-    own: Vec<u8>,
-    own_lines: u64,
-    scratch: Vec<u8>,
-    warned_decode: bool,
-    /// Looks up owners' executables and cgroups (live runs only: a replay has them recorded).
-    resolver: Option<Resolver>,
-    facts: Vec<Fact>,
-    /// Processes that exec'd since the last drain: their TLS libraries are looked for one
-    /// drain later, once the dynamic loader has mapped them.
-    execs: Vec<u32>,
-    /// Anomaly detection (`--anomalies`), and the alerts it raised since the last write.
-    detector: Option<Detector>,
-    alerts: Vec<Alert>,
-    /// Listener samples (live runs whose rules need them) and the filter they pass.
-    listeners: Option<gather::listeners::Listeners>,
-    filter: Filter,
-    /// What the written records add up to, for `observer top`'s rates.
-    tally: Tally,
-}
-
-/// Counts over the records written since start.
-#[derive(Debug, Clone, Default)]
-struct Tally {
-    closed: u64,
-    resets: u64,
-    retransmits: u64,
-    /// The sockets whose closed record was written since `observer top` last looked; `None`
-    /// (not kept) for other runs.
-    closed_conns: Option<Vec<crate::top::feed::Closed>>,
-    /// The alerts written since `observer top` last looked; `None` for other runs.
-    alerts: Option<Vec<Alert>>,
-}
-
-impl Pipeline {
-    fn new(
-        tracker: Tracker,
-        encoder: Encoder,
-        sink: Option<Sink>,
-        recorder: Option<Recorder>,
-    ) -> Self {
-        Self {
-            tracker,
-            encoder,
-            sink,
-            recorder,
-            outputs: Vec::with_capacity(1024),
-            buf: Vec::with_capacity(1 << 20),
-            lines: 0,
-            own: Vec::new(),
-            own_lines: 0,
-            scratch: Vec::new(),
-            warned_decode: false,
-            resolver: None,
-            facts: Vec::new(),
-            execs: Vec::new(),
-            detector: None,
-            alerts: Vec::new(),
-            listeners: None,
-            filter: Filter::default(),
-            tally: Tally::default(),
-        }
-    }
-
-    /// One event as the kernel wrote it.
-    fn raw(&mut self, bytes: &[u8]) {
-        let decoded = decode::decode(bytes);
-        if let (Some(resolver), Ok(event)) = (&mut self.resolver, &decoded) {
-            match event {
-                Event::Closed(c) => resolver.owner_of(&c.state, c.header.ts_ns, &mut self.facts),
-                Event::Exit(e) => resolver.exited((e.header.pid_tgid >> 32) as u32),
-                _ => {}
-            }
-            self.record_facts();
-        }
-        if let Some(rec) = &mut self.recorder {
-            rec.frame(bytes);
-        }
-        match decoded {
-            Ok(event) => {
-                self.tracker.ingest(&event, &mut self.outputs);
-                if let (Event::SynackRetransmit(_), Some(_)) = (&event, &self.detector) {
-                    self.detect(&event);
-                }
-                if let Event::Exec(e) = &event {
-                    let pid = (e.header.pid_tgid >> 32) as u32;
-                    self.execs.push(pid);
-                    // The kernel's walk names the file, links resolved; when it could not,
-                    // /proc does, as for processes older than the observer.
-                    if let Some(resolver) = &mut self.resolver {
-                        resolver.executed(pid, e.exe_len != 0, e.header.ts_ns, &mut self.facts);
-                        self.record_facts();
-                    }
-                }
-            }
-            Err(err) => {
-                self.tracker.note_decode_error();
-                if !self.warned_decode {
-                    eprintln!(
-                        "observer: warning: undecodable kernel event ({err}); counted as loss"
-                    );
-                    self.warned_decode = true;
-                }
-            }
-        }
-    }
-
-    /// Feeds the facts the resolver found, before the event that needed them.
-    fn record_facts(&mut self) {
-        for fact in std::mem::take(&mut self.facts) {
-            self.event(&Event::Fact(Box::new(fact)));
-        }
-    }
-
-    /// The kernel's socket table, read now: fed after the ring is drained, so that no socket
-    /// that closed meanwhile comes back.
-    fn table(&mut self, probe: &Probe, ring: &mut Ring) {
-        let ts_ns = kernel::boottime_ns();
-        let states = match probe.table() {
-            Ok(states) => states,
-            Err(err) => {
-                eprintln!("observer: warning: {err:#}; peers and updates are incomplete");
-                return;
-            }
-        };
-        drain(ring, self);
-        if let Some(resolver) = &mut self.resolver {
-            for st in &states {
-                resolver.owner_of(st, ts_ns, &mut self.facts);
-            }
-        }
-        self.record_facts();
-        self.event(&Event::Tracked(Tracked { ts_ns, states }));
-    }
-
-    /// The time-wait sockets of every namespace (or of `netns`), counted now for the detectors.
-    ///
-    /// `time_wait_pressure` weighs the census against the connection records emitted before
-    /// it, and which records are due depends on the clock of the flush. So the ring is drained
-    /// first, then everything due at the census's time is emitted, exactly as `replay` does
-    /// before a census: otherwise a live run counted the records due by its last flush (wall
-    /// time) and the replay those due by the last recorded event (a 6.12 guest, whose ring is
-    /// drained late, had 60 against 40). Records still held then (for their peer's process)
-    /// are not counted: the alert's `closed_locally` is what it had seen.
-    fn time_wait_census(&mut self, netns: Option<u32>, ring: &mut Ring) -> Result<(), SinkError> {
-        drain(ring, self);
-        let ts_ns = kernel::boottime_ns();
-        let flushed = self.flush(ts_ns);
-        let (census, warnings) = gather::time_wait_census(ts_ns, netns);
-        for w in warnings {
-            eprintln!("observer: warning: {w}");
-        }
-        self.event(&Event::Fact(Box::new(Fact::TimeWait(census))));
-        // Its alert goes out right after the records it counted.
-        flushed.and_then(|()| self.write())
-    }
-
-    /// Every TCP socket of the host, listed now for `purpose`; returned for a snapshot.
-    fn scan(&mut self, purpose: Purpose, ring: &mut Ring) -> Option<SocketScan> {
-        let ts_ns = kernel::boottime_ns();
-        // Holders name the owners the kernel does not know yet (a server socket before its
-        // process touched it, a socket older than the observer).
-        let (scan, warnings) = gather::scan(ts_ns, purpose, true);
-        for w in warnings {
-            eprintln!("observer: warning: {w}");
-        }
-        drain(ring, self);
-        if let Some(resolver) = &mut self.resolver {
-            resolver.scan(&scan, &mut self.facts);
-        }
-        self.record_facts();
-        let kept = (purpose == Purpose::Snapshot).then(|| scan.clone());
-        self.event(&Event::Fact(Box::new(Fact::Sockets(scan))));
-        kept
-    }
-
-    /// A sample of every listener (in the `--netns` namespace only, when given), fed as a fact.
-    fn listeners(&mut self, probe: &Probe, ring: &mut Ring) -> Option<ListenerSample> {
-        let gatherer = self.listeners.as_mut()?;
-        let counts = probe.listen_counts();
-        let ts_ns = kernel::boottime_ns();
-        let (sample, warnings) = gatherer.sample(ts_ns, self.filter.netns, counts.as_ref());
-        for w in warnings {
-            eprintln!("observer: warning: {w}");
-        }
-        drain(ring, self);
-        let kept = sample.clone();
-        self.event(&Event::Fact(Box::new(Fact::Listeners(sample))));
-        Some(kept)
-    }
-
-    /// The answer to `observer snapshot`: NDJSON, a line per socket.
-    fn snapshot(&mut self, probe: &Probe, ring: &mut Ring) -> Vec<u8> {
-        self.table(probe, ring);
-        let Some(scan) = self.scan(Purpose::Snapshot, ring) else {
-            return Vec::new();
-        };
-        let now = scan.ts_ns;
-        let mut out = Vec::new();
-        for row in self.tracker.snapshot(&scan, now) {
-            let line = sink::snapshot::json(&row, self.encoder.host(), now, self.encoder.offset());
-            // Serialising a Value into a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut out, &line);
-            out.push(b'\n');
-        }
-        out
-    }
-
-    fn event(&mut self, event: &Event) {
-        if let Some(rec) = &mut self.recorder {
-            rec.event(event, &mut self.scratch);
-        }
-        // The counters' loss line also reports the output's drops (not recorded: they are
-        // this run's, not the capture's).
-        if let (Event::Counters(_), Some(sink)) = (event, &self.sink) {
-            self.tracker.sink_dropped(sink.name(), sink.dropped());
-        }
-        self.tracker.ingest(event, &mut self.outputs);
-        self.detect(event);
-    }
-
-    /// Table reads and counter reads are the detectors' clock: both are recorded, so a replay
-    /// ticks them at the same times.
-    fn detect(&mut self, event: &Event) {
-        let Some(detector) = &mut self.detector else {
-            return;
-        };
-        match event {
-            Event::Tracked(t) => {
-                let waiting = if detector.wants_table() {
-                    self.tracker.stuck_sockets()
-                } else {
-                    Vec::new()
-                };
-                let settled = self.tracker.settled(t.ts_ns);
-                detector.table(t.ts_ns, settled, &waiting, &mut self.alerts);
-            }
-            Event::Counters(c) => {
-                let settled = self.tracker.settled(c.ts_ns);
-                detector.tick(c.ts_ns, settled, &mut self.alerts);
-            }
-            Event::SynackRetransmit(s) => detector.synack(s),
-            Event::Fact(f) => {
-                if let Fact::TimeWait(census) = &**f {
-                    let settled = self.tracker.settled(census.ts_ns);
-                    detector.time_wait(census, settled, &mut self.alerts);
-                }
-                if let Fact::Listeners(sample) = &**f {
-                    let filter = self.filter;
-                    let admitted = sample.filtered(|netns, port| {
-                        filter.netns.is_none_or(|n| n == netns)
-                            && filter.port.is_none_or(|p| p == port)
-                    });
-                    detector.listeners(&admitted, &mut self.alerts);
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// Emits what is due at `now_ns` and writes it out.
-    fn flush(&mut self, now_ns: u64) -> Result<(), SinkError> {
-        self.tracker.flush_due(now_ns, &mut self.outputs);
-        self.write()
-    }
-
-    fn write(&mut self) -> Result<(), SinkError> {
-        for output in self.outputs.drain(..) {
-            if let Some(detector) = &mut self.detector {
-                detector.output(&output, &mut self.alerts);
-            }
-            if let Output::Connection(c) = &output
-                && c.kind == RecordKind::Closed
-            {
-                self.tally.closed += 1;
-                self.tally.resets += u64::from(c.resets_sent + c.resets_received);
-                self.tally.retransmits += u64::from(c.retransmits.total());
-                if let Some(closed) = &mut self.tally.closed_conns {
-                    closed.push(crate::top::feed::Closed {
-                        cookie: c.cookie,
-                        pid: c.process.map(|p| p.pid),
-                        comm: c.process.map(|p| p.name().to_owned()).unwrap_or_default(),
-                        bytes: c.source.bytes + c.destination.bytes,
-                    });
-                }
-            }
-            if self.sink.is_some() {
-                let (buf, lines) = if matches!(output, Output::Loss(_)) {
-                    (&mut self.own, &mut self.own_lines)
-                } else {
-                    (&mut self.buf, &mut self.lines)
-                };
-                // Serialising these types cannot fail.
-                let _ = self.encoder.write(&output, buf);
-                *lines += 1;
-            }
-            // A big batch (a table read's updates, the records held at exit) goes in pieces
-            // that a small queue can take.
-            if self.buf.len() >= BATCH_BYTES
-                && let Some(sink) = &mut self.sink
-            {
-                sink.write(&mut self.buf, std::mem::take(&mut self.lines), false)?;
-            }
-        }
-        for alert in self.alerts.drain(..) {
-            if self.sink.is_some() {
-                let _ = self.encoder.alert(&alert, &mut self.buf);
-                self.lines += 1;
-            }
-            if let Some(kept) = &mut self.tally.alerts {
-                kept.push(alert);
-            }
-        }
-        let Some(sink) = &mut self.sink else {
-            return Ok(());
-        };
-        let records = sink.write(&mut self.buf, std::mem::take(&mut self.lines), false);
-        let own = sink.write(&mut self.own, std::mem::take(&mut self.own_lines), true);
-        records.and(own)
-    }
-
-    fn agent(&mut self, record: &AgentRecord) -> Result<(), SinkError> {
-        if self.sink.is_some() {
-            let _ = self.encoder.agent(record, &mut self.own);
-            self.own_lines += 1;
-        }
-        self.write()
-    }
-
-    /// SIGHUP: the file output is opened again by its name (after logrotate's `mv`), and the
-    /// `reopened` line is the new file's first.
-    fn reopen(&mut self, agent: &mut AgentRecord) -> Result<(), SinkError> {
-        if let Some(sink) = &self.sink {
-            sink.reopen();
-        }
-        agent.action = "reopened";
-        agent.ts_ns = kernel::boottime_ns();
-        self.agent(agent)
-    }
-
-    fn finish(&mut self, ts_ns: u64) -> Result<(), SinkError> {
-        self.tracker.finish(ts_ns, &mut self.outputs);
-        let result = self.write();
-        if let Some(rec) = &mut self.recorder {
-            rec.flush();
-        }
-        result
-    }
 }
 
 /// A single-threaded runtime, with the signals registered before anything slow starts.

@@ -29,8 +29,9 @@ pub struct Cli {
 pub enum Command {
     /// Capture TCP connections and write NDJSON records (the default).
     Run(RunArgs),
-    /// Check this host: privileges, tracefs, BTF, cgroup2, and every hook this build uses.
-    Check,
+    /// Check this host: privileges, tracefs, BTF, cgroup2, and every hook this build uses;
+    /// with `--config`, also that file, without starting capture.
+    Check(CheckArgs),
     /// Run a recording (`run --record FILE`) through the same tracker and output offline.
     Replay(ReplayArgs),
     /// Print every TCP socket now, with owner, state, age, time in state, bytes, RTT and
@@ -68,6 +69,14 @@ pub struct TopArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// Validate this configuration file (docs/config.md) as `run` would read it: exits 2 and
+    /// names the file, line, column and key of the first error.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct SnapshotArgs {
     /// NDJSON (`event.dataset` = observer.snapshot), one line per socket.
     #[arg(long)]
@@ -99,6 +108,11 @@ pub struct Filters {
 
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
+    /// Read options from this TOML file (docs/config.md); without it,
+    /// /etc/observer/observer.toml when that exists ("none": no file). A flag given overrides
+    /// the file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Append NDJSON to FILE instead of writing to stdout.
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -144,11 +158,12 @@ pub struct RunArgs {
                 detach at pause or exit"
     )]
     pub tls: bool,
-    #[command(flatten)]
-    pub anomalies: AnomalyArgs,
     /// Stop after this many seconds (default: run until SIGINT or SIGTERM).
     #[arg(long, value_name = "SECONDS")]
     pub duration: Option<u64>,
+    /// Last: the heading of its flags goes on to whatever follows.
+    #[command(flatten)]
+    pub anomalies: AnomalyArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -168,6 +183,7 @@ pub struct ReplayArgs {
 /// Anomaly detection (docs/anomalies.md): off unless `--anomalies`; a threshold of 0 turns one
 /// rule off.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = crate::config::ANOMALY_HEADING)]
 pub struct AnomalyArgs {
     #[arg(
         long,
@@ -242,6 +258,7 @@ pub struct AnomalyArgs {
 /// The listener rules (`syn_flood`, `accept_queue_overflow`): fed by a listener sample every
 /// second (queue depths, half-open requests, namespace counters, SYN counts).
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = crate::config::ANOMALY_HEADING)]
 pub struct ListenerRuleArgs {
     /// `syn_flood`: fires at this many unanswered SYNs per second (SYNs minus completed
     /// handshakes) to one listening port over the window (0: off).

@@ -7,6 +7,7 @@
 pub mod app;
 pub mod check;
 pub mod cli;
+pub mod config;
 pub mod control;
 pub mod decode;
 pub mod detect;
