@@ -33,7 +33,7 @@ use crate::{
     probe::{Probe, ProbeConfig},
     recording::{Header, Recorder, Replay},
     sink::{
-        FLUSH_TIMEOUT, Sink, SinkError, Target,
+        self, FLUSH_TIMEOUT, Sink, SinkError, SinkSpec,
         ndjson::{AgentRecord, Encoder},
     },
     track::{Filter, Tracker},
@@ -149,9 +149,28 @@ fn filter(filters: &Filters, allow_inode: bool) -> Result<Filter> {
     })
 }
 
-fn open_sink(output: Option<&Path>, queue_mib: u32) -> Result<Sink> {
-    let target = output.map_or(Target::Stdout, |p| Target::File(p.to_owned()));
-    Ok(Sink::open(target, (queue_mib as usize) << 20)?)
+/// The outputs `run` writes to: `--output`, then each `--sink`; stdout without either.
+fn sink_specs(args: &RunArgs) -> Vec<SinkSpec> {
+    let mut specs: Vec<SinkSpec> = args
+        .output
+        .clone()
+        .map(SinkSpec::file)
+        .into_iter()
+        .collect();
+    specs.extend(args.sink.iter().cloned());
+    if specs.is_empty() {
+        specs.push(SinkSpec::stdout());
+    }
+    specs
+}
+
+fn open_sinks(specs: &[SinkSpec], queue_mib: u32) -> Result<Vec<Sink>> {
+    let names = sink::names(specs);
+    let mut sinks = Vec::with_capacity(specs.len());
+    for (spec, name) in specs.iter().zip(names) {
+        sinks.push(Sink::open(spec, name, (queue_mib as usize) << 20)?);
+    }
+    Ok(sinks)
 }
 
 /// A single-threaded runtime, with the signals registered before anything slow starts.
@@ -170,7 +189,7 @@ fn runtime() -> Result<(tokio::runtime::Runtime, Signals)> {
 fn run(args: &RunArgs) -> Result<()> {
     let (runtime, signals) = runtime()?;
     let filter = filter(&args.filters, false)?;
-    let sink = open_sink(args.output.as_deref(), args.queue_mib)?;
+    let sinks = open_sinks(&sink_specs(args), args.queue_mib)?;
     let detector_config = args.anomalies.config();
     let config = ProbeConfig {
         max_connections: args.max_connections,
@@ -202,7 +221,7 @@ fn run(args: &RunArgs) -> Result<()> {
         .transpose()?;
     let encoder = Encoder::new(header.host.clone(), header.boot_to_unix_ns);
     let tracker = Tracker::new(boot_id, filter, args.max_connections as usize);
-    let mut pipeline = Pipeline::new(tracker, encoder, Some(sink), recorder);
+    let mut pipeline = Pipeline::new(tracker, encoder, sinks, recorder);
     pipeline.resolver = Some(Resolver::new());
     pipeline.detector = detector_config.map(|c| Detector::new(&c).on_boot(boot_id));
     pipeline.filter = filter;
@@ -373,7 +392,7 @@ fn stop(
     outcome: &'static str,
 ) {
     let deadline = Instant::now() + FLUSH_TIMEOUT;
-    if let Some(sink) = &mut pipeline.sink {
+    for sink in &mut pipeline.sinks {
         sink.closing(deadline);
     }
     drain(ring, pipeline);
@@ -392,7 +411,7 @@ fn stop(
     agent.ts_ns = kernel::boottime_ns();
     agent.records = Some(pipeline.tracker.records);
     agent.sinks = pipeline
-        .sink
+        .sinks
         .iter()
         .map(|s| (s.name(), s.totals()))
         .collect();
@@ -400,10 +419,15 @@ fn stop(
         let _ = pipeline.agent(&agent);
     }
     let totals = pipeline
-        .sink
-        .as_mut()
+        .sinks
+        .iter_mut()
         .map(|s| s.finish(Some(deadline)))
-        .unwrap_or_default();
+        .fold(sink::Totals::default(), |a, t| sink::Totals {
+            lines: a.lines + t.lines,
+            dropped: a.dropped + t.dropped,
+            written: a.written + t.written,
+            unwritten_bytes: a.unwritten_bytes + t.unwritten_bytes,
+        });
     let at = |i: u32| counters.values[i as usize];
     eprintln!(
         "observer: stopped ({outcome}): {} connection records, {} events, {} lost in the kernel{}{}{}",
@@ -514,14 +538,21 @@ fn replay(args: &ReplayArgs) -> Result<()> {
         filter.netns = header.netns;
         filter.port = header.port;
     }
-    let sink = open_sink(args.output.as_deref(), DEFAULT_QUEUE_MIB)?.lossless();
+    let spec = args
+        .output
+        .clone()
+        .map_or_else(SinkSpec::stdout, SinkSpec::file);
+    let sink = open_sinks(std::slice::from_ref(&spec), DEFAULT_QUEUE_MIB)?
+        .into_iter()
+        .map(Sink::lossless)
+        .collect();
     let tracker = Tracker::new(
         header.boot_id_bytes(),
         filter,
         DEFAULT_MAX_CONNECTIONS as usize,
     );
     let encoder = Encoder::new(header.host.clone(), header.boot_to_unix_ns);
-    let mut pipeline = Pipeline::new(tracker, encoder, Some(sink), None);
+    let mut pipeline = Pipeline::new(tracker, encoder, sink, None);
     pipeline.detector = args
         .anomalies
         .config()
@@ -549,7 +580,7 @@ fn replay(args: &ReplayArgs) -> Result<()> {
         );
     }
     let _ = pipeline.finish(last_ts);
-    if let Some(sink) = &mut pipeline.sink {
+    for sink in &mut pipeline.sinks {
         sink.finish(None);
     }
     Ok(())

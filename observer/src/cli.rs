@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::detect;
+use crate::{detect, sink::SinkSpec};
 
 /// An output's queue, in MiB, unless `--queue-mib` says otherwise.
 pub const DEFAULT_QUEUE_MIB: u32 = 64;
@@ -113,9 +113,15 @@ pub struct RunArgs {
     /// the file.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Append NDJSON to FILE instead of writing to stdout.
+    /// Append NDJSON to FILE instead of writing to stdout (as `--sink file:///FILE`).
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Write NDJSON to this output; repeatable, each output has its own queue and filter
+    /// (docs/config.md, "Outputs"): `stdout`, `file:///PATH`, `tcp://HOST:PORT`,
+    /// `unix:///PATH`, `otlp+http://HOST:PORT`, each with `?name=…&filter=…` (files also
+    /// `max_size`, `max_backups`, `gzip`). Without `--sink` or `--output`, stdout.
+    #[arg(long, value_name = "URL", value_parser = parse_sink)]
+    pub sink: Vec<SinkSpec>,
     /// Each output's queue, in MiB: lines wait there while the output is slow (a full disk, a
     /// reader that falls behind); past it they are dropped and counted in `observer.loss`
     /// (`loss.sink.NAME.dropped`), so that no output can slow capture.
@@ -359,4 +365,8 @@ fn ring_size(s: &str) -> Result<u32, String> {
         return Err("must be a power of two between 1 and 1024".into());
     }
     Ok(n)
+}
+
+fn parse_sink(url: &str) -> Result<SinkSpec, String> {
+    SinkSpec::parse(url)
 }

@@ -58,6 +58,12 @@ impl Key {
     pub fn is_switch(&self) -> bool {
         !self.arg.get_action().takes_values()
     }
+
+    /// Whether the flag may be given more than once (an array in the file).
+    #[must_use]
+    pub fn is_repeatable(&self) -> bool {
+        matches!(self.arg.get_action(), clap::ArgAction::Append)
+    }
 }
 
 /// Rule ids whose flags start with another prefix.
@@ -158,10 +164,17 @@ pub fn to_args(
             let name = key.get_ref().as_ref();
             let here: Vec<&Key> = keys.iter().filter(|k| k.table == table).collect();
             if let Some(k) = here.iter().find(|k| k.name == name) {
-                value_args(k, value.get_ref(), env)
-                    .map_err(|m| at(value.span(), format!("key `{}`: {m}", dotted(k))))?
-                    .into_iter()
-                    .for_each(|a| args.push(a));
+                // A repeatable flag takes an array, one value per element (`[[sink]]` tables).
+                let values = match value.get_ref() {
+                    DeValue::Array(items) if k.is_repeatable() => items.iter().collect(),
+                    _ => vec![value],
+                };
+                for v in values {
+                    value_args(k, v.get_ref(), env)
+                        .map_err(|m| at(v.span(), format!("key `{}`: {m}", dotted(k))))?
+                        .into_iter()
+                        .for_each(|a| args.push(a));
+                }
                 continue;
             }
             let sub = table
@@ -258,6 +271,7 @@ fn value_args(
     }
     let text: Cow<'_, str> = match value {
         DeValue::String(s) => expand(s, env)?.into(),
+        DeValue::Table(t) if key.name == "sink" => sink_url(t, env)?.into(),
         DeValue::Integer(i) if i.radix() == 10 => Cow::Borrowed(i.as_str()),
         DeValue::Integer(i) => u64::from_str_radix(i.as_str(), i.radix())
             .map_err(|e| format!("{e}"))?
@@ -287,6 +301,41 @@ fn value_args(
             first.strip_prefix("error: ").unwrap_or(first).to_owned()
         })?;
     Ok(vec![flag.into(), text.into_owned().into()])
+}
+
+/// The keys of a `[[sink]]` table besides `url`: its URL's query options.
+const SINK_OPTIONS: [&str; 5] = ["name", "filter", "max_size", "max_backups", "gzip"];
+
+/// A `[[sink]]` table as the `--sink` URL it stands for: `url` plus its options as the query.
+fn sink_url(table: &DeTable<'_>, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut url = None;
+    let mut query = Vec::new();
+    for (key, value) in table {
+        let name = key.get_ref().as_ref();
+        let text = match value.get_ref() {
+            DeValue::String(s) => expand(s, env)?,
+            DeValue::Integer(i) => i.as_str().to_owned(),
+            DeValue::Boolean(b) => b.to_string(),
+            other => return Err(format!("`{name}` must be a string, found {}", kind(other))),
+        };
+        if name == "url" {
+            url = Some(text);
+        } else if SINK_OPTIONS.contains(&name) {
+            query.push(format!("{name}={}", crate::sink::spec::encode(&text)));
+        } else {
+            return Err(format!(
+                "unknown key `{name}` in a [[sink]] table; valid: url, {}",
+                SINK_OPTIONS.join(", ")
+            ));
+        }
+    }
+    let url =
+        url.ok_or("a [[sink]] table needs a `url` (stdout, file:///PATH, tcp://HOST:PORT, …)")?;
+    if query.is_empty() {
+        return Ok(url);
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    Ok(format!("{url}{sep}{}", query.join("&")))
 }
 
 fn kind(value: &DeValue<'_>) -> &'static str {

@@ -138,12 +138,50 @@ after = 30
 }
 
 #[test]
+fn sinks_are_urls_or_tables_and_tables_become_urls() {
+    let text = r#"
+[[sink]]
+url = "stdout"
+
+[[sink]]
+url = "file:///var/log/o.ndjson"
+max_size = "10MiB"
+max_backups = 3
+gzip = true
+
+[[sink]]
+url = "tcp://${HOST:-127.0.0.1}:5140"
+name = "syslog"
+filter = "dport:443 & !comm:curl"
+"#;
+    assert_eq!(
+        args(text).expect("valid"),
+        [
+            "--sink",
+            "stdout",
+            "--sink",
+            "file:///var/log/o.ndjson?gzip=true&max_backups=3&max_size=10MiB",
+            "--sink",
+            "tcp://127.0.0.1:5140?filter=dport:443 %26 !comm:curl&name=syslog",
+        ]
+    );
+    assert_eq!(
+        args("[sink]\nurl = \"unix:///run/v.sock\"\n").expect("one table"),
+        ["--sink", "unix:///run/v.sock"]
+    );
+    assert_eq!(
+        args("sink = [\"stdout\", \"tcp://h:1\"]\n").expect("an array of URLs"),
+        ["--sink", "stdout", "--sink", "tcp://h:1"]
+    );
+}
+
+#[test]
 fn each_kind_of_error_names_the_place_the_key_and_what_is_valid() {
     let cases: &[(&str, &str)] = &[
         (
             "max_conections = 5\n",
             "/etc/o.toml:1:1: unknown key `max_conections`; valid at the top level: output, \
-             queue_mib, record, port, netns, transitions, max_connections, update_interval, \
+             sink, queue_mib, record, port, netns, transitions, max_connections, update_interval, \
              ring_mib, accept_hook, control_socket, tls, duration, [anomalies] (did you mean \
              `max_connections`?)",
         ),
@@ -189,6 +227,22 @@ fn each_kind_of_error_names_the_place_the_key_and_what_is_valid() {
             "[anomalies.syn_flood]\nwindow = 0\n",
             "/etc/o.toml:2:10: key `anomalies.syn_flood.window`: invalid value '0' for \
              '--syn-flood-window <SECONDS>': 0 is not in 1..18446744073709551615",
+        ),
+        (
+            "[[sink]]\nurl = \"tcp://h:1\"\nmax_sise = 1\n",
+            "/etc/o.toml:1:1: key `sink`: unknown key `max_sise` in a [[sink]] table; valid: \
+             url, name, filter, max_size, max_backups, gzip",
+        ),
+        (
+            "[[sink]]\nname = \"a\"\n",
+            "/etc/o.toml:1:1: key `sink`: a [[sink]] table needs a `url` (stdout, \
+             file:///PATH, tcp://HOST:PORT, …)",
+        ),
+        (
+            "sink = [\"stdout\", \"ftp://h\"]\n",
+            "/etc/o.toml:1:19: key `sink`: invalid value 'ftp://h' for '--sink <URL>': unknown \
+             output scheme `ftp`; use stdout, file:///PATH, tcp://HOST:PORT, unix:///PATH or \
+             otlp+http://HOST:PORT",
         ),
         (
             "anomalies = 1\n",

@@ -29,15 +29,13 @@ pub(super) struct Pipeline {
     pub(super) tracker: Tracker,
     pub(super) encoder: Encoder,
     /// Where NDJSON goes; none for `observer top`.
-    pub(super) sink: Option<Sink>,
+    pub(super) sinks: Vec<Sink>,
+    /// Each sink's lines waiting to be handed over, in `sinks`' order.
+    pending: Vec<Pending>,
     pub(super) recorder: Option<Recorder>,
     pub(super) outputs: Vec<Output>,
-    /// Lines for the sink, and how many: records and alerts, then the observer's own lines
-    /// (loss and agent), which a full queue takes a little past its bound.
-    pub(super) buf: Vec<u8>,
-    pub(super) lines: u64,
-    pub(super) own: Vec<u8>,
-    pub(super) own_lines: u64,
+    /// One line, encoded once for every sink.
+    line: Vec<u8>,
     pub(super) scratch: Vec<u8>,
     pub(super) warned_decode: bool,
     /// Looks up owners' executables and cgroups (live runs only: a replay has them recorded).
@@ -54,6 +52,16 @@ pub(super) struct Pipeline {
     pub(super) filter: Filter,
     /// What the written records add up to, for `observer top`'s rates.
     pub(super) tally: Tally,
+}
+
+/// Lines for one sink, and how many: records and alerts, then the observer's own lines (loss
+/// and agent), which a full queue takes a little past its bound.
+#[derive(Default)]
+struct Pending {
+    buf: Vec<u8>,
+    lines: u64,
+    own: Vec<u8>,
+    own_lines: u64,
 }
 
 /// Counts over the records written since start.
@@ -73,19 +81,23 @@ impl Pipeline {
     pub(super) fn new(
         tracker: Tracker,
         encoder: Encoder,
-        sink: Option<Sink>,
+        sinks: Vec<Sink>,
         recorder: Option<Recorder>,
     ) -> Self {
         Self {
             tracker,
             encoder,
-            sink,
+            pending: sinks
+                .iter()
+                .map(|_| Pending {
+                    buf: Vec::with_capacity(1 << 20),
+                    ..Pending::default()
+                })
+                .collect(),
+            sinks,
             recorder,
             outputs: Vec::with_capacity(1024),
-            buf: Vec::with_capacity(1 << 20),
-            lines: 0,
-            own: Vec::new(),
-            own_lines: 0,
+            line: Vec::with_capacity(4096),
             scratch: Vec::new(),
             warned_decode: false,
             resolver: None,
@@ -251,10 +263,12 @@ impl Pipeline {
         if let Some(rec) = &mut self.recorder {
             rec.event(event, &mut self.scratch);
         }
-        // The counters' loss line also reports the output's drops (not recorded: they are
+        // The counters' loss line also reports the outputs' drops (not recorded: they are
         // this run's, not the capture's).
-        if let (Event::Counters(_), Some(sink)) = (event, &self.sink) {
-            self.tracker.sink_dropped(sink.name(), sink.dropped());
+        if let Event::Counters(_) = event {
+            for sink in &self.sinks {
+                self.tracker.sink_dropped(sink.name(), sink.dropped());
+            }
         }
         self.tracker.ingest(event, &mut self.outputs);
         self.detect(event);
@@ -325,53 +339,59 @@ impl Pipeline {
                     });
                 }
             }
-            if self.sink.is_some() {
-                let (buf, lines) = if matches!(output, Output::Loss(_)) {
-                    (&mut self.own, &mut self.own_lines)
-                } else {
-                    (&mut self.buf, &mut self.lines)
-                };
+            if !self.sinks.is_empty() {
+                self.line.clear();
                 // Serialising these types cannot fail.
-                let _ = self.encoder.write(&output, buf);
-                *lines += 1;
+                let _ = self.encoder.write(&output, &mut self.line);
+                let own = matches!(output, Output::Loss(_));
+                for p in &mut self.pending {
+                    p.push(&self.line, own);
+                }
             }
             // A big batch (a table read's updates, the records held at exit) goes in pieces
             // that a small queue can take.
-            if self.buf.len() >= BATCH_BYTES
-                && let Some(sink) = &mut self.sink
-            {
-                sink.write(&mut self.buf, std::mem::take(&mut self.lines), false)?;
+            for (p, sink) in self.pending.iter_mut().zip(&mut self.sinks) {
+                if p.buf.len() >= BATCH_BYTES {
+                    sink.write(&mut p.buf, std::mem::take(&mut p.lines), false)?;
+                }
             }
         }
         for alert in self.alerts.drain(..) {
-            if self.sink.is_some() {
-                let _ = self.encoder.alert(&alert, &mut self.buf);
-                self.lines += 1;
+            if !self.sinks.is_empty() {
+                self.line.clear();
+                let _ = self.encoder.alert(&alert, &mut self.line);
+                for p in &mut self.pending {
+                    p.push(&self.line, false);
+                }
             }
             if let Some(kept) = &mut self.tally.alerts {
                 kept.push(alert);
             }
         }
-        let Some(sink) = &mut self.sink else {
-            return Ok(());
-        };
-        let records = sink.write(&mut self.buf, std::mem::take(&mut self.lines), false);
-        let own = sink.write(&mut self.own, std::mem::take(&mut self.own_lines), true);
-        records.and(own)
+        let mut result = Ok(());
+        for (p, sink) in self.pending.iter_mut().zip(&mut self.sinks) {
+            let records = sink.write(&mut p.buf, std::mem::take(&mut p.lines), false);
+            let own = sink.write(&mut p.own, std::mem::take(&mut p.own_lines), true);
+            result = result.and(records).and(own);
+        }
+        result
     }
 
     pub(super) fn agent(&mut self, record: &AgentRecord) -> Result<(), SinkError> {
-        if self.sink.is_some() {
-            let _ = self.encoder.agent(record, &mut self.own);
-            self.own_lines += 1;
+        if !self.sinks.is_empty() {
+            self.line.clear();
+            let _ = self.encoder.agent(record, &mut self.line);
+            for p in &mut self.pending {
+                p.push(&self.line, true);
+            }
         }
         self.write()
     }
 
-    /// SIGHUP: the file output is opened again by its name (after logrotate's `mv`), and the
-    /// `reopened` line is the new file's first.
+    /// SIGHUP: every file output is opened again by its name (after logrotate's `mv`), and
+    /// the `reopened` line is the new file's first.
     pub(super) fn reopen(&mut self, agent: &mut AgentRecord) -> Result<(), SinkError> {
-        if let Some(sink) = &self.sink {
+        for sink in &self.sinks {
             sink.reopen();
         }
         agent.action = "reopened";
@@ -386,5 +406,17 @@ impl Pipeline {
             rec.flush();
         }
         result
+    }
+}
+
+impl Pending {
+    fn push(&mut self, line: &[u8], own: bool) {
+        if own {
+            self.own.extend_from_slice(line);
+            self.own_lines += 1;
+        } else {
+            self.buf.extend_from_slice(line);
+            self.lines += 1;
+        }
     }
 }

@@ -88,7 +88,7 @@ pub fn thresholds(args: &TopArgs) -> detect::Config {
 fn top_pipeline(tracker: Tracker, detect: &detect::Config) -> Pipeline {
     let encoder = Encoder::new(kernel::hostname(), kernel::boot_to_unix_offset_ns());
     let boot_id = tracker.boot_id();
-    let mut pipeline = Pipeline::new(tracker, encoder, None, None);
+    let mut pipeline = Pipeline::new(tracker, encoder, Vec::new(), None);
     pipeline.detector = Some(Detector::new(detect).on_boot(boot_id));
     pipeline.tally.closed_conns = Some(Vec::new());
     pipeline.tally.alerts = Some(Vec::new());

@@ -8,9 +8,11 @@
 mod alert_line;
 pub mod community_id;
 mod conn_line;
+pub mod file;
 pub mod ndjson;
 pub mod queue;
 pub mod snapshot;
+pub mod spec;
 pub mod timefmt;
 mod tls_line;
 pub mod writer;
@@ -26,8 +28,8 @@ use std::{
 use thiserror::Error;
 
 use queue::{Full, Queue};
-use writer::Shared;
-pub use writer::Target;
+pub use spec::{SinkSpec, Target};
+use writer::{Out, Shared};
 
 /// How long the end of a run waits for its outputs to write what they hold.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -38,6 +40,8 @@ pub enum SinkError {
     Closed,
     #[error("cannot open {path} for appending: {err}; check the directory exists and is writable")]
     Open { path: PathBuf, err: io::Error },
+    #[error("cannot start the output {url}: {err}")]
+    Start { url: String, err: io::Error },
     #[error("cannot start the writer thread of {name}: {err}")]
     Thread { name: String, err: io::Error },
 }
@@ -66,25 +70,33 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// Opens `target` (a file is created 0640 or appended to) and starts its writer, with a
-    /// queue of `queue_bytes`.
+    /// Opens the output `spec` names (a file is created 0640 or appended to) and starts its
+    /// writer, with a queue of `queue_bytes`; `name` is its name in the stream.
     ///
     /// # Errors
-    /// When the file cannot be opened or the thread started.
-    pub fn open(target: Target, queue_bytes: usize) -> Result<Self, SinkError> {
-        let (name, file) = match &target {
-            Target::Stdout => ("stdout", None),
-            Target::File(path) => (
-                "file",
-                Some(writer::append(path).map_err(|err| SinkError::Open {
-                    path: path.clone(),
-                    err,
-                })?),
-            ),
-        };
+    /// When the destination cannot be opened or the thread started.
+    pub fn open(
+        spec: &SinkSpec,
+        name: &'static str,
+        queue_bytes: usize,
+    ) -> Result<Self, SinkError> {
+        let out = open_out(&spec.target).map_err(|err| match &spec.target {
+            Target::File { path, .. } => SinkError::Open {
+                path: path.clone(),
+                err,
+            },
+            _ => SinkError::Start {
+                url: spec.url.clone(),
+                err,
+            },
+        })?;
         let shared = Arc::new(Shared::new(Queue::new(queue_bytes)));
+        let label = match &spec.target {
+            Target::File { path, .. } => path.display().to_string(),
+            _ => spec.url.clone(),
+        };
         let thread =
-            writer::spawn(name, target, file, shared.clone()).map_err(|err| SinkError::Thread {
+            writer::spawn(name, label, out, shared.clone()).map_err(|err| SinkError::Thread {
                 name: name.to_owned(),
                 err,
             })?;
@@ -189,4 +201,36 @@ impl Drop for Sink {
             self.finish(Some(Instant::now() + FLUSH_TIMEOUT));
         }
     }
+}
+
+/// The destination of each kind of output: a new kind is a file of this folder and a line here.
+fn open_out(target: &Target) -> io::Result<Box<dyn Out>> {
+    Ok(match target {
+        Target::Stdout => Box::new(writer::Stdout(io::stdout())),
+        Target::File { path, rotate } => Box::new(file::FileOut::open(path, *rotate)?),
+        Target::Tcp { .. } | Target::Unix { .. } | Target::Otlp { .. } => {
+            return Err(io::Error::other("this kind of output is not built yet"));
+        }
+    })
+}
+
+/// The outputs' names in the stream: each its own (`?name=`) or its scheme's, made unique by
+/// a number (`file`, `file_2`). Leaked once at start: a handful of short strings.
+#[must_use]
+pub fn names(specs: &[SinkSpec]) -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let base = spec
+            .name
+            .clone()
+            .unwrap_or_else(|| spec.target.scheme().to_owned());
+        let mut name = base.clone();
+        let mut n = 1;
+        while names.contains(&name.as_str()) {
+            n += 1;
+            name = format!("{base}_{n}");
+        }
+        names.push(Box::leak(name.into_boxed_str()));
+    }
+    names
 }

@@ -6,10 +6,7 @@
 //! and counts what it drops. One warning names the problem, one line says when it is over.
 
 use std::{
-    fs::File,
     io::{self, Write},
-    os::unix::fs::OpenOptionsExt as _,
-    path::{Path, PathBuf},
     sync::{
         Arc, Condvar, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -21,43 +18,38 @@ use super::queue::{Item, Queue, Wait};
 
 const RETRY_EVERY: Duration = Duration::from_millis(200);
 
-/// Where an output's lines go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    Stdout,
-    /// Appended to, created 0640: the records name every process and peer of the host.
-    File(PathBuf),
+/// Where one output's batches go: a file, stdout, a socket. Each kind is a file of this
+/// folder, opened by `super::open_out`.
+pub trait Out: Send {
+    /// Writes from `buf` (whole NDJSON lines), as `io::Write::write` does. `BrokenPipe`
+    /// ends the output for good; any other error is retried every [`RETRY_EVERY`]. An output
+    /// that reconnects returns what it wrote up to a line's end, so that a line cut by a
+    /// broken connection is sent whole on the next.
+    ///
+    /// # Errors
+    /// As the destination's.
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize>;
+    /// The batch is written: push out what a buffer holds.
+    fn flush(&mut self) {}
+    /// SIGHUP: open the destination again by its name.
+    ///
+    /// # Errors
+    /// When it cannot be; the old one stays in use.
+    fn reopen(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
-/// Opens `path` for appending, creating it 0640.
-///
-/// # Errors
-/// As `open(2)`.
-pub fn append(path: &Path) -> io::Result<File> {
-    File::options()
-        .create(true)
-        .append(true)
-        .mode(0o640)
-        .open(path)
-}
+/// Standard output.
+pub struct Stdout(pub io::Stdout);
 
-enum Out {
-    Stdout(io::Stdout),
-    File(File),
-}
-
-impl Out {
+impl Out for Stdout {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Out::Stdout(out) => out.lock().write(buf),
-            Out::File(file) => file.write(buf),
-        }
+        self.0.lock().write(buf)
     }
 
     fn flush(&mut self) {
-        if let Out::Stdout(out) = self {
-            let _ = out.flush();
-        }
+        let _ = self.0.flush();
     }
 }
 
@@ -113,28 +105,19 @@ impl Shared {
     }
 }
 
-/// Starts the writer of `target` (opened by the caller as `file`, so that a bad path fails
-/// before capture starts).
+/// Starts the writer thread of `out` (opened by the caller, so that a bad path fails before
+/// capture starts); `label` names it in warnings.
 ///
 /// # Errors
 /// When the thread cannot be started.
 pub fn spawn(
     name: &str,
-    target: Target,
-    file: Option<File>,
+    label: String,
+    out: Box<dyn Out>,
     shared: Arc<Shared>,
 ) -> io::Result<std::thread::JoinHandle<()>> {
-    let out = match file {
-        Some(file) => Out::File(file),
-        None => Out::Stdout(io::stdout()),
-    };
-    let label = match &target {
-        Target::Stdout => "stdout".to_owned(),
-        Target::File(path) => path.display().to_string(),
-    };
     let mut writer = Writer {
         label,
-        target,
         out,
         shared,
         failing: None,
@@ -145,10 +128,9 @@ pub fn spawn(
 }
 
 struct Writer {
-    /// What the warnings call the output: the file's path.
+    /// What the warnings call the output: its URL.
     label: String,
-    target: Target,
-    out: Out,
+    out: Box<dyn Out>,
     shared: Arc<Shared>,
     /// The error being retried, and the lines dropped when it began.
     failing: Option<(io::ErrorKind, u64)>,
@@ -217,17 +199,13 @@ impl Writer {
         std::thread::sleep(RETRY_EVERY);
     }
 
-    /// Opens the file by its name again: after `mv`, a new file; the old one is closed.
+    /// Opens the destination by its name again: after `mv`, a new file; the old one is closed.
     fn reopen(&mut self) {
-        let Target::File(path) = &self.target else {
-            return;
-        };
-        match append(path) {
-            Ok(file) => self.out = Out::File(file),
-            Err(e) => eprintln!(
-                "observer: warning: cannot reopen {}: {e}; still writing to the file it had open",
-                path.display()
-            ),
+        if let Err(e) = self.out.reopen() {
+            eprintln!(
+                "observer: warning: cannot reopen {}: {e}; still writing to the one it had open",
+                self.label
+            );
         }
     }
 }
