@@ -299,6 +299,7 @@ async fn live(
     let updates = Duration::from_secs(args.update_interval.max(1));
     let mut update_tick = tokio::time::interval_at(tokio::time::Instant::now() + updates, updates);
     let control = control_listener(&args.control_socket);
+    let (requests_tx, mut requests) = tokio::sync::mpsc::channel(4);
     let deadline = tokio::time::sleep(args.duration.map_or(Duration::MAX / 4, Duration::from_secs));
     tokio::pin!(deadline);
 
@@ -353,7 +354,16 @@ async fn live(
                 pipeline.write()
             }
             Ok((stream, _)) = accept(control.as_ref()) => {
-                answer(stream, probe, pipeline, ring.get_mut());
+                control::serve(stream, requests_tx.clone());
+                Ok(())
+            }
+            Some(request) = requests.recv() => {
+                let body = if request.line == "snapshot" {
+                    pipeline.snapshot(probe, ring.get_mut())
+                } else {
+                    format!("{{\"error\":\"unknown request {:?}\"}}\n", request.line).into_bytes()
+                };
+                let _ = request.reply.send(body);
                 pipeline.flush(kernel::boottime_ns())
             }
             _ = sigusr1.recv() => toggle(probe, ring.get_mut(), pipeline, &mut agent, false),
@@ -459,24 +469,6 @@ async fn accept(
     match listener {
         Some(l) => l.socket.accept().await,
         None => std::future::pending().await,
-    }
-}
-
-/// Answers one `observer snapshot` (blocking, bounded by `control::TIMEOUT` each way).
-fn answer(stream: tokio::net::UnixStream, probe: &Probe, pipeline: &mut Pipeline, ring: &mut Ring) {
-    let result = stream.into_std().and_then(|stream| {
-        stream.set_nonblocking(false)?;
-        let request = control::read_request(&stream)?;
-        let body = if request == "snapshot" {
-            pipeline.snapshot(probe, ring)
-        } else {
-            format!("{{\"error\":\"unknown request {request:?}\"}}\n").into_bytes()
-        };
-        stream.set_write_timeout(Some(control::TIMEOUT))?;
-        std::io::Write::write_all(&mut &stream, &body)
-    });
-    if let Err(err) = result {
-        eprintln!("observer: warning: a snapshot request failed: {err}");
     }
 }
 

@@ -5,13 +5,17 @@
 
 use std::{
     fs,
-    io::{self, BufRead as _, BufReader, Read as _, Write as _},
+    io::{self, Read as _, Write as _},
     os::unix::{fs::PermissionsExt as _, net::UnixStream},
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use thiserror::Error;
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _},
+    sync::{mpsc, oneshot},
+};
 
 /// Where the agent listens unless told otherwise (`--control-socket`).
 pub const DEFAULT_SOCKET: &str = "/run/observer/observer.sock";
@@ -110,15 +114,48 @@ pub fn request(path: &Path) -> Result<Option<String>, ControlError> {
     Ok(Some(answer))
 }
 
-/// Reads the request line of a client (blocking, bounded by [`TIMEOUT`]).
-///
-/// # Errors
-/// The client sent nothing usable in time.
-pub fn read_request(stream: &UnixStream) -> io::Result<String> {
-    stream.set_read_timeout(Some(TIMEOUT))?;
+/// A client's request line, read off the capture loop; the loop sends its answer to `reply`.
+pub struct Request {
+    pub line: String,
+    pub reply: oneshot::Sender<Vec<u8>>,
+}
+
+/// Serves one client on a task of its own: reads its request line, hands it to the capture
+/// loop through `requests`, and writes the answer, each bounded by [`TIMEOUT`]. A client that
+/// sends nothing or reads slowly holds only its task, never the loop.
+pub fn serve(stream: tokio::net::UnixStream, requests: mpsc::Sender<Request>) {
+    tokio::spawn(async move {
+        if let Err(err) = answer(stream, requests).await {
+            eprintln!("observer: warning: a snapshot request failed: {err}");
+        }
+    });
+}
+
+async fn answer(stream: tokio::net::UnixStream, requests: mpsc::Sender<Request>) -> io::Result<()> {
+    let timed_out = |what| io::Error::new(io::ErrorKind::TimedOut, what);
+    let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    BufReader::new(stream).take(256).read_line(&mut line)?;
-    Ok(line.trim().to_owned())
+    tokio::time::timeout(
+        TIMEOUT,
+        tokio::io::BufReader::new(read)
+            .take(256)
+            .read_line(&mut line),
+    )
+    .await
+    .map_err(|_| timed_out("the client sent no request within 10 s"))??;
+    let (reply, answer) = oneshot::channel();
+    let stopped = || io::Error::other("the agent is stopping");
+    requests
+        .send(Request {
+            line: line.trim().to_owned(),
+            reply,
+        })
+        .await
+        .map_err(|_| stopped())?;
+    let body = answer.await.map_err(|_| stopped())?;
+    tokio::time::timeout(TIMEOUT, write.write_all(&body))
+        .await
+        .map_err(|_| timed_out("the client did not read the answer within 10 s"))?
 }
 
 #[cfg(test)]

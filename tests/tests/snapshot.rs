@@ -237,3 +237,52 @@ fn without_an_agent_snapshot_lists_the_kernels_sockets() {
     assert_eq!(field(r, "conn.owner_source"), "procfs", "{r}");
     assert_eq!(field(r, "tcp.bytes_sent"), 7, "{r}");
 }
+
+#[test]
+fn a_silent_snapshot_client_holds_only_itself() {
+    if !privileged("a_silent_snapshot_client_holds_only_itself") {
+        return;
+    }
+    let ns = NetNs::new("snapquiet");
+    let control = scratch("sock");
+    let obs = Observer::start(&ns, &["--control-socket", control.to_str().expect("utf-8")]);
+    let mut server = Peer::spawn(&ns, "quiet-srv");
+    let port = server.port("listen 4 127.0.0.1", "port");
+    // A client that connects and says nothing. Served on the capture loop, it held every other
+    // client (and the ring) until its 10 s timeout closed it.
+    let mut silent = std::os::unix::net::UnixStream::connect(&control).expect("connect");
+    let netns = ns.path();
+    let out = Command::new(bin())
+        .args(["snapshot", "--json", "--control-socket"])
+        .arg(&control)
+        .arg("--netns")
+        .arg(&netns)
+        .output()
+        .expect("snapshot");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = parse_lines(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(rows.len(), 1, "the listener: {rows:#?}");
+    assert_eq!(field(&rows[0], "local.port"), port, "{rows:#?}");
+    // The silent client is still waited for: the agent has not given up on it yet.
+    silent.set_nonblocking(true).expect("nonblocking");
+    let mut byte = [0u8; 1];
+    let still_open = std::io::Read::read(&mut silent, &mut byte);
+    assert_eq!(
+        still_open.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::WouldBlock),
+        "the silent client was not closed before the other was answered"
+    );
+    // And when it asks at last, it is answered too.
+    silent.set_nonblocking(false).expect("blocking");
+    std::io::Write::write_all(&mut silent, b"snapshot\n").expect("request");
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut silent, &mut answer).expect("answer");
+    let late = parse_lines(&answer);
+    assert_eq!(late.len(), 1, "the listener: {late:#?}");
+    assert_eq!(field(&late[0], "local.port"), port, "{late:#?}");
+    drop(obs);
+}
