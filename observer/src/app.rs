@@ -9,17 +9,16 @@ use std::{
 use anyhow::{Context as _, Result};
 use clap::{CommandFactory as _, FromArgMatches as _};
 use observer_common::counter;
-use tokio::{
-    io::{Interest, unix::AsyncFd},
-    signal::unix::{SignalKind, signal},
-};
+use tokio::signal::unix::{SignalKind, signal};
 
 mod chores;
 mod pipeline;
 mod snapshot;
+mod source;
 pub mod top;
 
 use pipeline::Pipeline;
+use source::{Recording, Source as _, drain};
 
 use crate::{
     check,
@@ -30,7 +29,7 @@ use crate::{
     facts::{Fact, Purpose},
     gather::{self, Resolver},
     kernel,
-    probe::{Probe, ProbeConfig},
+    probe::{Capture, Probe, ProbeConfig},
     recording::{Header, Recorder, Replay},
     sink::{
         self, FLUSH_TIMEOUT, Sink, SinkError, SinkSpec,
@@ -201,8 +200,7 @@ fn run(args: &RunArgs) -> Result<()> {
             .as_ref()
             .is_some_and(|c| c.syn_flood.is_some()),
     };
-    let (mut probe, ring) = Probe::load(config)
-        .context("cannot start capture (`observer check` shows what is missing)")?;
+    let mut capture = start_capture(&runtime, config)?;
     let boot_id = kernel::boot_id();
     let header = Header {
         abi_version: observer_common::ABI_VERSION,
@@ -232,21 +230,20 @@ fn run(args: &RunArgs) -> Result<()> {
     {
         pipeline.listeners = Some(gather::listeners::Listeners::default());
     }
-    tls_libraries(&probe, &mut pipeline);
+    tls_libraries(&capture.probe, &mut pipeline);
     eprintln!(
         "observer: capturing on {} ({})",
         header.kernel,
-        probe.attached.join(", ")
+        capture.probe.attached.join(", ")
     );
 
-    runtime.block_on(live(
-        signals,
-        &mut probe,
-        ring,
-        &mut pipeline,
-        args,
-        &header,
-    ))
+    runtime.block_on(live(signals, &mut capture, &mut pipeline, args, &header))
+}
+
+/// Loads and attaches the probe, its ring polled by `runtime`.
+fn start_capture(runtime: &tokio::runtime::Runtime, config: ProbeConfig) -> Result<Capture> {
+    let _context = runtime.enter();
+    Capture::start(config).context("cannot start capture (`observer check` shows what is missing)")
 }
 
 /// The signals a live run answers. Registered before loading the probe, so that a signal sent
@@ -271,20 +268,13 @@ impl Signals {
     }
 }
 
-type Ring = aya::maps::RingBuf<aya::maps::MapData>;
-
 async fn live(
     signals: Signals,
-    probe: &mut Probe,
-    ring: Ring,
+    capture: &mut Capture,
     pipeline: &mut Pipeline,
     args: &RunArgs,
     header: &Header,
 ) -> Result<()> {
-    // SAFETY: the RingBuf owns its map fd, which stays open and unchanged until it is dropped
-    // together with the AsyncFd.
-    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-        .map_err(|e| anyhow::anyhow!("cannot poll the ring buffer: {e}"))?;
     let Signals {
         mut sigint,
         mut sigterm,
@@ -309,7 +299,7 @@ async fn live(
         ts_ns: kernel::boottime_ns(),
         version: env!("CARGO_PKG_VERSION"),
         kernel: header.kernel.clone(),
-        hooks: probe.attached.clone(),
+        hooks: capture.probe.attached.clone(),
         records: None,
         transitions: args.filters.transitions,
         accept_hook: args.accept_hook,
@@ -321,35 +311,33 @@ async fn live(
     // The sockets that existed before: listed once the hooks are attached, so that a change
     // during the listing is seen by both, and deduplicated by socket cookie. Before the
     // `started` line: from then on, every socket is known.
-    pipeline.scan(Purpose::Seed, ring.get_mut());
+    pipeline.scan(Purpose::Seed, capture);
     if pipeline.agent(&agent).is_err() {
         return Ok(());
     }
     let outcome = loop {
         let result = tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard.context("polling the ring buffer")?;
-                drain(guard.get_inner_mut(), pipeline);
-                guard.clear_ready();
-                pipeline.flush(kernel::boottime_ns())
+            woke = capture.wake() => {
+                woke.context("polling the ring buffer")?;
+                fed(capture.feed(pipeline)?)
             }
-            _ = drain_tick.tick() => chores.drained(probe, pipeline, ring.get_mut()),
+            _ = drain_tick.tick() => chores.drained(capture, pipeline),
             _ = update_tick.tick(), if args.update_interval > 0 => {
-                pipeline.table(probe, ring.get_mut());
+                pipeline.table(capture);
                 chores.last_table = Instant::now();
-                pipeline.scan(Purpose::Update, ring.get_mut());
+                pipeline.scan(Purpose::Update, capture);
                 pipeline.flush(kernel::boottime_ns())
             }
             _ = tls_tick.tick() => {
-                let new = probe.tls_scan_all();
-                tls_attached(probe, pipeline, &new);
+                let new = capture.probe.tls_scan_all();
+                tls_attached(&capture.probe, pipeline, &new);
                 Ok(())
             }
             _ = counter_tick.tick() => {
-                let _ = pipeline.listeners(probe, ring.get_mut());
+                let _ = pipeline.listeners(capture);
                 // The detectors' clock: what the ring holds goes first (`Tracker::settled`).
-                drain(ring.get_mut(), pipeline);
-                let counters = Counters { ts_ns: kernel::boottime_ns(), values: probe.counters() };
+                drain(capture, pipeline);
+                let counters = Counters { ts_ns: kernel::boottime_ns(), values: capture.probe.counters() };
                 pipeline.event(&Event::Counters(counters));
                 pipeline.write()
             }
@@ -359,15 +347,15 @@ async fn live(
             }
             Some(request) = requests.recv() => {
                 let body = if request.line == "snapshot" {
-                    pipeline.snapshot(probe, ring.get_mut())
+                    pipeline.snapshot(capture)
                 } else {
                     format!("{{\"error\":\"unknown request {:?}\"}}\n", request.line).into_bytes()
                 };
                 let _ = request.reply.send(body);
                 pipeline.flush(kernel::boottime_ns())
             }
-            _ = sigusr1.recv() => toggle(probe, ring.get_mut(), pipeline, &mut agent, false),
-            _ = sigusr2.recv() => toggle(probe, ring.get_mut(), pipeline, &mut agent, true),
+            _ = sigusr1.recv() => toggle(capture, pipeline, &mut agent, false),
+            _ = sigusr2.recv() => toggle(capture, pipeline, &mut agent, true),
             _ = sighup.recv() => pipeline.reopen(&mut agent),
             _ = sigint.recv() => break "SIGINT",
             _ = sigterm.recv() => break "SIGTERM",
@@ -377,8 +365,13 @@ async fn live(
             break "output closed";
         }
     };
-    stop(probe, pipeline, ring.get_mut(), agent, outcome);
+    stop(capture, pipeline, agent, outcome);
     Ok(())
+}
+
+/// What a feed of the pipeline means for the loop: a source that ended is a reader gone.
+fn fed(open: bool) -> Result<(), SinkError> {
+    if open { Ok(()) } else { Err(SinkError::Closed) }
 }
 
 /// The control socket for `observer snapshot`, unless turned off (`none`) or impossible.
@@ -395,9 +388,8 @@ fn control_listener(path: &Path) -> Option<control::Listener> {
 
 /// The end of `run`: the last events, the final table and listing, the `stopped` line.
 fn stop(
-    probe: &Probe,
+    capture: &mut Capture,
     pipeline: &mut Pipeline,
-    ring: &mut Ring,
     mut agent: AgentRecord,
     outcome: &'static str,
 ) {
@@ -405,14 +397,14 @@ fn stop(
     for sink in &mut pipeline.sinks {
         sink.closing(deadline);
     }
-    drain(ring, pipeline);
+    drain(capture, pipeline);
     if outcome != "output closed" {
-        pipeline.table(probe, ring);
-        pipeline.scan(Purpose::Final, ring);
+        pipeline.table(capture);
+        pipeline.scan(Purpose::Final, capture);
     }
     let counters = Counters {
         ts_ns: kernel::boottime_ns(),
-        values: probe.counters(),
+        values: capture.probe.counters(),
     };
     pipeline.event(&Event::Counters(counters));
     let closed = matches!(pipeline.finish(counters.ts_ns), Err(SinkError::Closed));
@@ -492,16 +484,15 @@ fn tls_libraries(probe: &Probe, pipeline: &mut Pipeline) {
 /// SIGUSR1 pauses capture (every hook detached: the kernel runs none of observer's code) and
 /// SIGUSR2 resumes it; each writes an `observer.agent` line once done.
 fn toggle(
-    probe: &mut Probe,
-    ring: &mut Ring,
+    capture: &mut Capture,
     pipeline: &mut Pipeline,
     agent: &mut AgentRecord,
     resume: bool,
 ) -> Result<(), SinkError> {
     let done = if resume {
-        probe.resume()
+        capture.probe.resume()
     } else {
-        probe.pause(|| drain(ring, pipeline))
+        pause(capture, pipeline)
     };
     if let Err(err) = done {
         eprintln!(
@@ -512,19 +503,23 @@ fn toggle(
     }
     agent.action = if resume { "resumed" } else { "paused" };
     agent.ts_ns = kernel::boottime_ns();
-    agent.hooks.clone_from(&probe.attached);
+    agent.hooks.clone_from(&capture.probe.attached);
     pipeline.agent(agent)
 }
 
-/// Feeds every event waiting in the ring to the pipeline. No syscalls: the ring is mmapped.
-fn drain(ring: &mut Ring, pipeline: &mut Pipeline) {
-    while let Some(item) = ring.next() {
-        pipeline.raw(&item);
+/// Detaches every hook, draining the ring after each (a detach takes tens of ms).
+fn pause(capture: &mut Capture, pipeline: &mut Pipeline) -> Result<(), crate::probe::ProbeError> {
+    loop {
+        let more = capture.probe.pause_step()?;
+        drain(capture, pipeline);
+        if !more {
+            return Ok(());
+        }
     }
 }
 
 fn replay(args: &ReplayArgs) -> Result<()> {
-    let (header, mut input) = Replay::open(&args.file)?;
+    let (header, input) = Replay::open(&args.file)?;
     let mut filter = filter(&args.filters, true)?;
     if filter.netns.is_none() && filter.port.is_none() {
         filter.netns = header.netns;
@@ -550,28 +545,19 @@ fn replay(args: &ReplayArgs) -> Result<()> {
         .config()
         .map(|c| Detector::new(&c).on_boot(header.boot_id_bytes()));
     pipeline.filter = filter;
-    let mut last_ts = 0;
-    while let Some(event) = input.next_event()? {
-        last_ts = last_ts.max(event.ts_ns());
-        // What was due at a census's time is emitted before it, as the live run did.
-        if let Event::Fact(f) = &event
-            && let Fact::TimeWait(census) = &**f
-            && pipeline.flush(census.ts_ns).is_err()
-        {
-            return Ok(());
-        }
-        pipeline.event(&event);
-        if pipeline.flush(last_ts).is_err() {
-            return Ok(());
-        }
+    let mut source = Recording::new(input);
+    while source.feed(&mut pipeline)? {}
+    if !source.ended {
+        // The output's reader went away.
+        return Ok(());
     }
-    if input.truncated {
+    if source.truncated() {
         eprintln!(
             "observer: warning: {} ends inside a frame; replayed what was complete",
             args.file.display()
         );
     }
-    let _ = pipeline.finish(last_ts);
+    let _ = pipeline.finish(source.last_ts);
     for sink in &mut pipeline.sinks {
         sink.finish(None);
     }

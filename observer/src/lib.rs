@@ -1,8 +1,10 @@
 //! observer: an eBPF TCP connection observer.
 //!
-//! Data flows one way: `probe` (kernel hooks, ring buffer; the only module that uses aya) →
-//! `decode` (bytes → events) → `track` (lifecycle, records) → `sink` (NDJSON). `app` wires them
-//! for a live run and for `replay`; `check` reports what this kernel supports.
+//! Data flows one way: a source (`probe::Capture`: kernel hooks and the ring buffer, the only
+//! module that uses aya; or a recording) → the pipeline (`decode` bytes → events, `track`
+//! lifecycles into records, `detect` anomalies) → sinks (`sink`: NDJSON outputs, each on its
+//! own thread; `top`'s read model). `app` wires them, through `app::source`, the same way for
+//! `run`, `replay` and `top`; `check` reports what this kernel supports.
 
 pub mod app;
 pub mod check;

@@ -2,6 +2,7 @@
 //! attaches every hook, and hands out the ring buffer and the loss counters. Everything
 //! downstream sees bytes and plain Rust types.
 
+mod capture;
 mod table;
 
 use std::{
@@ -29,6 +30,7 @@ use crate::kernel::{
 mod listen_hooks;
 mod tls_hooks;
 
+pub use capture::Capture;
 pub use listen_hooks::ListenCountsRead;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
@@ -137,6 +139,8 @@ pub enum ProbeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot poll the ring buffer")]
+    Poll(#[source] std::io::Error),
     #[error("map {name}")]
     Map {
         name: &'static str,
@@ -353,17 +357,20 @@ impl Probe {
             .unwrap_or_default()
     }
 
-    /// Detaches every hook, so that none runs (a paused observer costs the kernel nothing), and
-    /// forgets every tracked socket: after `resume` they are met again as pre-existing.
-    /// `drain` runs after each detach: one waits for the kernel's RCU grace periods (tens of
-    /// ms), while the hooks still attached keep filling the ring.
+    /// One step of a pause, which detaches every hook, so that none runs (a paused observer
+    /// costs the kernel nothing), and forgets every tracked socket: after `resume` they are
+    /// met again as pre-existing. Each step detaches one hook and says whether another is
+    /// left: drain the ring between steps, as a detach waits for the kernel's RCU grace
+    /// periods (tens of ms) while the hooks still attached keep filling the ring.
     ///
     /// # Errors
     /// A detach failure.
-    pub fn pause(&mut self, mut drain: impl FnMut()) -> Result<(), ProbeError> {
-        for link in std::mem::take(&mut self.links) {
+    pub fn pause_step(&mut self) -> Result<bool, ProbeError> {
+        // In the order they were attached.
+        if !self.links.is_empty() {
+            let link = self.links.remove(0);
             detach(&mut self.ebpf, link)?;
-            drain();
+            return Ok(true);
         }
         if let Some(tls) = &mut self.tls {
             tls.detach(&mut self.ebpf)?;
@@ -372,7 +379,7 @@ impl Probe {
             listen.detach(&mut self.ebpf)?;
         }
         self.attached.clear();
-        self.forget_sockets()
+        self.forget_sockets().map(|()| false)
     }
 
     /// Empties `SLOTS` and `CONNS` (only while paused: no program runs).

@@ -2,8 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Pipeline, Ring, TABLE_EVERY, drain, tls_attached};
-use crate::{detect::Detector, kernel, probe::Probe, sink::SinkError};
+use super::{Pipeline, TABLE_EVERY, drain, tls_attached};
+use crate::{detect::Detector, kernel, probe::Capture, sink::SinkError};
 
 /// How often the kernel's socket table is read for the detectors that need it.
 const DETECT_TABLE_EVERY: Duration = Duration::from_secs(1);
@@ -31,14 +31,13 @@ impl Chores {
 
     pub fn drained(
         &mut self,
-        probe: &mut Probe,
+        capture: &mut Capture,
         pipeline: &mut Pipeline,
-        ring: &mut Ring,
     ) -> Result<(), SinkError> {
-        drain(ring, pipeline);
-        let new = probe.tls_scan_pids(&self.exec_ready);
+        drain(capture, pipeline);
+        let new = capture.probe.tls_scan_pids(&self.exec_ready);
         self.exec_ready = std::mem::take(&mut pipeline.execs);
-        tls_attached(probe, pipeline, &new);
+        tls_attached(&capture.probe, pipeline, &new);
         let detector_wants = pipeline
             .detector
             .as_ref()
@@ -47,7 +46,7 @@ impl Chores {
         if detector_wants
             || (pipeline.tracker.wants_table() && self.last_table.elapsed() >= TABLE_EVERY)
         {
-            pipeline.table(probe, ring);
+            pipeline.table(capture);
             self.last_table = Instant::now();
         }
         let census = if pipeline
@@ -57,7 +56,7 @@ impl Chores {
             && self.last_census.elapsed() >= TIME_WAIT_EVERY
         {
             self.last_census = Instant::now();
-            pipeline.time_wait_census(self.netns, ring)
+            pipeline.time_wait_census(self.netns, capture)
         } else {
             Ok(())
         };

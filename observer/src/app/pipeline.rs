@@ -7,7 +7,7 @@ use crate::{
     facts::{Fact, Purpose, SocketScan, Tracked, listeners::ListenerSample},
     gather::{self, Resolver},
     kernel,
-    probe::Probe,
+    probe::Capture,
     recording::Recorder,
     sink::{
         self, Sink, SinkError,
@@ -19,7 +19,7 @@ use crate::{
     },
 };
 
-use super::{Ring, drain};
+use super::drain;
 
 /// The most NDJSON handed to an output at once: a quarter of the smallest queue.
 const BATCH_BYTES: usize = 256 << 10;
@@ -163,16 +163,16 @@ impl Pipeline {
 
     /// The kernel's socket table, read now: fed after the ring is drained, so that no socket
     /// that closed meanwhile comes back.
-    pub(super) fn table(&mut self, probe: &Probe, ring: &mut Ring) {
+    pub(super) fn table(&mut self, capture: &mut Capture) {
         let ts_ns = kernel::boottime_ns();
-        let states = match probe.table() {
+        let states = match capture.probe.table() {
             Ok(states) => states,
             Err(err) => {
                 eprintln!("observer: warning: {err:#}; peers and updates are incomplete");
                 return;
             }
         };
-        drain(ring, self);
+        drain(capture, self);
         if let Some(resolver) = &mut self.resolver {
             for st in &states {
                 resolver.owner_of(st, ts_ns, &mut self.facts);
@@ -194,9 +194,9 @@ impl Pipeline {
     pub(super) fn time_wait_census(
         &mut self,
         netns: Option<u32>,
-        ring: &mut Ring,
+        capture: &mut Capture,
     ) -> Result<(), SinkError> {
-        drain(ring, self);
+        drain(capture, self);
         let ts_ns = kernel::boottime_ns();
         let flushed = self.flush(ts_ns);
         let (census, warnings) = gather::time_wait_census(ts_ns, netns);
@@ -209,7 +209,7 @@ impl Pipeline {
     }
 
     /// Every TCP socket of the host, listed now for `purpose`; returned for a snapshot.
-    pub(super) fn scan(&mut self, purpose: Purpose, ring: &mut Ring) -> Option<SocketScan> {
+    pub(super) fn scan(&mut self, purpose: Purpose, capture: &mut Capture) -> Option<SocketScan> {
         let ts_ns = kernel::boottime_ns();
         // Holders name the owners the kernel does not know yet (a server socket before its
         // process touched it, a socket older than the observer).
@@ -217,7 +217,7 @@ impl Pipeline {
         for w in warnings {
             eprintln!("observer: warning: {w}");
         }
-        drain(ring, self);
+        drain(capture, self);
         if let Some(resolver) = &mut self.resolver {
             resolver.scan(&scan, &mut self.facts);
         }
@@ -228,24 +228,24 @@ impl Pipeline {
     }
 
     /// A sample of every listener (in the `--netns` namespace only, when given), fed as a fact.
-    pub(super) fn listeners(&mut self, probe: &Probe, ring: &mut Ring) -> Option<ListenerSample> {
+    pub(super) fn listeners(&mut self, capture: &mut Capture) -> Option<ListenerSample> {
         let gatherer = self.listeners.as_mut()?;
-        let counts = probe.listen_counts();
+        let counts = capture.probe.listen_counts();
         let ts_ns = kernel::boottime_ns();
         let (sample, warnings) = gatherer.sample(ts_ns, self.filter.netns, counts.as_ref());
         for w in warnings {
             eprintln!("observer: warning: {w}");
         }
-        drain(ring, self);
+        drain(capture, self);
         let kept = sample.clone();
         self.event(&Event::Fact(Box::new(Fact::Listeners(sample))));
         Some(kept)
     }
 
     /// The answer to `observer snapshot`: NDJSON, a line per socket.
-    pub(super) fn snapshot(&mut self, probe: &Probe, ring: &mut Ring) -> Vec<u8> {
-        self.table(probe, ring);
-        let Some(scan) = self.scan(Purpose::Snapshot, ring) else {
+    pub(super) fn snapshot(&mut self, capture: &mut Capture) -> Vec<u8> {
+        self.table(capture);
+        let Some(scan) = self.scan(Purpose::Snapshot, capture) else {
             return Vec::new();
         };
         let now = scan.ts_ns;

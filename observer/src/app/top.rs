@@ -14,11 +14,11 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use tokio::io::{Interest, unix::AsyncFd};
 
 use super::{
-    DRAIN_EVERY, Pipeline, Ring, Signals, TABLE_EVERY, TLS_RESCAN_EVERY, drain, filter, runtime,
-    tls_attached,
+    DRAIN_EVERY, Pipeline, Signals, TABLE_EVERY, TLS_RESCAN_EVERY, drain, filter, runtime,
+    source::{Recording, Source as _},
+    start_capture, tls_attached,
 };
 use crate::{
     cli::{DEFAULT_MAX_CONNECTIONS, TopArgs},
@@ -27,7 +27,7 @@ use crate::{
     facts::{Fact, Purpose, SocketScan, listeners::ListenerSample},
     gather::Resolver,
     kernel,
-    probe::{Probe, ProbeConfig},
+    probe::{Capture, ProbeConfig},
     recording::Replay,
     sink::ndjson::Encoder,
     top::{
@@ -62,15 +62,14 @@ pub fn run(args: &TopArgs) -> Result<()> {
         // per ingress segment while top runs (docs/anomalies.md, syn_flood).
         listeners: true,
     };
-    let (mut probe, ring) = Probe::load(config)
-        .context("cannot start capture (`observer check` shows what is missing)")?;
+    let mut capture = start_capture(&runtime, config)?;
     let tracker = Tracker::new(kernel::boot_id(), filter, args.max_connections as usize);
     let mut pipeline = top_pipeline(tracker, &thresholds(args));
     pipeline.resolver = Some(Resolver::new());
     pipeline.filter = filter;
     pipeline.listeners = Some(crate::gather::listeners::Listeners::default());
-    super::tls_libraries(&probe, &mut pipeline);
-    runtime.block_on(live(signals, &mut probe, ring, &mut pipeline, args))
+    super::tls_libraries(&capture.probe, &mut pipeline);
+    runtime.block_on(live(signals, &mut capture, &mut pipeline, args))
 }
 
 /// The detectors' configuration: `run --anomalies`'s, always on.
@@ -128,7 +127,7 @@ impl Pipeline {
 /// # Errors
 /// When the recording cannot be read.
 pub fn replay(path: &Path, detect: &detect::Config) -> Result<Model> {
-    let (header, mut input) = Replay::open(path)?;
+    let (header, input) = Replay::open(path)?;
     let filter = Filter {
         netns: header.netns,
         port: header.port,
@@ -148,12 +147,11 @@ pub fn replay(path: &Path, detect: &detect::Config) -> Result<Model> {
         boot_to_unix_ns: header.boot_to_unix_ns,
         ..Model::default()
     };
-    let (mut feed, mut lost_now, mut last_ts) = (None, 0, 0);
-    while let Some(event) = input.next_event()? {
-        last_ts = last_ts.max(event.ts_ns());
-        pipeline.event(&event);
-        let _ = pipeline.flush(last_ts);
-        match &event {
+    let (mut feed, mut lost_now) = (None, 0);
+    let mut source = Recording::new(input);
+    while source.feed(&mut pipeline)? {
+        let Some(event) = &source.last else { break };
+        match event {
             Event::Counters(c) => lost_now = c.lost(),
             Event::Fact(f) => match &**f {
                 Fact::Sockets(scan) => {
@@ -188,21 +186,17 @@ const TEST_FAIL: &str = "OBSERVER_TOP_TEST_FAIL";
 
 async fn live(
     signals: Signals,
-    probe: &mut Probe,
-    ring: Ring,
+    capture: &mut Capture,
     pipeline: &mut Pipeline,
     args: &TopArgs,
 ) -> Result<()> {
-    // SAFETY: as in `super::live`: the RingBuf owns its fd until dropped with the AsyncFd.
-    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-        .map_err(|e| anyhow::anyhow!("cannot poll the ring buffer: {e}"))?;
     let Signals {
         mut sigint,
         mut sigterm,
         ..
     } = signals;
     let mut feed = Feed::new(kernel::boottime_ns());
-    pipeline.scan(Purpose::Seed, ring.get_mut());
+    pipeline.scan(Purpose::Seed, capture);
     let mut model = Model {
         host: kernel::hostname(),
         boot_to_unix_ns: kernel::boot_to_unix_offset_ns(),
@@ -210,12 +204,7 @@ async fn live(
     };
     let mut refreshes = Timing::default();
     let start = Instant::now();
-    refresh(
-        probe,
-        pipeline,
-        ring.get_mut(),
-        Some((&mut model, &mut feed)),
-    );
+    refresh(capture, pipeline, Some((&mut model, &mut feed)));
     refreshes.add(start.elapsed());
 
     let screen = Screen::enter().context("cannot take the terminal (is stdout a tty?)")?;
@@ -229,20 +218,18 @@ async fn live(
     let test_fail = std::env::var(TEST_FAIL).ok();
     loop {
         tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard.context("polling the ring buffer")?;
-                drain(guard.get_inner_mut(), pipeline);
-                guard.clear_ready();
-                let _ = pipeline.flush(kernel::boottime_ns());
+            woke = capture.wake() => {
+                woke.context("polling the ring buffer")?;
+                capture.feed(pipeline)?;
             }
             _ = drain_tick.tick() => {
-                drain(ring.get_mut(), pipeline);
+                drain(capture, pipeline);
                 // As in `run`: TLS libraries of processes that exec'd one drain ago.
-                let new = probe.tls_scan_pids(&exec_ready);
+                let new = capture.probe.tls_scan_pids(&exec_ready);
                 exec_ready = std::mem::take(&mut pipeline.execs);
-                tls_attached(probe, pipeline, &new);
+                tls_attached(&capture.probe, pipeline, &new);
                 if pipeline.tracker.wants_table() && last_table.elapsed() >= TABLE_EVERY {
-                    pipeline.table(probe, ring.get_mut());
+                    pipeline.table(capture);
                     last_table = Instant::now();
                 }
                 let _ = pipeline.flush(kernel::boottime_ns());
@@ -251,7 +238,7 @@ async fn live(
                 // Paused, the screen keeps its model, but the detectors' clock still ticks.
                 let start = Instant::now();
                 let show = (!display.paused()).then_some((&mut model, &mut feed));
-                if refresh(probe, pipeline, ring.get_mut(), show) {
+                if refresh(capture, pipeline, show) {
                     // The rows are rebuilt at each refresh: the screen takes them.
                     let conns = std::mem::take(&mut model.conns);
                     display.show(Model { conns, ..model.clone() });
@@ -265,8 +252,8 @@ async fn live(
                 }
             }
             _ = tls_tick.tick(), if args.tls => {
-                let new = probe.tls_scan_all();
-                tls_attached(probe, pipeline, &new);
+                let new = capture.probe.tls_scan_all();
+                tls_attached(&capture.probe, pipeline, &new);
             }
             () = display.quit() => break,
             _ = sigint.recv() => break,
@@ -274,8 +261,8 @@ async fn live(
         }
     }
     let frames = display.stop();
-    drain(ring.get_mut(), pipeline);
-    let values = probe.counters();
+    drain(capture, pipeline);
+    let values = capture.probe.counters();
     // After the terminal was given back: what an SRE checks before trusting the screen.
     eprintln!(
         "observer top: stopped: {} connections closed, {} events, {} lost in the kernel; \
@@ -295,23 +282,22 @@ async fn live(
 /// Reads fresh tables and counters (the detectors' clock ticks with them) and, unless the
 /// display is paused, rebuilds the model: whether it did.
 fn refresh(
-    probe: &Probe,
+    capture: &mut Capture,
     pipeline: &mut Pipeline,
-    ring: &mut Ring,
     show: Option<(&mut Model, &mut Feed)>,
 ) -> bool {
-    pipeline.table(probe, ring);
-    let listeners = pipeline.listeners(probe, ring);
+    pipeline.table(capture);
+    let listeners = pipeline.listeners(capture);
     if pipeline
         .detector
         .as_ref()
         .is_some_and(Detector::wants_time_wait)
     {
-        let _ = pipeline.time_wait_census(pipeline.filter.netns, ring);
+        let _ = pipeline.time_wait_census(pipeline.filter.netns, capture);
     }
     let counters = Counters {
         ts_ns: kernel::boottime_ns(),
-        values: probe.counters(),
+        values: capture.probe.counters(),
     };
     pipeline.event(&Event::Counters(counters));
     let Some((model, feed)) = show else {
@@ -321,7 +307,7 @@ fn refresh(
     if let Some(sample) = listeners {
         show_listeners(feed, model, &sample, pipeline.filter.port);
     }
-    let Some(scan) = pipeline.scan(Purpose::Snapshot, ring) else {
+    let Some(scan) = pipeline.scan(Purpose::Snapshot, capture) else {
         return false;
     };
     pipeline.refresh_model(&scan, feed, model, counters.lost());
