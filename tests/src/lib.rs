@@ -16,6 +16,7 @@ pub mod observer;
 pub mod peer;
 pub mod schema;
 pub mod tls;
+pub mod traffic;
 
 use std::{
     io::Write as _,

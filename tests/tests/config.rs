@@ -7,6 +7,7 @@ use observer_tests::{
     NetNs, Observer, Peer, field,
     observer::{bin, scratch},
     privileged, states,
+    traffic::one_connection,
 };
 
 /// A scratch TOML file, removed on drop.
@@ -119,19 +120,6 @@ fn check_validates_a_good_file_then_checks_the_host() {
     );
 }
 
-/// One connection to a new listener in `ns`; returns its port.
-fn one_connection(ns: &NetNs) -> u16 {
-    let mut server = Peer::spawn(ns, "srv");
-    let mut client = Peer::spawn(ns, "cli");
-    let port = server.port("listen 4 127.0.0.1", "port");
-    client.ok(&format!("connect 4 127.0.0.1 {port}"));
-    server.ok("accept");
-    client.ok("close");
-    server.ok("wait_eof");
-    server.ok("close");
-    port
-}
-
 #[test]
 fn a_file_configures_the_agent_and_a_flag_overrides_it() {
     if !privileged("a_file_configures_the_agent_and_a_flag_overrides_it") {
@@ -150,7 +138,7 @@ fn a_file_configures_the_agent_and_a_flag_overrides_it() {
     ));
     let obs = Observer::start(&ns, &["--config", file.path(), "--ring-mib", "16"]);
     // Another port first: the file's port filter keeps it out.
-    let _other = one_connection(&ns);
+    let _other = one_connection(&ns, 0);
     let mut client = Peer::spawn(&ns, "cli");
     client.ok(&format!("connect 4 127.0.0.1 {port}"));
     server.ok("accept");

@@ -10,24 +10,11 @@ use std::{
 use observer_tests::{
     NetNs, Observer, Peer, field,
     observer::{bin, of_dataset, parse_lines, scratch},
-    privileged, sh, states, wait_for,
+    privileged, sh, states,
+    traffic::one_connection,
+    wait_for,
 };
 use serde_json::Value;
-
-/// One complete connection (client closes first); returns the listening port.
-fn one_connection(ns: &NetNs, up: u64) -> u16 {
-    let mut server = Peer::spawn(ns, "srv");
-    let mut client = Peer::spawn(ns, "cli");
-    let port = server.port("listen 4 127.0.0.1", "port");
-    client.ok(&format!("connect 4 127.0.0.1 {port}"));
-    server.ok("accept");
-    client.ok(&format!("send {up}"));
-    server.ok(&format!("recv {up}"));
-    client.ok("close");
-    server.ok("wait_eof");
-    server.ok("close");
-    port
-}
 
 fn inode(ns: &NetNs) -> u64 {
     use std::os::unix::fs::MetadataExt as _;
@@ -95,7 +82,7 @@ fn port_filter_keeps_either_end() {
 
 /// The traffic of the record/replay test: an orderly close, a refused connect and a reset.
 fn mixed_traffic(ns: &NetNs) {
-    one_connection(ns, 3);
+    let _ = one_connection(ns, 3);
     let mut client = Peer::spawn(ns, "refused");
     let closed = client.port("freeport 4 127.0.0.1", "port");
     assert_eq!(
@@ -226,7 +213,7 @@ fn a_closed_stdout_ends_the_run_cleanly() {
     stdout.read_line(&mut first).expect("first line");
     assert!(first.contains("\"started\""), "{first}");
     drop(stdout);
-    one_connection(&ns, 1);
+    let _ = one_connection(&ns, 1);
     let status = wait_for(
         Duration::from_secs(10),
         "observer to notice the closed pipe",
@@ -300,7 +287,7 @@ fn a_full_disk_loses_nothing() {
     ]);
     let filler = disk.fill();
     for _ in 0..3 {
-        one_connection(&ns, 9);
+        let _ = one_connection(&ns, 9);
     }
     let stderr_says = |what: &str| {
         let stderr = std::fs::read_to_string(obs.stderr_path()).unwrap_or_default();

@@ -9,29 +9,13 @@ use std::{
 };
 
 use observer_tests::{
-    NetNs, Observer, Peer, field,
+    NetNs, Observer, field,
     observer::{bin, of_dataset, parse_lines, scratch},
-    privileged, wait_for,
+    privileged,
+    traffic::{churn, one_connection},
+    wait_for,
 };
 use serde_json::Value;
-
-/// `n` connections in `ns`, one after the other: connect, a byte each way, close.
-fn churn(ns: &NetNs, n: u32) {
-    let script = format!(
-        "import socket\n\
-         l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen(64)\n\
-         for _ in range({n}):\n\
-         \x20   c = socket.create_connection(l.getsockname()); s = l.accept()[0]\n\
-         \x20   c.sendall(b'x'); assert s.recv(1) == b'x'\n\
-         \x20   s.sendall(b'y'); assert c.recv(1) == b'y'\n\
-         \x20   c.close(); s.close()\n"
-    );
-    let status = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "/usr/bin/python3", "-c", &script])
-        .status()
-        .expect("python");
-    assert!(status.success());
-}
 
 fn dropped(line: &Value, path: &str) -> u64 {
     field(line, path).as_u64().unwrap_or(0)
@@ -145,19 +129,6 @@ fn a_reader_that_stops_reading_costs_only_its_own_lines_counted_exactly() {
     );
 }
 
-/// One connection: returns the server's port.
-fn one_connection(ns: &NetNs) -> u16 {
-    let mut server = Peer::spawn(ns, "srv");
-    let mut client = Peer::spawn(ns, "cli");
-    let port = server.port("listen 4 127.0.0.1", "port");
-    client.ok(&format!("connect 4 127.0.0.1 {port}"));
-    server.ok("accept");
-    client.ok("close");
-    server.ok("wait_eof");
-    server.ok("close");
-    port
-}
-
 fn read_lines(path: &std::path::Path) -> Vec<Value> {
     parse_lines(&std::fs::read_to_string(path).unwrap_or_default())
 }
@@ -188,7 +159,7 @@ fn sighup_after_a_rename_starts_a_new_file_and_loses_nothing() {
         "--output",
         live.to_str().expect("utf-8"),
     ]);
-    let before = one_connection(&ns);
+    let before = one_connection(&ns, 0);
     let _ = obs.wait_records("observer.connection", 2);
     // logrotate's default: rename, then `postrotate kill -HUP`.
     std::fs::rename(&live, &rotated).expect("rotate");
@@ -197,7 +168,7 @@ fn sighup_after_a_rename_starts_a_new_file_and_loses_nothing() {
     wait_for(Duration::from_secs(10), "the new file", || {
         (!of_dataset(&read_lines(&live), "observer.agent").is_empty()).then_some(())
     });
-    let after = one_connection(&ns);
+    let after = one_connection(&ns, 0);
     let _ = obs.wait_records("observer.connection", 2);
     let live_mode = mode(&live);
     let stopped = obs.stop();
