@@ -11,6 +11,7 @@ mod conn_line;
 pub mod file;
 pub mod ndjson;
 pub mod queue;
+mod rotate;
 pub mod snapshot;
 pub mod spec;
 pub mod timefmt;
