@@ -14,6 +14,7 @@ pub mod control;
 pub mod decode;
 pub mod detect;
 pub mod facts;
+pub mod filter;
 pub mod gather;
 pub mod kernel;
 pub mod probe;

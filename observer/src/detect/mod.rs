@@ -284,10 +284,10 @@ fn endpoint((ip, port): (IpAddr, u16)) -> String {
 #[cfg(test)]
 mod listener_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 #[cfg(test)]
 mod storm_tests;
 
 #[cfg(test)]
-mod socket_tests;
+pub(crate) mod socket_tests;

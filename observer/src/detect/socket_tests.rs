@@ -173,7 +173,12 @@ fn time_wait_pressure_against_the_port_range_names_the_churner() {
 
 /// A handshake record of a client (pid 300) of 10.0.0.9:443, or of that server (pid 400),
 /// ending at `t_s`.
-fn handshake(n: u8, t_s: u64, server: bool, established: bool) -> crate::track::record::Output {
+pub(crate) fn handshake(
+    n: u8,
+    t_s: u64,
+    server: bool,
+    established: bool,
+) -> crate::track::record::Output {
     use crate::tls::{TlsFacts, TlsProcess, TlsRecord, TlsRole};
     let (client_end, server_end) = ((1u8, 50_000 + u16::from(n)), (9u8, 443u16));
     let ((l, lp), (r, rp)) = if server {

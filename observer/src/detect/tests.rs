@@ -16,15 +16,15 @@ use crate::track::{
 };
 
 pub(super) const S: u64 = 1_000_000_000;
-pub(super) const NETNS: u32 = 4_026_532_000;
+pub(crate) const NETNS: u32 = 4_026_532_000;
 
-pub(super) fn uid(n: u8) -> Uid {
+pub(crate) fn uid(n: u8) -> Uid {
     let mut u = *b"C00000000000000000";
     u[17] = b'a' + n;
     Uid(u)
 }
 
-pub(super) fn process(pid: u32, name: &str) -> Process {
+pub(crate) fn process(pid: u32, name: &str) -> Process {
     let mut comm = [0u8; observer_common::COMM_LEN];
     comm[..name.len()].copy_from_slice(name.as_bytes());
     Process { pid, uid: 0, comm }
@@ -34,11 +34,11 @@ pub(super) fn ip(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
 }
 
-pub(super) fn only(rules: Config) -> Detector {
+pub(crate) fn only(rules: Config) -> Detector {
     Detector::new(&rules)
 }
 
-pub(super) fn none() -> Config {
+pub(crate) fn none() -> Config {
     Config {
         close_wait: None,
         fin_wait_2: None,
@@ -155,7 +155,7 @@ fn close_wait_alert_names_the_process_peers_and_port() {
     assert_eq!(alerts[0].evidence["peak"], 2);
 }
 
-pub(super) fn failed(
+pub(crate) fn failed(
     n: u8,
     end_s: u64,
     port: u16,
@@ -213,13 +213,13 @@ pub(super) fn failed(
     clippy::large_enum_variant,
     reason = "a short constructed stream, built once per test"
 )]
-pub(super) enum Step {
+pub(crate) enum Step {
     R(Output),
     T(u64),
     Held(u64, u64),
 }
 
-pub(super) fn run(d: &mut Detector, steps: Vec<Step>) -> Vec<Alert> {
+pub(crate) fn run(d: &mut Detector, steps: Vec<Step>) -> Vec<Alert> {
     let mut alerts = Vec::new();
     for step in steps {
         match step {
@@ -432,7 +432,7 @@ fn disabled_rules_raise_nothing() {
     assert!(alerts.is_empty(), "{alerts:#?}");
 }
 
-pub(super) fn reset(n: u8, end_s: u64, role: Role, port: u16, sent: u32, received: u32) -> Output {
+pub(crate) fn reset(n: u8, end_s: u64, role: Role, port: u16, sent: u32, received: u32) -> Output {
     let Output::Connection(mut c) = failed(n, end_s, port, "rst_received", "RSTR") else {
         unreachable!()
     };

@@ -22,4 +22,6 @@ pub mod view;
 pub use term::Screen;
 
 #[cfg(test)]
+mod filter_tests;
+#[cfg(test)]
 mod tests;

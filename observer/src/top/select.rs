@@ -6,6 +6,10 @@ use super::{
     alerts::Anomaly,
     model::{Conn, Proc},
 };
+use crate::{
+    filter::{self, Dataset, End, Fields, Key, States},
+    track::record::Process,
+};
 
 /// The columns of the Connections view, in screen order.
 pub const CONN_COLUMNS: [&str; 13] = [
@@ -42,58 +46,84 @@ pub const ALERT_COLUMNS: [&str; 9] = [
     "REASON",
 ];
 
-/// A parsed `/` expression: every term must match.
-///
-/// Terms: `port:N` (either end), `sport:N`, `dport:N`, `pid:N`, `comm:TEXT`, `state:TEXT`,
-/// `addr:TEXT`, or a bare word matched against all of them (and the TLS server name) as a
-/// substring. Text matches ignore
-/// case; states also match as `ss` spells them (`estab`, `close-wait`).
+/// A `/` expression in the shared filter language (docs/filters.md), read as typed
+/// ([`filter::Filter::lenient`]). A key a view does not show is ignored there: `port:443`
+/// leaves the Processes view whole.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Filter {
-    terms: Vec<(Option<String>, String)>,
-}
+pub struct Filter(filter::Filter);
+
+/// What the Connections (and Listeners) view does not show.
+const CONN_IGNORES: [Key; 6] = [
+    Key::Role,
+    Key::Netns,
+    Key::Cgroup,
+    Key::Container,
+    Key::ConnState,
+    Key::Rule,
+];
+
+/// The Processes view shows pids and names only.
+const PROC_IGNORES: [Key; 13] = [
+    Key::Port,
+    Key::Sport,
+    Key::Dport,
+    Key::State,
+    Key::Addr,
+    Key::Cgroup,
+    Key::Container,
+    Key::Dataset,
+    Key::Sni,
+    Key::Role,
+    Key::Netns,
+    Key::ConnState,
+    Key::Rule,
+];
+
+/// An alert's subject has no source, server name, role, cgroup or Zeek state.
+const ANOMALY_IGNORES: [Key; 6] = [
+    Key::Sport,
+    Key::Sni,
+    Key::Role,
+    Key::Cgroup,
+    Key::Container,
+    Key::ConnState,
+];
 
 impl Filter {
     #[must_use]
     pub fn parse(text: &str) -> Self {
-        let terms = text
-            .split_whitespace()
-            .map(|t| match t.split_once(':') {
-                Some((k, v))
-                    if matches!(
-                        k,
-                        "port" | "sport" | "dport" | "pid" | "comm" | "state" | "addr"
-                    ) =>
-                {
-                    (Some(k.to_owned()), v.to_ascii_lowercase())
-                }
-                _ => (None, t.to_ascii_lowercase()),
-            })
-            .collect();
-        Self { terms }
+        Self(filter::Filter::lenient(text))
     }
 
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.terms.is_empty()
+        self.0.is_empty()
     }
 
+    /// `sport` is the local end, `dport` the remote one; `state` the state now.
     #[must_use]
     pub fn admits(&self, c: &Conn) -> bool {
-        self.terms.iter().all(|(key, v)| term(c, key.as_deref(), v))
+        self.0.admits(&Fields {
+            dataset: Some(Dataset::Connection),
+            source: Some(End::from(c.local)),
+            destination: Some(End::from(c.remote)),
+            pid: c.pid,
+            comm: Some(&c.comm),
+            states: States::One(c.state_name()),
+            sni: c.sni(),
+            ignore: &CONN_IGNORES,
+            ..Fields::default()
+        })
     }
 
     /// A process row passes when its pid or name matches every pid/comm/bare term.
     #[must_use]
     pub fn admits_proc(&self, p: &Proc) -> bool {
-        self.terms.iter().all(|(key, v)| match key.as_deref() {
-            Some("pid") => p.pid.is_some_and(|pid| pid.to_string() == *v),
-            Some("comm") => p.comm.to_ascii_lowercase().contains(v.as_str()),
-            None => {
-                p.comm.to_ascii_lowercase().contains(v.as_str())
-                    || p.pid.is_some_and(|pid| pid.to_string() == *v)
-            }
-            Some(_) => true,
+        self.0.admits(&Fields {
+            pid: p.pid,
+            comm: Some(&p.comm),
+            ignore: &PROC_IGNORES,
+            ..Fields::default()
         })
     }
 
@@ -102,69 +132,20 @@ impl Filter {
     #[must_use]
     pub fn admits_anomaly(&self, a: &Anomaly) -> bool {
         let s = &a.alert.subject;
-        let status = if a.firing() { "firing" } else { "resolved" };
-        self.terms.iter().all(|(key, v)| {
-            let pid = || s.process.is_some_and(|p| p.pid.to_string() == *v);
-            let comm = || {
-                s.process
-                    .is_some_and(|p| p.name().to_ascii_lowercase().contains(v.as_str()))
-            };
-            let port = || {
-                v.parse::<u16>()
-                    .is_ok_and(|n| s.destination.is_some_and(|d| d.1 == n && n != 0))
-            };
-            let addr = || {
-                s.destination
-                    .is_some_and(|d| d.0.to_string().contains(v.as_str()))
-            };
-            match key.as_deref() {
-                Some("pid") => pid(),
-                Some("comm") => comm(),
-                Some("port" | "dport") => port(),
-                Some("addr") => addr(),
-                Some("state") => status.contains(v.as_str()),
-                Some(_) => true,
-                None => {
-                    pid()
-                        || comm()
-                        || addr()
-                        || status.contains(v.as_str())
-                        || a.alert.rule.contains(v.as_str())
-                }
-            }
+        self.0.admits(&Fields {
+            dataset: Some(Dataset::Anomaly),
+            destination: s.destination.map(|(ip, port)| End {
+                ip,
+                port: (port != 0).then_some(port),
+            }),
+            pid: s.process.map(|p| p.pid),
+            comm: s.process.as_ref().map(Process::name),
+            states: States::One(if a.firing() { "firing" } else { "resolved" }),
+            netns: s.netns,
+            rule: Some(a.alert.rule),
+            ignore: &ANOMALY_IGNORES,
+            ..Fields::default()
         })
-    }
-}
-
-fn state_matches(c: &Conn, v: &str) -> bool {
-    let name = c.state_name().to_ascii_lowercase();
-    let ss = name.replace('_', "-").replace("established", "estab");
-    name.contains(v) || ss.contains(v)
-}
-
-fn term(c: &Conn, key: Option<&str>, v: &str) -> bool {
-    let port = |p: u16| v.parse::<u16>().is_ok_and(|n| n == p);
-    let pid = || c.pid.is_some_and(|p| p.to_string() == v);
-    let comm = || c.comm.to_ascii_lowercase().contains(v);
-    let addr = || {
-        c.local.to_string().to_ascii_lowercase().contains(v)
-            || c.remote.to_string().to_ascii_lowercase().contains(v)
-    };
-    match key {
-        Some("port") => port(c.local.port()) || port(c.remote.port()),
-        Some("sport") => port(c.local.port()),
-        Some("dport") => port(c.remote.port()),
-        Some("pid") => pid(),
-        Some("comm") => comm(),
-        Some("state") => state_matches(c, v),
-        Some("addr") => addr(),
-        _ => {
-            pid()
-                || comm()
-                || state_matches(c, v)
-                || addr()
-                || c.sni().is_some_and(|s| s.to_ascii_lowercase().contains(v))
-        }
     }
 }
 

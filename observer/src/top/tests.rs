@@ -501,7 +501,7 @@ fn the_alert_log_folds_firing_and_resolved() {
     assert_eq!(resolved.iter().min(), Some(&((1000 + 2 * 7 + 1) * S)));
 }
 
-fn with_alerts() -> Model {
+pub(super) fn with_alerts() -> Model {
     let mut m = model();
     let mut log = AlertLog::default();
     log.push(alert(
