@@ -34,6 +34,7 @@ const PACKAGES: &[&str] = &[
     "kmod",
     "busybox-static",
     "procps",
+    "syslog-ng-core", // consumes tcp://; Conflicts: system-log-daemon, so it replaces rsyslog
     // The kernel matrix (xtask/src/vm): QEMU, Debian's kernels unpacked with their modules, and
     // the guest userland packed as compressed cpio archives.
     "qemu-system-x86",

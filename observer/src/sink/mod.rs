@@ -10,6 +10,7 @@ pub mod community_id;
 mod conn_line;
 pub mod file;
 pub mod ndjson;
+pub mod net;
 pub mod queue;
 mod rotate;
 pub mod snapshot;
@@ -209,7 +210,9 @@ fn open_out(target: &Target) -> io::Result<Box<dyn Out>> {
     Ok(match target {
         Target::Stdout => Box::new(writer::Stdout(io::stdout())),
         Target::File { path, rotate } => Box::new(file::FileOut::open(path, *rotate)?),
-        Target::Tcp { .. } | Target::Unix { .. } | Target::Otlp { .. } => {
+        Target::Tcp { addr } => Box::new(net::NetOut::tcp(addr)),
+        Target::Unix { path } => Box::new(net::NetOut::unix(path)),
+        Target::Otlp { .. } => {
             return Err(io::Error::other("this kind of output is not built yet"));
         }
     })

@@ -28,6 +28,7 @@ pub const GUEST_PACKAGES: &[&str] = &[
     "socat",
     "hping3",
     "nginx-light",
+    "syslog-ng-core",
     "gnutls-bin", // gnutls-cli and gnutls-serv (TLS tests)
     "tmux",       // the `observer top` test's terminal
     "bpftool",    // the TLS privacy test dumps the maps
