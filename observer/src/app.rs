@@ -148,26 +148,37 @@ fn filter(filters: &Filters, allow_inode: bool) -> Result<Filter> {
     })
 }
 
-/// The outputs `run` writes to: `--output`, then each `--sink`; stdout without either.
-fn sink_specs(args: &RunArgs) -> Vec<SinkSpec> {
-    let mut specs: Vec<SinkSpec> = args
-        .output
-        .clone()
-        .map(SinkSpec::file)
+/// The outputs to write to: `--output`, then each `--sink`; stdout without either.
+fn sink_specs(output: Option<&Path>, sinks: &[SinkSpec]) -> Vec<SinkSpec> {
+    let mut specs: Vec<SinkSpec> = output
+        .map(|p| SinkSpec::file(p.to_owned()))
         .into_iter()
         .collect();
-    specs.extend(args.sink.iter().cloned());
+    specs.extend(sinks.iter().cloned());
     if specs.is_empty() {
         specs.push(SinkSpec::stdout());
     }
     specs
 }
 
-fn open_sinks(specs: &[SinkSpec], queue_mib: u32) -> Result<Vec<Sink>> {
+/// Opens every output, each taking what `--filter` (`every`) and its own `filter` admit.
+fn open_sinks(
+    specs: &[SinkSpec],
+    queue_mib: u32,
+    every: Option<&crate::filter::Filter>,
+) -> Result<Vec<Sink>> {
     let names = sink::names(specs);
     let mut sinks = Vec::with_capacity(specs.len());
     for (spec, name) in specs.iter().zip(names) {
-        sinks.push(Sink::open(spec, name, (queue_mib as usize) << 20)?);
+        // Terms are ANDed by spaces, so the two expressions are one.
+        let text = [every.map(ToString::to_string), spec.filter.clone()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let filter = crate::filter::Filter::parse(&text)
+            .with_context(|| format!("the filter of {}", spec.url))?;
+        sinks.push(Sink::open(spec, name, (queue_mib as usize) << 20)?.filtered(filter));
     }
     Ok(sinks)
 }
@@ -188,7 +199,11 @@ fn runtime() -> Result<(tokio::runtime::Runtime, Signals)> {
 fn run(args: &RunArgs) -> Result<()> {
     let (runtime, signals) = runtime()?;
     let filter = filter(&args.filters, false)?;
-    let sinks = open_sinks(&sink_specs(args), args.queue_mib)?;
+    let sinks = open_sinks(
+        &sink_specs(args.output.as_deref(), &args.sink),
+        args.queue_mib,
+        args.filter.as_ref(),
+    )?;
     let detector_config = args.anomalies.config();
     let config = ProbeConfig {
         max_connections: args.max_connections,
@@ -525,11 +540,8 @@ fn replay(args: &ReplayArgs) -> Result<()> {
         filter.netns = header.netns;
         filter.port = header.port;
     }
-    let spec = args
-        .output
-        .clone()
-        .map_or_else(SinkSpec::stdout, SinkSpec::file);
-    let sink = open_sinks(std::slice::from_ref(&spec), DEFAULT_QUEUE_MIB)?
+    let specs = sink_specs(args.output.as_deref(), &args.sink);
+    let sink = open_sinks(&specs, DEFAULT_QUEUE_MIB, args.filter.as_ref())?
         .into_iter()
         .map(Sink::lossless)
         .collect();

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{detect, sink::SinkSpec};
+use crate::{detect, filter::Filter, sink::SinkSpec};
 
 /// An output's queue, in MiB, unless `--queue-mib` says otherwise.
 pub const DEFAULT_QUEUE_MIB: u32 = 64;
@@ -90,6 +90,10 @@ pub struct SnapshotArgs {
     /// Only sockets in this network namespace (/run/netns/NAME or /proc/PID/ns/net).
     #[arg(long, value_name = "PATH")]
     pub netns: Option<String>,
+    /// Only the sockets this expression admits (docs/filters.md; `sport` is the local end,
+    /// `dport` the remote one): e.g. `state:close_wait comm:nginx`.
+    #[arg(long, value_name = "EXPR", value_parser = parse_filter)]
+    pub filter: Option<Filter>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -122,6 +126,10 @@ pub struct RunArgs {
     /// `max_size`, `max_backups`, `gzip`). Without `--sink` or `--output`, stdout.
     #[arg(long, value_name = "URL", value_parser = parse_sink)]
     pub sink: Vec<SinkSpec>,
+    /// Write only the records this expression admits (docs/filters.md), to every output, on
+    /// top of each output's own `filter`: e.g. `dport:443,8443 !comm:curl`.
+    #[arg(long, value_name = "EXPR", value_parser = parse_filter)]
+    pub filter: Option<Filter>,
     /// Each output's queue, in MiB: lines wait there while the output is slow (a full disk, a
     /// reader that falls behind); past it they are dropped and counted in `observer.loss`
     /// (`loss.sink.NAME.dropped`), so that no output can slow capture.
@@ -177,9 +185,16 @@ pub struct ReplayArgs {
     /// A file written by `observer run --record FILE`. Without `--netns` or `--port`, the
     /// live run's filters apply.
     pub file: PathBuf,
-    /// Append NDJSON to FILE instead of writing to stdout.
+    /// Append NDJSON to FILE instead of writing to stdout (as `--sink file:///FILE`).
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Write NDJSON to this output; repeatable, as for `run` (`replay` waits for a slow
+    /// output instead of dropping).
+    #[arg(long, value_name = "URL", value_parser = parse_sink)]
+    pub sink: Vec<SinkSpec>,
+    /// Write only the records this expression admits (docs/filters.md), to every output.
+    #[arg(long, value_name = "EXPR", value_parser = parse_filter)]
+    pub filter: Option<Filter>,
     #[command(flatten)]
     pub filters: Filters,
     #[command(flatten)]
@@ -369,4 +384,8 @@ fn ring_size(s: &str) -> Result<u32, String> {
 
 fn parse_sink(url: &str) -> Result<SinkSpec, String> {
     SinkSpec::parse(url)
+}
+
+fn parse_filter(text: &str) -> Result<Filter, String> {
+    Filter::parse(text).map_err(|e| e.to_string())
 }

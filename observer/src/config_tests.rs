@@ -181,7 +181,7 @@ fn each_kind_of_error_names_the_place_the_key_and_what_is_valid() {
         (
             "max_conections = 5\n",
             "/etc/o.toml:1:1: unknown key `max_conections`; valid at the top level: output, \
-             sink, queue_mib, record, port, netns, transitions, max_connections, update_interval, \
+             sink, filter, queue_mib, record, port, netns, transitions, max_connections, update_interval, \
              ring_mib, accept_hook, control_socket, tls, duration, [anomalies] (did you mean \
              `max_connections`?)",
         ),

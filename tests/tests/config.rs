@@ -36,7 +36,7 @@ fn every_kind_of_bad_file_is_refused_with_its_place_by_run_and_check() {
     let cases: &[(&str, &str)] = &[
         (
             "tls = true\nmax_connectoins = 5\n",
-            "2:1: unknown key `max_connectoins`; valid at the top level: output, sink, queue_mib, \
+            "2:1: unknown key `max_connectoins`; valid at the top level: output, sink, filter, queue_mib, \
              record, port, netns, transitions, max_connections, update_interval, ring_mib, \
              accept_hook, control_socket, tls, duration, [anomalies] (did you mean \
              `max_connections`?)",

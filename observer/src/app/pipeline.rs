@@ -5,6 +5,7 @@ use crate::{
     decode::{self, Event},
     detect::{Alert, Detector},
     facts::{Fact, Purpose, SocketScan, Tracked, listeners::ListenerSample},
+    filter::Dataset,
     gather::{self, Resolver},
     kernel,
     probe::Capture,
@@ -344,8 +345,10 @@ impl Pipeline {
                 // Serialising these types cannot fail.
                 let _ = self.encoder.write(&output, &mut self.line);
                 let own = matches!(output, Output::Loss(_));
-                for p in &mut self.pending {
-                    p.push(&self.line, own);
+                for (p, sink) in self.pending.iter_mut().zip(&self.sinks) {
+                    if sink.filter().admits_output(&output) {
+                        p.push(&self.line, own);
+                    }
                 }
             }
             // A big batch (a table read's updates, the records held at exit) goes in pieces
@@ -360,8 +363,10 @@ impl Pipeline {
             if !self.sinks.is_empty() {
                 self.line.clear();
                 let _ = self.encoder.alert(&alert, &mut self.line);
-                for p in &mut self.pending {
-                    p.push(&self.line, false);
+                for (p, sink) in self.pending.iter_mut().zip(&self.sinks) {
+                    if sink.filter().admits_alert(&alert) {
+                        p.push(&self.line, false);
+                    }
                 }
             }
             if let Some(kept) = &mut self.tally.alerts {
@@ -381,8 +386,10 @@ impl Pipeline {
         if !self.sinks.is_empty() {
             self.line.clear();
             let _ = self.encoder.agent(record, &mut self.line);
-            for p in &mut self.pending {
-                p.push(&self.line, true);
+            for (p, sink) in self.pending.iter_mut().zip(&self.sinks) {
+                if sink.filter().admits_own(Dataset::Agent) {
+                    p.push(&self.line, true);
+                }
             }
         }
         self.write()

@@ -11,6 +11,7 @@ use crate::{
     control,
     decode::Event,
     facts::{Fact, Purpose},
+    filter::{End, Fields, States},
     gather::{self, Resolver},
     kernel,
     sink::snapshot::{json, table},
@@ -26,7 +27,7 @@ pub fn run(args: &SnapshotArgs) -> Result<()> {
         },
         false,
     )?;
-    let rows: Vec<Value> = if let Some(text) = control::request(&args.control_socket)? {
+    let mut rows: Vec<Value> = if let Some(text) = control::request(&args.control_socket)? {
         text.lines()
             .map(serde_json::from_str)
             .collect::<Result<Vec<Value>, _>>()
@@ -42,6 +43,9 @@ pub fn run(args: &SnapshotArgs) -> Result<()> {
         );
         standalone(filter)?
     };
+    if let Some(expr) = &args.filter {
+        rows.retain(|row| expr.admits(&fields(row)));
+    }
     let out = if args.json {
         rows.iter().fold(String::new(), |mut out, row| {
             out.push_str(&row.to_string());
@@ -67,6 +71,33 @@ fn admits(filter: &Filter, row: &Value) -> bool {
         && filter.port.is_none_or(|p| {
             port("local") == Some(u64::from(p)) || port("remote") == Some(u64::from(p))
         })
+}
+
+/// A snapshot row as `--filter` sees it: `sport` is the local end, `dport` the remote one,
+/// as in `top`; `state` is the state now.
+fn fields(row: &Value) -> Fields<'_> {
+    let end = |side: &str| {
+        let ip = row[side]["ip"].as_str()?.parse().ok()?;
+        let port = row[side]["port"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok());
+        Some(End { ip, port })
+    };
+    Fields {
+        source: end("local"),
+        destination: end("remote"),
+        pid: row["process"]["pid"]
+            .as_u64()
+            .and_then(|p| u32::try_from(p).ok()),
+        comm: row["process"]["name"].as_str(),
+        states: row["conn"]["state"]
+            .as_str()
+            .map_or(States::None, States::One),
+        netns: row["conn"]["netns"]
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok()),
+        ..Fields::default()
+    }
 }
 
 fn standalone(filter: Filter) -> Result<Vec<Value>> {

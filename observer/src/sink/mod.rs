@@ -29,6 +29,8 @@ use std::{
 
 use thiserror::Error;
 
+use crate::filter::Filter;
+
 use queue::{Full, Queue};
 pub use spec::{SinkSpec, Target};
 use writer::{Out, Shared};
@@ -69,6 +71,8 @@ pub struct Sink {
     thread: Option<JoinHandle<()>>,
     full: Full,
     warned_full: bool,
+    /// The records it takes (docs/filters.md); empty: all.
+    filter: Filter,
 }
 
 impl Sink {
@@ -109,7 +113,21 @@ impl Sink {
             thread: Some(thread),
             full: Full::Drop,
             warned_full: false,
+            filter: Filter::default(),
         })
+    }
+
+    /// Takes only what `filter` admits.
+    #[must_use]
+    pub fn filtered(mut self, filter: Filter) -> Self {
+        self.filter = filter;
+        self
+    }
+
+    /// The records it takes.
+    #[must_use]
+    pub fn filter(&self) -> &Filter {
+        &self.filter
     }
 
     /// Waits for room instead of dropping (a replay: there is no capture to protect).

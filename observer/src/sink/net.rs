@@ -43,6 +43,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The acknowledged front of the copy is cut off once it is this large (or half the copy),
 /// so that a stream of small batches does not move the copy at each one.
 const TRIM_AT: usize = 64 << 10;
+/// How long the end of a run waits for the peer to acknowledge the last lines (within the
+/// writers' flush bound, `super::FLUSH_TIMEOUT`).
+const ACK_WAIT: Duration = Duration::from_secs(2);
 
 /// Where the stream goes.
 #[derive(Debug, Clone)]
@@ -293,6 +296,25 @@ impl NetOut {
 }
 
 impl Out for NetOut {
+    /// The end of a run: waits a little for the peer's TCP to acknowledge what it was sent,
+    /// and says what it did not.
+    fn flush(&mut self) {
+        let until = Instant::now() + ACK_WAIT;
+        let Some(conn) = &self.conn else { return };
+        let mut unacked = conn.stream.unacked();
+        while unacked > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+            unacked = conn.stream.unacked();
+        }
+        if unacked > 0 {
+            eprintln!(
+                "observer: warning: {}: {unacked} bytes sent at exit were not acknowledged within {} s; they may not have arrived",
+                self.name(),
+                ACK_WAIT.as_secs()
+            );
+        }
+    }
+
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.connect()?;
         self.send_resend()?;

@@ -12,8 +12,8 @@ pub struct SinkSpec {
     /// Its name in `loss.sink.<name>` and the `stopped` line; the scheme unless given.
     pub name: Option<String>,
     pub target: Target,
-    /// Only the records this expression admits (docs/filters.md); the observer's own lines
-    /// always go.
+    /// Only the records this expression admits (docs/filters.md; checked when parsed). Of
+    /// the observer's own lines (loss, agent), only `dataset:` terms can hide any.
     pub filter: Option<String>,
     /// The text it was parsed from, for messages.
     pub url: String,
@@ -151,6 +151,9 @@ impl SinkSpec {
             ));
         }
         let filter = options.take("filter").filter(|f| !f.trim().is_empty());
+        if let Some(f) = &filter {
+            crate::filter::Filter::parse(f).map_err(|e| format!("filter `{f}`: {e}"))?;
+        }
         options.done(scheme)?;
         Ok(Self {
             name,
@@ -475,6 +478,10 @@ mod tests {
                 "output option `name` has no value (key=value)",
             ),
             ("file:///x?filter=%zz", "bad percent-escape in `%zz`"),
+            (
+                "tcp://h:1?filter=prot:443",
+                "filter `prot:443`: unknown key `prot` at column 1: the keys are port, sport, dport, pid, comm, state, addr, cgroup, container, dataset, sni, role, netns, conn_state, rule",
+            ),
             (
                 "otlp+grpc://c:4317",
                 "`otlp+grpc://` outputs are not supported: OTLP goes over plain HTTP with protobuf (`otlp+http://HOST:4318`); put a collector in front for TLS or gRPC",

@@ -175,7 +175,7 @@ impl Writer {
         if let Some((_, dropped_before)) = self.failing.take() {
             match self.shared.queue.counts().dropped - dropped_before {
                 0 => eprintln!(
-                    "observer: writing to {} works again; nothing was lost",
+                    "observer: writing to {} works again; its queue dropped nothing meanwhile",
                     self.label
                 ),
                 n => eprintln!(
