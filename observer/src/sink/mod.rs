@@ -10,6 +10,7 @@ pub mod community_id;
 mod conn_line;
 pub mod file;
 pub mod ndjson;
+pub mod otlp;
 pub mod queue;
 pub mod snapshot;
 pub mod spec;
@@ -208,7 +209,10 @@ fn open_out(target: &Target) -> io::Result<Box<dyn Out>> {
     Ok(match target {
         Target::Stdout => Box::new(writer::Stdout(io::stdout())),
         Target::File { path, rotate } => Box::new(file::FileOut::open(path, *rotate)?),
-        Target::Tcp { .. } | Target::Unix { .. } | Target::Otlp { .. } => {
+        Target::Otlp { addr, path } => {
+            Box::new(otlp::OtlpOut::new(addr, path, crate::kernel::hostname()))
+        }
+        Target::Tcp { .. } | Target::Unix { .. } => {
             return Err(io::Error::other("this kind of output is not built yet"));
         }
     })
