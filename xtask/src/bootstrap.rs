@@ -57,6 +57,7 @@ pub fn run(test_packages: bool) -> Result<Tools> {
     toolchain::ensure_bpf_linker(&toolchain, &path)?;
     if test_packages {
         packages::ensure()?;
+        packages::ensure_python()?;
     }
     Ok(Tools {
         toolchain_override: (toolchain.name != build_rs_choice).then_some(toolchain.name),

@@ -1,4 +1,4 @@
-//! The Debian packages the privileged tests use.
+//! The Debian packages the privileged tests use, and the Python packages their peers import.
 
 use std::{
     collections::BTreeSet,
@@ -10,13 +10,15 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use crate::{bootstrap::say, cmd};
+use crate::{bootstrap::say, cmd, workspace};
 
 const PACKAGES: &[&str] = &[
     "nftables",
     "iptables",
     "iproute2",
     "python3",
+    // pip installs the peers' Python packages (PYTHON_PACKAGES).
+    "python3-pip",
     "curl",
     "socat",
     "tmux",
@@ -43,6 +45,43 @@ const PACKAGES: &[&str] = &[
     "zstd",
     "xz-utils",
 ];
+
+/// What `tests/peers/otlp_receiver.py` imports, pinned: the official OpenTelemetry protobuf
+/// definitions. protobuf's wheel is abi3, so the host's copy also runs on the guests' Python.
+const PYTHON_PACKAGES: &[&str] = &["opentelemetry-proto==1.45.2", "protobuf==7.36.2"];
+
+/// Where pip installs them, in the workspace: the tests put it on PYTHONPATH, and the QEMU
+/// guests get a copy at the same path (vm/payload.rs).
+pub const PYTHON_DIR: &str = "target/peers-python";
+
+/// Installs [`PYTHON_PACKAGES`] into [`PYTHON_DIR`] unless the pins there are these.
+pub fn ensure_python() -> Result<()> {
+    let dir = workspace::root()?.join(PYTHON_DIR);
+    let pins_file = dir.join(".pins");
+    let pins = PYTHON_PACKAGES.join("\n");
+    if fs::read_to_string(&pins_file).is_ok_and(|have| have == pins) {
+        say(
+            "python packages",
+            &format!("{} already in {PYTHON_DIR}", PYTHON_PACKAGES.join(" ")),
+        );
+        return Ok(());
+    }
+    say(
+        "python packages",
+        &format!("installing {} into {PYTHON_DIR}", PYTHON_PACKAGES.join(" ")),
+    );
+    crate::vm::remove_dir(&dir)?;
+    cmd::run(
+        Command::new("/usr/bin/python3")
+            .args(["-m", "pip", "install", "--disable-pip-version-check"])
+            .args(["--no-input", "--root-user-action=ignore", "--target"])
+            .arg(&dir)
+            .args(PYTHON_PACKAGES),
+    )
+    .context("`pip install` of the test peers' Python packages failed: read pip's errors above")?;
+    fs::write(&pins_file, pins).with_context(|| format!("cannot write {}", pins_file.display()))?;
+    Ok(())
+}
 
 pub fn ensure() -> Result<()> {
     let missing = missing()?;

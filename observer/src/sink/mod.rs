@@ -11,6 +11,7 @@ mod conn_line;
 pub mod file;
 pub mod ndjson;
 pub mod net;
+pub mod otlp;
 pub mod queue;
 mod rotate;
 pub mod snapshot;
@@ -230,8 +231,8 @@ fn open_out(target: &Target) -> io::Result<Box<dyn Out>> {
         Target::File { path, rotate } => Box::new(file::FileOut::open(path, *rotate)?),
         Target::Tcp { addr } => Box::new(net::NetOut::tcp(addr)),
         Target::Unix { path } => Box::new(net::NetOut::unix(path)),
-        Target::Otlp { .. } => {
-            return Err(io::Error::other("this kind of output is not built yet"));
+        Target::Otlp { addr, path } => {
+            Box::new(otlp::OtlpOut::new(addr, path, crate::kernel::hostname()))
         }
     })
 }

@@ -47,7 +47,7 @@ pub enum Wait {
 pub struct Counts {
     /// Lines accepted into the queue.
     pub queued: u64,
-    /// Lines dropped because the queue was full.
+    /// Lines dropped because the queue was full, or refused for good by the destination.
     pub dropped: u64,
     /// Bytes waiting in the queue.
     pub bytes: usize,
@@ -193,6 +193,15 @@ impl Queue {
         }
     }
 
+    /// Counts `lines` taken off the queue as dropped: the destination refused them for good.
+    pub fn reject(&self, lines: u64) {
+        if lines > 0 {
+            let mut state = self.lock();
+            state.counts.queued -= lines;
+            state.counts.dropped += lines;
+        }
+    }
+
     #[must_use]
     pub fn counts(&self) -> Counts {
         self.lock().counts
@@ -230,6 +239,17 @@ mod tests {
                 bytes: 100
             }
         );
+    }
+
+    #[test]
+    fn lines_the_destination_refused_count_as_dropped_not_as_queued() {
+        let q = Queue::new(100);
+        let mut buf = lines(5, 10);
+        q.push(&mut buf, 5, Full::Drop);
+        assert!(q.pop(Wait::No).is_some());
+        q.reject(3);
+        q.reject(0);
+        assert_eq!((q.counts().queued, q.counts().dropped), (2, 3));
     }
 
     #[test]

@@ -31,6 +31,11 @@ pub trait Out: Send {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize>;
     /// The batch is written: push out what a buffer holds.
     fn flush(&mut self) {}
+    /// Lines written that the destination refused for good since last asked (an OTLP
+    /// collector's 4xx): counted as dropped.
+    fn rejected(&mut self) -> u64 {
+        0
+    }
     /// SIGHUP: open the destination again by its name.
     ///
     /// # Errors
@@ -143,7 +148,11 @@ impl Writer {
                 Item::Reopen => self.reopen(),
                 Item::Lines(buf, lines) => {
                     if !self.shared.closed.load(Ordering::Relaxed) && self.write_all(&buf) {
-                        self.shared.written.fetch_add(lines, Ordering::Relaxed);
+                        let rejected = self.out.rejected().min(lines);
+                        self.shared.queue.reject(rejected);
+                        self.shared
+                            .written
+                            .fetch_add(lines - rejected, Ordering::Relaxed);
                     }
                     self.shared.queue.recycle(buf);
                 }

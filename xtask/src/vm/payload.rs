@@ -1,6 +1,7 @@
 //! What changes from run to run in the guest: the observer binary, the integration test
-//! executables, the python peers, and the guest's `/init`, packed as one small cpio archive
-//! that goes after the cached rootfs and modules in the initramfs.
+//! executables, the python peers and their packages (target/peers-python), and the guest's
+//! `/init`, packed as one small cpio archive that goes after the cached rootfs and modules in
+//! the initramfs.
 
 use std::{
     ffi::OsString,
@@ -141,6 +142,22 @@ pub fn build(
             copy(&entry.path(), &file.to_string_lossy())?;
         }
     }
+    // The peers' Python packages, at the path the tests put on PYTHONPATH.
+    let python = workspace::root()?.join(crate::packages::PYTHON_DIR);
+    if !python.join(".pins").is_file() {
+        bail!(
+            "{} is missing: run `cargo xtask bootstrap --tests`",
+            python.display()
+        );
+    }
+    copy_tree(
+        &python,
+        &stage.join(
+            python
+                .strip_prefix("/")
+                .context("the workspace path is not absolute")?,
+        ),
+    )?;
     let names: Vec<&str> = tests.iter().map(|t| t.name.as_str()).collect();
     let init = stage.join("init");
     fs::write(&init, init_script(&names, extra_args))?;
@@ -148,6 +165,22 @@ pub fn build(
     let out = cache.dir.join("payload.cpio.zst");
     pack_dir(&stage, &out)?;
     Ok(out)
+}
+
+/// Copies the directory `from` to `to`, files and folders.
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    fs::create_dir_all(to)?;
+    for entry in fs::read_dir(from)?.filter_map(Result::ok) {
+        let dest = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &dest)?;
+        } else {
+            fs::copy(entry.path(), &dest).with_context(|| {
+                format!("cannot copy {} into the guest", entry.path().display())
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// The guest's `/init`: mounts, modules, `observer check`, each test executable one test at a
