@@ -457,7 +457,7 @@ fn stop(
         },
         match totals.dropped {
             0 => String::new(),
-            n => format!(", {n} lines dropped by a full output queue"),
+            n => format!(", {n} lines dropped by outputs (a full queue, or refused by a collector)"),
         },
         match totals.unwritten_bytes {
             0 => String::new(),
