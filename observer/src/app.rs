@@ -457,7 +457,8 @@ fn stop(
         },
         match totals.dropped {
             0 => String::new(),
-            n => format!(", {n} lines dropped by outputs (a full queue, or refused by a collector)"),
+            n =>
+                format!(", {n} lines dropped by outputs (a full queue, or refused by a collector)"),
         },
         match totals.unwritten_bytes {
             0 => String::new(),

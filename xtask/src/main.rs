@@ -90,6 +90,17 @@ enum Bench {
         /// With --paired: the length of one measured window, in milliseconds
         #[arg(long, default_value_t = 250, requires = "paired")]
         window_ms: u64,
+        /// With --paired: observer also writes to a `tcp://` output read by a consumer in
+        /// xtask
+        #[arg(long, requires = "paired")]
+        tcp_sink: bool,
+    },
+    /// Records/s through each kind of output: a recorded churn replayed into a file, a
+    /// `tcp://` reader, and both (see BENCHMARKS.md)
+    Sinks {
+        /// Seconds of churn to record
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
     },
 }
 
@@ -135,14 +146,18 @@ fn run(task: Task) -> Result<()> {
                     no_tcplife,
                     paired,
                     window_ms,
+                    tcp_sink,
                 },
         } => {
             if paired {
-                bench::churn_paired(seconds.unwrap_or(30), window_ms)
+                bench::churn_paired(seconds.unwrap_or(30), window_ms, tcp_sink)
             } else {
                 bench::churn(seconds.unwrap_or(5), rounds, !no_tcplife)
             }
         }
+        Task::Bench {
+            bench: Bench::Sinks { seconds },
+        } => bench::sinks(seconds),
         Task::Test {
             kernels,
             host_only,

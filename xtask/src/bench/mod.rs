@@ -10,7 +10,9 @@
 mod churn;
 mod cpustat;
 mod paired;
+mod reader;
 mod report;
+mod sinks;
 mod stats;
 mod tracer;
 
@@ -27,6 +29,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::{bootstrap, cmd, workspace};
 use churn::Counted;
 pub use paired::run as churn_paired;
+pub use sinks::run as sinks;
 use tracer::{Stats, Tracer};
 
 /// Pause before every run, so that the previous one's sockets and tracer are gone.
@@ -128,7 +131,7 @@ fn run(mode: Mode, duration: Duration, observer: &Path, netns: &Path, dir: &Path
     let (counted, tracer) = match mode {
         Mode::None => (generate()?, None),
         Mode::Observer => {
-            let tracer = Tracer::observer(observer, netns, dir)?;
+            let tracer = Tracer::observer(observer, netns, dir, &[])?;
             let (counted, cpu) = tracer.measure(generate)?;
             (counted, Some(tracer.stop()?.observer(cpu)?))
         }

@@ -23,6 +23,7 @@ use super::{
     Netns,
     churn::{self, Generator},
     cpustat::{self, Busy},
+    reader::Reader,
     remove_stale_netns, report,
     stats::{self, Pair, Toggle, Window},
     tracer::{self, Tracer},
@@ -38,7 +39,7 @@ const POLL: Duration = Duration::from_millis(1);
 /// Pairs dropped at the start: the generator and the caches warm up.
 const WARM_UP_PAIRS: usize = 1;
 
-pub fn run(seconds: u64, window_ms: u64) -> Result<()> {
+pub fn run(seconds: u64, window_ms: u64, tcp_sink: bool) -> Result<()> {
     if seconds == 0 || window_ms == 0 {
         bail!("--seconds and --window-ms must be at least 1");
     }
@@ -65,7 +66,19 @@ pub fn run(seconds: u64, window_ms: u64) -> Result<()> {
     println!("tracer output: {}\n", dir.display());
     warn_foreign_tracers();
 
-    let mut tracer = Tracer::observer(&observer, &netns.path, &dir)?;
+    // A second output, to a reader on loopback: what a log pipeline's socket source costs.
+    let reader = tcp_sink.then(Reader::start).transpose()?;
+    let extra: Vec<String> = reader
+        .iter()
+        .flat_map(|r| ["--sink".to_owned(), r.url.clone()])
+        .collect();
+    if let Some(r) = &reader {
+        println!(
+            "with a second output: --sink {} (a reader in xtask counting lines)\n",
+            r.url
+        );
+    }
+    let mut tracer = Tracer::observer(&observer, &netns.path, &dir, &extra)?;
     let mut watch = Watch::open(tracer.output())?;
     churn::pin_to(tracer::TRACER_CPU).context("cannot pin the control loop")?;
     let before = cpustat::sample()?;
@@ -81,7 +94,16 @@ pub fn run(seconds: u64, window_ms: u64) -> Result<()> {
     let (conns, _) = generator.finish()?;
     let (windows, toggles) = measured?;
     let busy = cpustat::busy(&before, &cpustat::sample()?, churn::CPU);
-    let stats = tracer.stop()?.observer(0.0)?;
+    let stopped = tracer.stop()?;
+    let stats = stopped.observer(0.0)?;
+    if let Some(reader) = reader {
+        let file_lines = stopped.stdout.lines().count();
+        let got = reader.finish(Duration::from_millis(500));
+        println!(
+            "tcp output: the reader got {got} lines, the file output has {file_lines} \
+             (equal when the tcp output dropped nothing)\n"
+        );
+    }
     write_windows(&dir.join("paired-windows.tsv"), &windows)?;
 
     let pairs = stats::pairs(&windows, WARM_UP_PAIRS);

@@ -51,7 +51,8 @@ pub struct Tracer {
 
 impl Tracer {
     /// Starts observer on the benchmark's namespace and waits for its `started` record.
-    pub fn observer(bin: &Path, netns: &Path, dir: &Path) -> Result<Self> {
+    /// `extra`: more arguments, such as a `--sink`.
+    pub fn observer(bin: &Path, netns: &Path, dir: &Path, extra: &[String]) -> Result<Self> {
         let output = dir.join("observer.ndjson");
         remove(&output)?;
         let mut command = Command::new(bin);
@@ -61,6 +62,7 @@ impl Tracer {
             .arg(netns)
             .arg("--output")
             .arg(&output)
+            .args(extra)
             .stdout(Stdio::null());
         let mut tracer = Self::spawn("observer", command, output, dir)?;
         tracer.wait_ready(OBSERVER_READY, true, |text| {
