@@ -32,7 +32,7 @@ use crate::{
     probe::{Capture, Probe, ProbeConfig},
     recording::{Header, Recorder, Replay},
     sink::{
-        self, FLUSH_TIMEOUT, Sink, SinkError, SinkSpec,
+        self, FLUSH_TIMEOUT, Output, Sink, SinkError, SinkSpec,
         ndjson::{AgentRecord, Encoder},
     },
     track::{Filter, Tracker},
@@ -161,12 +161,14 @@ fn sink_specs(output: Option<&Path>, sinks: &[SinkSpec]) -> Vec<SinkSpec> {
     specs
 }
 
-/// Opens every output, each taking what `--filter` (`every`) and its own `filter` admit.
+/// Opens every output, each taking what `--filter` (`every`) and its own `filter` admit;
+/// `lossless` ones wait for room rather than drop (a replay: no capture to protect).
 fn open_sinks(
     specs: &[SinkSpec],
     queue_mib: u32,
     every: Option<&crate::filter::Filter>,
-) -> Result<Vec<Sink>> {
+    lossless: bool,
+) -> Result<Vec<Box<dyn Sink>>> {
     let names = sink::names(specs);
     let mut sinks = Vec::with_capacity(specs.len());
     for (spec, name) in specs.iter().zip(names) {
@@ -178,7 +180,8 @@ fn open_sinks(
             .join(" ");
         let filter = crate::filter::Filter::parse(&text)
             .with_context(|| format!("the filter of {}", spec.url))?;
-        sinks.push(Sink::open(spec, name, (queue_mib as usize) << 20)?.filtered(filter));
+        let output = Output::open(spec, name, (queue_mib as usize) << 20)?.filtered(filter);
+        sinks.push(Box::new(if lossless { output.lossless() } else { output }) as Box<dyn Sink>);
     }
     Ok(sinks)
 }
@@ -203,6 +206,7 @@ fn run(args: &RunArgs) -> Result<()> {
         &sink_specs(args.output.as_deref(), &args.sink),
         args.queue_mib,
         args.filter.as_ref(),
+        false,
     )?;
     let detector_config = args.anomalies.config();
     let config = ProbeConfig {
@@ -409,8 +413,8 @@ fn stop(
     outcome: &'static str,
 ) {
     let deadline = Instant::now() + FLUSH_TIMEOUT;
-    for sink in &mut pipeline.sinks {
-        sink.closing(deadline);
+    for output in pipeline.sinks.iter_mut().filter_map(|s| s.output()) {
+        output.closing(deadline);
     }
     drain(capture, pipeline);
     if outcome != "output closed" {
@@ -429,8 +433,9 @@ fn stop(
     agent.records = Some(pipeline.tracker.records);
     agent.sinks = pipeline
         .sinks
-        .iter()
-        .map(|s| (s.name(), s.totals()))
+        .iter_mut()
+        .filter_map(|s| s.output())
+        .map(|o| (o.name(), o.totals()))
         .collect();
     if !closed {
         let _ = pipeline.agent(&agent);
@@ -438,7 +443,8 @@ fn stop(
     let totals = pipeline
         .sinks
         .iter_mut()
-        .map(|s| s.finish(Some(deadline)))
+        .filter_map(|s| s.output())
+        .map(|o| o.finish(Some(deadline)))
         .fold(sink::Totals::default(), |a, t| sink::Totals {
             lines: a.lines + t.lines,
             dropped: a.dropped + t.dropped,
@@ -542,10 +548,7 @@ fn replay(args: &ReplayArgs) -> Result<()> {
         filter.port = header.port;
     }
     let specs = sink_specs(args.output.as_deref(), &args.sink);
-    let sink = open_sinks(&specs, DEFAULT_QUEUE_MIB, args.filter.as_ref())?
-        .into_iter()
-        .map(Sink::lossless)
-        .collect();
+    let sink = open_sinks(&specs, DEFAULT_QUEUE_MIB, args.filter.as_ref(), true)?;
     let tracker = Tracker::new(
         header.boot_id_bytes(),
         filter,
@@ -571,8 +574,8 @@ fn replay(args: &ReplayArgs) -> Result<()> {
         );
     }
     let _ = pipeline.finish(source.last_ts);
-    for sink in &mut pipeline.sinks {
-        sink.finish(None);
+    for output in pipeline.sinks.iter_mut().filter_map(|s| s.output()) {
+        output.finish(None);
     }
     Ok(())
 }

@@ -5,7 +5,6 @@ use crate::{
     decode::{self, Event},
     detect::{Alert, Detector},
     facts::{Fact, Purpose, SocketScan, Tracked, listeners::ListenerSample},
-    filter::Dataset,
     gather::{self, Resolver},
     kernel,
     probe::Capture,
@@ -14,25 +13,17 @@ use crate::{
         self, Sink, SinkError,
         ndjson::{AgentRecord, Encoder},
     },
-    track::{
-        Filter, Tracker,
-        record::{Output, RecordKind},
-    },
+    track::{Filter, Tracker, record::Output},
 };
 
 use super::drain;
-
-/// The most NDJSON handed to an output at once: a quarter of the smallest queue.
-const BATCH_BYTES: usize = 256 << 10;
 
 /// Decoded events in, NDJSON out; shared by the live run and replay.
 pub(super) struct Pipeline {
     pub(super) tracker: Tracker,
     pub(super) encoder: Encoder,
-    /// Where NDJSON goes; none for `observer top`.
-    pub(super) sinks: Vec<Sink>,
-    /// Each sink's lines waiting to be handed over, in `sinks`' order.
-    pending: Vec<Pending>,
+    /// Where records go: the NDJSON outputs, or `top`'s read model.
+    pub(super) sinks: Vec<Box<dyn Sink>>,
     pub(super) recorder: Option<Recorder>,
     pub(super) outputs: Vec<Output>,
     /// One line, encoded once for every sink.
@@ -51,50 +42,18 @@ pub(super) struct Pipeline {
     /// Listener samples (live runs whose rules need them) and the filter they pass.
     pub(super) listeners: Option<gather::listeners::Listeners>,
     pub(super) filter: Filter,
-    /// What the written records add up to, for `observer top`'s rates.
-    pub(super) tally: Tally,
-}
-
-/// Lines for one sink, and how many: records and alerts, then the observer's own lines (loss
-/// and agent), which a full queue takes a little past its bound.
-#[derive(Default)]
-struct Pending {
-    buf: Vec<u8>,
-    lines: u64,
-    own: Vec<u8>,
-    own_lines: u64,
-}
-
-/// Counts over the records written since start.
-#[derive(Debug, Clone, Default)]
-pub(super) struct Tally {
-    pub(super) closed: u64,
-    pub(super) resets: u64,
-    pub(super) retransmits: u64,
-    /// The sockets whose closed record was written since `observer top` last looked; `None`
-    /// (not kept) for other runs.
-    pub(super) closed_conns: Option<Vec<crate::top::feed::Closed>>,
-    /// The alerts written since `observer top` last looked; `None` for other runs.
-    pub(super) alerts: Option<Vec<Alert>>,
 }
 
 impl Pipeline {
     pub(super) fn new(
         tracker: Tracker,
         encoder: Encoder,
-        sinks: Vec<Sink>,
+        sinks: Vec<Box<dyn Sink>>,
         recorder: Option<Recorder>,
     ) -> Self {
         Self {
             tracker,
             encoder,
-            pending: sinks
-                .iter()
-                .map(|_| Pending {
-                    buf: Vec::with_capacity(1 << 20),
-                    ..Pending::default()
-                })
-                .collect(),
             sinks,
             recorder,
             outputs: Vec::with_capacity(1024),
@@ -108,7 +67,6 @@ impl Pipeline {
             alerts: Vec::new(),
             listeners: None,
             filter: Filter::default(),
-            tally: Tally::default(),
         }
     }
 
@@ -267,8 +225,8 @@ impl Pipeline {
         // The counters' loss line also reports the outputs' drops (not recorded: they are
         // this run's, not the capture's).
         if let Event::Counters(_) = event {
-            for sink in &self.sinks {
-                self.tracker.sink_dropped(sink.name(), sink.dropped());
+            for output in self.sinks.iter_mut().filter_map(|s| s.output()) {
+                self.tracker.sink_dropped(output.name(), output.dropped());
             }
         }
         self.tracker.ingest(event, &mut self.outputs);
@@ -321,76 +279,41 @@ impl Pipeline {
     }
 
     pub(super) fn write(&mut self) -> Result<(), SinkError> {
+        let lines = self.sinks.iter().any(|s| s.wants_lines());
         for output in self.outputs.drain(..) {
             if let Some(detector) = &mut self.detector {
                 detector.output(&output, &mut self.alerts);
             }
-            if let Output::Connection(c) = &output
-                && c.kind == RecordKind::Closed
-            {
-                self.tally.closed += 1;
-                self.tally.resets += u64::from(c.resets_sent + c.resets_received);
-                self.tally.retransmits += u64::from(c.retransmits.total());
-                if let Some(closed) = &mut self.tally.closed_conns {
-                    closed.push(crate::top::feed::Closed {
-                        cookie: c.cookie,
-                        pid: c.process.map(|p| p.pid),
-                        comm: c.process.map(|p| p.name().to_owned()).unwrap_or_default(),
-                        bytes: c.source.bytes + c.destination.bytes,
-                    });
-                }
-            }
-            if !self.sinks.is_empty() {
-                self.line.clear();
+            self.line.clear();
+            if lines {
                 // Serialising these types cannot fail.
                 let _ = self.encoder.write(&output, &mut self.line);
-                let own = matches!(output, Output::Loss(_));
-                for (p, sink) in self.pending.iter_mut().zip(&self.sinks) {
-                    if sink.filter().admits_output(&output) {
-                        p.push(&self.line, own);
-                    }
-                }
             }
-            // A big batch (a table read's updates, the records held at exit) goes in pieces
-            // that a small queue can take.
-            for (p, sink) in self.pending.iter_mut().zip(&mut self.sinks) {
-                if p.buf.len() >= BATCH_BYTES {
-                    sink.write(&mut p.buf, std::mem::take(&mut p.lines), false)?;
-                }
+            for sink in &mut self.sinks {
+                sink.record(&output, &self.line)?;
             }
         }
         for alert in self.alerts.drain(..) {
-            if !self.sinks.is_empty() {
-                self.line.clear();
+            self.line.clear();
+            if lines {
                 let _ = self.encoder.alert(&alert, &mut self.line);
-                for (p, sink) in self.pending.iter_mut().zip(&self.sinks) {
-                    if sink.filter().admits_alert(&alert) {
-                        p.push(&self.line, false);
-                    }
-                }
             }
-            if let Some(kept) = &mut self.tally.alerts {
-                kept.push(alert);
+            for sink in &mut self.sinks {
+                sink.alert(&alert, &self.line);
             }
         }
         let mut result = Ok(());
-        for (p, sink) in self.pending.iter_mut().zip(&mut self.sinks) {
-            let records = sink.write(&mut p.buf, std::mem::take(&mut p.lines), false);
-            let own = sink.write(&mut p.own, std::mem::take(&mut p.own_lines), true);
-            result = result.and(records).and(own);
+        for sink in &mut self.sinks {
+            result = result.and(sink.write());
         }
         result
     }
 
     pub(super) fn agent(&mut self, record: &AgentRecord) -> Result<(), SinkError> {
-        if !self.sinks.is_empty() {
-            self.line.clear();
-            let _ = self.encoder.agent(record, &mut self.line);
-            for (p, sink) in self.pending.iter_mut().zip(&self.sinks) {
-                if sink.filter().admits_own(Dataset::Agent) {
-                    p.push(&self.line, true);
-                }
-            }
+        self.line.clear();
+        let _ = self.encoder.agent(record, &mut self.line);
+        for sink in &mut self.sinks {
+            sink.agent(&self.line);
         }
         self.write()
     }
@@ -398,8 +321,8 @@ impl Pipeline {
     /// SIGHUP: every file output is opened again by its name (after logrotate's `mv`), and
     /// the `reopened` line is the new file's first.
     pub(super) fn reopen(&mut self, agent: &mut AgentRecord) -> Result<(), SinkError> {
-        for sink in &self.sinks {
-            sink.reopen();
+        for output in self.sinks.iter_mut().filter_map(|s| s.output()) {
+            output.reopen();
         }
         agent.action = "reopened";
         agent.ts_ns = kernel::boottime_ns();
@@ -413,17 +336,5 @@ impl Pipeline {
             rec.flush();
         }
         result
-    }
-}
-
-impl Pending {
-    fn push(&mut self, line: &[u8], own: bool) {
-        if own {
-            self.own.extend_from_slice(line);
-            self.own_lines += 1;
-        } else {
-            self.buf.extend_from_slice(line);
-            self.lines += 1;
-        }
     }
 }

@@ -8,8 +8,10 @@
 //! through the same pipeline and read model.
 
 use std::{
+    cell::RefCell,
     io::IsTerminal as _,
     path::Path,
+    rc::Rc,
     time::{Duration, Instant},
 };
 
@@ -23,20 +25,23 @@ use super::{
 use crate::{
     cli::{DEFAULT_MAX_CONNECTIONS, TopArgs},
     decode::{Counters, Event},
-    detect::{self, Detector},
+    detect::{self, Alert, Detector},
     facts::{Fact, Purpose, SocketScan, listeners::ListenerSample},
     gather::Resolver,
     kernel,
     probe::{Capture, ProbeConfig},
     recording::Replay,
-    sink::ndjson::Encoder,
+    sink::{Sink, SinkError, ndjson::Encoder},
     top::{
         Screen,
         display::{Display, Timing},
-        feed::{Feed, News, Totals},
+        feed::{Closed, Feed, News, Totals},
         model::Model,
     },
-    track::{Filter, Tracker},
+    track::{
+        Filter, Tracker,
+        record::{Output, RecordKind},
+    },
 };
 
 /// Runs `observer top` until `q`, Ctrl-C or a signal.
@@ -64,12 +69,12 @@ pub fn run(args: &TopArgs) -> Result<()> {
     };
     let mut capture = start_capture(&runtime, config)?;
     let tracker = Tracker::new(kernel::boot_id(), filter, args.max_connections as usize);
-    let mut pipeline = top_pipeline(tracker, &thresholds(args));
+    let (mut pipeline, tally) = top_pipeline(tracker, &thresholds(args));
     pipeline.resolver = Some(Resolver::new());
     pipeline.filter = filter;
     pipeline.listeners = Some(crate::gather::listeners::Listeners::default());
     super::tls_libraries(&capture.probe, &mut pipeline);
-    runtime.block_on(live(signals, &mut capture, &mut pipeline, args))
+    runtime.block_on(live(signals, &mut capture, &mut pipeline, &tally, args))
 }
 
 /// The detectors' configuration: `run --anomalies`'s, always on.
@@ -82,39 +87,74 @@ pub fn thresholds(args: &TopArgs) -> detect::Config {
 }
 
 /// A pipeline whose records are built as for `run` (that is where closes, resets,
-/// retransmits and alerts come from) and thrown away, their totals and alerts kept for the
-/// read model.
-fn top_pipeline(tracker: Tracker, detect: &detect::Config) -> Pipeline {
+/// retransmits and alerts come from) and kept, as totals and alerts, for the read model.
+fn top_pipeline(tracker: Tracker, detect: &detect::Config) -> (Pipeline, Rc<RefCell<Tally>>) {
     let encoder = Encoder::new(kernel::hostname(), kernel::boot_to_unix_offset_ns());
     let boot_id = tracker.boot_id();
-    let mut pipeline = Pipeline::new(tracker, encoder, Vec::new(), None);
+    let tally = Rc::new(RefCell::new(Tally::default()));
+    let sink: Box<dyn Sink> = Box::new(TallySink(tally.clone()));
+    let mut pipeline = Pipeline::new(tracker, encoder, vec![sink], None);
     pipeline.detector = Some(Detector::new(detect).on_boot(boot_id));
-    pipeline.tally.closed_conns = Some(Vec::new());
-    pipeline.tally.alerts = Some(Vec::new());
-    pipeline
+    (pipeline, tally)
+}
+
+/// What the records written since start add up to, and what the read model has not taken yet.
+#[derive(Debug, Default)]
+struct Tally {
+    totals: Totals,
+    /// The sockets whose closed record was written since the model last looked.
+    closed: Vec<Closed>,
+    /// The alerts written since the model last looked.
+    alerts: Vec<Alert>,
+}
+
+/// `top`'s sink: it takes records, not lines.
+struct TallySink(Rc<RefCell<Tally>>);
+
+impl Sink for TallySink {
+    fn wants_lines(&self) -> bool {
+        false
+    }
+
+    fn record(&mut self, record: &Output, _line: &[u8]) -> Result<(), SinkError> {
+        if let Output::Connection(c) = record
+            && c.kind == RecordKind::Closed
+        {
+            let mut tally = self.0.borrow_mut();
+            tally.totals.closed += 1;
+            tally.totals.resets += u64::from(c.resets_sent + c.resets_received);
+            tally.totals.retransmits += u64::from(c.retransmits.total());
+            tally.closed.push(Closed {
+                cookie: c.cookie,
+                pid: c.process.map(|p| p.pid),
+                comm: c.process.map(|p| p.name().to_owned()).unwrap_or_default(),
+                bytes: c.source.bytes + c.destination.bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn alert(&mut self, alert: &Alert, _line: &[u8]) {
+        self.0.borrow_mut().alerts.push(alert.clone());
+    }
 }
 
 impl Pipeline {
     /// Hands the read model what this listing and the records since the last one bring.
-    fn refresh_model(&mut self, scan: &SocketScan, feed: &mut Feed, model: &mut Model, lost: u64) {
+    fn refresh_model(
+        &mut self,
+        tally: &RefCell<Tally>,
+        scan: &SocketScan,
+        feed: &mut Feed,
+        model: &mut Model,
+        lost: u64,
+    ) {
         let _ = self.flush(scan.ts_ns);
-        let tally = &mut self.tally;
+        let mut tally = tally.borrow_mut();
         let news = News {
-            totals: Totals {
-                closed: tally.closed,
-                resets: tally.resets,
-                retransmits: tally.retransmits,
-            },
-            closed: tally
-                .closed_conns
-                .as_mut()
-                .map(std::mem::take)
-                .unwrap_or_default(),
-            alerts: tally
-                .alerts
-                .as_mut()
-                .map(std::mem::take)
-                .unwrap_or_default(),
+            totals: tally.totals,
+            closed: std::mem::take(&mut tally.closed),
+            alerts: std::mem::take(&mut tally.alerts),
             lost,
         };
         feed.refresh(model, &self.tracker, scan, news);
@@ -138,7 +178,7 @@ pub fn replay(path: &Path, detect: &detect::Config) -> Result<Model> {
         filter,
         DEFAULT_MAX_CONNECTIONS as usize,
     );
-    let mut pipeline = top_pipeline(tracker, detect);
+    let (mut pipeline, tally) = top_pipeline(tracker, detect);
     pipeline.encoder = Encoder::new(header.host.clone(), header.boot_to_unix_ns);
     // As `run` sets it: the detectors see the listener samples of the live run's filter.
     pipeline.filter = filter;
@@ -157,7 +197,7 @@ pub fn replay(path: &Path, detect: &detect::Config) -> Result<Model> {
                 Fact::Sockets(scan) => {
                     let feed = feed.get_or_insert_with(|| Feed::new(scan.ts_ns));
                     if scan.purpose != Purpose::Seed {
-                        pipeline.refresh_model(scan, feed, &mut model, lost_now);
+                        pipeline.refresh_model(&tally, scan, feed, &mut model, lost_now);
                     }
                 }
                 // A sample a second, as `top` takes one a refresh (1 s unless told otherwise).
@@ -188,6 +228,7 @@ async fn live(
     signals: Signals,
     capture: &mut Capture,
     pipeline: &mut Pipeline,
+    tally: &RefCell<Tally>,
     args: &TopArgs,
 ) -> Result<()> {
     let Signals {
@@ -204,7 +245,7 @@ async fn live(
     };
     let mut refreshes = Timing::default();
     let start = Instant::now();
-    refresh(capture, pipeline, Some((&mut model, &mut feed)));
+    refresh(capture, pipeline, tally, Some((&mut model, &mut feed)));
     refreshes.add(start.elapsed());
 
     let screen = Screen::enter().context("cannot take the terminal (is stdout a tty?)")?;
@@ -238,7 +279,7 @@ async fn live(
                 // Paused, the screen keeps its model, but the detectors' clock still ticks.
                 let start = Instant::now();
                 let show = (!display.paused()).then_some((&mut model, &mut feed));
-                if refresh(capture, pipeline, show) {
+                if refresh(capture, pipeline, tally, show) {
                     // The rows are rebuilt at each refresh: the screen takes them.
                     let conns = std::mem::take(&mut model.conns);
                     display.show(Model { conns, ..model.clone() });
@@ -267,7 +308,7 @@ async fn live(
     eprintln!(
         "observer top: stopped: {} connections closed, {} events, {} lost in the kernel; \
          refreshes {}; frames {}",
-        pipeline.tally.closed,
+        tally.borrow().totals.closed,
         values[observer_common::counter::EVENTS as usize],
         Counters { ts_ns: 0, values }.lost(),
         refreshes.summary(),
@@ -284,6 +325,7 @@ async fn live(
 fn refresh(
     capture: &mut Capture,
     pipeline: &mut Pipeline,
+    tally: &RefCell<Tally>,
     show: Option<(&mut Model, &mut Feed)>,
 ) -> bool {
     pipeline.table(capture);
@@ -310,6 +352,6 @@ fn refresh(
     let Some(scan) = pipeline.scan(Purpose::Snapshot, capture) else {
         return false;
     };
-    pipeline.refresh_model(&scan, feed, model, counters.lost());
+    pipeline.refresh_model(tally, &scan, feed, model, counters.lost());
     true
 }

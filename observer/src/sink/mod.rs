@@ -12,6 +12,7 @@ pub mod file;
 pub mod ndjson;
 pub mod net;
 pub mod otlp;
+mod output;
 pub mod queue;
 mod rotate;
 pub mod snapshot;
@@ -20,21 +21,15 @@ pub mod timefmt;
 mod tls_line;
 pub mod writer;
 
-use std::{
-    io,
-    path::PathBuf,
-    sync::{Arc, atomic::Ordering},
-    thread::JoinHandle,
-    time::{Duration, Instant},
-};
+use std::{io, path::PathBuf, time::Duration};
 
 use thiserror::Error;
 
-use crate::filter::Filter;
+use crate::{detect::Alert, track::record::Output as Record};
 
-use queue::{Full, Queue};
+pub use output::Output;
 pub use spec::{SinkSpec, Target};
-use writer::{Out, Shared};
+use writer::Out;
 
 /// How long the end of a run waits for its outputs to write what they hold.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -64,163 +59,33 @@ pub struct Totals {
     pub unwritten_bytes: usize,
 }
 
-/// The pipeline's handle on one output.
-pub struct Sink {
-    name: &'static str,
-    limit: usize,
-    shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
-    full: Full,
-    warned_full: bool,
-    /// The records it takes (docs/filters.md); empty: all.
-    filter: Filter,
-}
-
-impl Sink {
-    /// Opens the output `spec` names (a file is created 0640 or appended to) and starts its
-    /// writer, with a queue of `queue_bytes`; `name` is its name in the stream.
-    ///
-    /// # Errors
-    /// When the destination cannot be opened or the thread started.
-    pub fn open(
-        spec: &SinkSpec,
-        name: &'static str,
-        queue_bytes: usize,
-    ) -> Result<Self, SinkError> {
-        let out = open_out(&spec.target).map_err(|err| match &spec.target {
-            Target::File { path, .. } => SinkError::Open {
-                path: path.clone(),
-                err,
-            },
-            _ => SinkError::Start {
-                url: spec.url.clone(),
-                err,
-            },
-        })?;
-        let shared = Arc::new(Shared::new(Queue::new(queue_bytes)));
-        let label = match &spec.target {
-            Target::File { path, .. } => path.display().to_string(),
-            _ => spec.url.clone(),
-        };
-        let thread =
-            writer::spawn(name, label, out, shared.clone()).map_err(|err| SinkError::Thread {
-                name: name.to_owned(),
-                err,
-            })?;
-        Ok(Self {
-            name,
-            limit: queue_bytes,
-            shared,
-            thread: Some(thread),
-            full: Full::Drop,
-            warned_full: false,
-            filter: Filter::default(),
-        })
+/// What the pipeline writes its records to: each NDJSON output ([`Output`]) and `top`'s read
+/// model; a new kind is a type implementing it. The pipeline encodes a record's line once, for
+/// every sink that wants lines.
+pub trait Sink {
+    /// Whether it takes NDJSON lines; when no sink does, records are not encoded.
+    fn wants_lines(&self) -> bool {
+        true
     }
-
-    /// Takes only what `filter` admits.
-    #[must_use]
-    pub fn filtered(mut self, filter: Filter) -> Self {
-        self.filter = filter;
-        self
-    }
-
-    /// The records it takes.
-    #[must_use]
-    pub fn filter(&self) -> &Filter {
-        &self.filter
-    }
-
-    /// Waits for room instead of dropping (a replay: there is no capture to protect).
-    #[must_use]
-    pub fn lossless(mut self) -> Self {
-        self.full = Full::Wait(None);
-        self
-    }
-
-    /// From now on waits for room until `deadline` (the end of a run: capture is over, and
-    /// the last records should reach a reader that keeps up, within a bound).
-    pub fn closing(&mut self, deadline: Instant) {
-        if self.full == Full::Drop {
-            self.full = Full::Wait(Some(deadline));
-        }
-    }
-
-    /// The output's name in `observer.loss` and `observer.agent` lines.
-    #[must_use]
-    pub fn name(&self) -> &'static str {
-        self.name
-    }
-
-    /// Hands the `lines` lines in `buf` to the writer, leaving `buf` empty. `keep`: the
-    /// observer's own lines, taken a little past a full queue so the reader learns of a loss.
+    /// A record (connection, state, TLS, loss) and its line (empty unless [`Self::wants_lines`]).
     ///
     /// # Errors
     /// [`SinkError::Closed`] when the reader went away.
-    pub fn write(&mut self, buf: &mut Vec<u8>, lines: u64, keep: bool) -> Result<(), SinkError> {
-        if self.shared.closed.load(Ordering::Relaxed) {
-            buf.clear();
-            return Err(SinkError::Closed);
-        }
-        let full = if keep && self.full == Full::Drop {
-            Full::Keep
-        } else {
-            self.full
-        };
-        if !self.shared.queue.push(buf, lines, full) && !self.warned_full {
-            self.warned_full = true;
-            eprintln!(
-                "observer: warning: {} cannot keep up: its {} MiB queue is full, so lines are dropped and counted in observer.loss (loss.sink.{}.dropped) — speed up the reader or raise --queue-mib",
-                self.name,
-                self.limit >> 20,
-                self.name
-            );
-        }
+    fn record(&mut self, record: &Record, line: &[u8]) -> Result<(), SinkError>;
+    /// An anomaly alert and its line.
+    fn alert(&mut self, alert: &Alert, line: &[u8]);
+    /// An `observer.agent` line (started, paused, stopped…).
+    fn agent(&mut self, _line: &[u8]) {}
+    /// The end of a batch: hand over what is held.
+    ///
+    /// # Errors
+    /// [`SinkError::Closed`] when the reader went away.
+    fn write(&mut self) -> Result<(), SinkError> {
         Ok(())
     }
-
-    /// Reopens a file output by its name, after what is queued (SIGHUP, after logrotate).
-    pub fn reopen(&self) {
-        self.shared.queue.reopen();
-    }
-
-    /// Lines dropped so far.
-    #[must_use]
-    pub fn dropped(&self) -> u64 {
-        self.shared.queue.counts().dropped
-    }
-
-    /// What the output was handed and dropped so far.
-    #[must_use]
-    pub fn totals(&self) -> Totals {
-        let counts = self.shared.queue.counts();
-        Totals {
-            lines: counts.queued + counts.dropped,
-            dropped: counts.dropped,
-            written: self.shared.written.load(Ordering::Relaxed),
-            unwritten_bytes: counts.bytes,
-        }
-    }
-
-    /// Writes out what is queued, waiting until `deadline` at most (`None`: as long as it
-    /// takes), and says what was done. Takes nothing more.
-    pub fn finish(&mut self, deadline: Option<Instant>) -> Totals {
-        self.shared.queue.close();
-        if self.shared.wait_done(deadline)
-            && let Some(thread) = self.thread.take()
-        {
-            let _ = thread.join();
-        }
-        self.thread = None;
-        self.totals()
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        if self.thread.is_some() {
-            self.finish(Some(Instant::now() + FLUSH_TIMEOUT));
-        }
+    /// An NDJSON output, for what only outputs do: count drops, reopen, write out at exit.
+    fn output(&mut self) -> Option<&mut Output> {
+        None
     }
 }
 
