@@ -123,7 +123,18 @@ fn parse_args(mut argv: Vec<std::ffi::OsString>) -> Result<Cli, config::ConfigEr
                 None => Some(std::path::PathBuf::from(config::DEFAULT_PATH)).filter(|p| p.exists()),
             };
             if let Some(path) = path {
-                let settings = config::load(&path, &run_command())?;
+                let mut settings = config::load(&path, &run_command())?;
+                // A repeatable flag given on the command line replaces the file's list (as
+                // any flag overrides the file) rather than adding to it.
+                for arg in run_command().get_arguments() {
+                    if matches!(arg.get_action(), clap::ArgAction::Append)
+                        && run.value_source(arg.get_id().as_str())
+                            == Some(clap::parser::ValueSource::CommandLine)
+                        && let Some(long) = arg.get_long()
+                    {
+                        settings = config::without(settings, &format!("--{long}"));
+                    }
+                }
                 eprintln!("observer: configuration from {}", path.display());
                 argv.splice(at..at, settings);
             }
@@ -169,6 +180,20 @@ fn open_sinks(
     every: Option<&crate::filter::Filter>,
     lossless: bool,
 ) -> Result<Vec<Box<dyn Sink>>> {
+    for (i, spec) in specs.iter().enumerate() {
+        if let Some(twin) = specs[..i]
+            .iter()
+            .find(|s| s.target.same_place(&spec.target))
+        {
+            anyhow::bail!(
+                "the output {} is given twice (as {} and {}): its lines would be written twice; \
+                 give each output once (a --sink on the command line replaces the file's)",
+                spec.target.scheme(),
+                twin.url,
+                spec.url
+            );
+        }
+    }
     let names = sink::names(specs);
     let mut sinks = Vec::with_capacity(specs.len());
     for (spec, name) in specs.iter().zip(names) {
@@ -440,6 +465,9 @@ fn stop(
     if !closed {
         let _ = pipeline.agent(&agent);
     }
+    for output in pipeline.sinks.iter_mut().filter_map(|s| s.output()) {
+        output.close();
+    }
     let totals = pipeline
         .sinks
         .iter_mut()
@@ -449,7 +477,7 @@ fn stop(
             lines: a.lines + t.lines,
             dropped: a.dropped + t.dropped,
             written: a.written + t.written,
-            unwritten_bytes: a.unwritten_bytes + t.unwritten_bytes,
+            unwritten: a.unwritten + t.unwritten,
         });
     let at = |i: u32| counters.values[i as usize];
     eprintln!(
@@ -466,10 +494,10 @@ fn stop(
             n =>
                 format!(", {n} lines dropped by outputs (a full queue, or refused by a collector)"),
         },
-        match totals.unwritten_bytes {
+        match totals.unwritten {
             0 => String::new(),
             n => format!(
-                ", {n} bytes not written within {} s",
+                ", {n} lines not written within {} s",
                 FLUSH_TIMEOUT.as_secs()
             ),
         }

@@ -199,6 +199,21 @@ pub fn to_args(
     Ok(args)
 }
 
+/// `settings` without the values of `flag` (a repeatable flag the command line gives).
+#[must_use]
+pub fn without(settings: Vec<OsString>, flag: &str) -> Vec<OsString> {
+    let mut out = Vec::with_capacity(settings.len());
+    let mut args = settings.into_iter();
+    while let Some(arg) = args.next() {
+        if arg == flag {
+            args.next();
+        } else {
+            out.push(arg);
+        }
+    }
+    out
+}
+
 /// Reads the file at `path` as arguments for `run`, with the process's environment.
 ///
 /// # Errors
@@ -314,7 +329,9 @@ fn sink_url(table: &DeTable<'_>, env: &dyn Fn(&str) -> Option<String>) -> Result
         let name = key.get_ref().as_ref();
         let text = match value.get_ref() {
             DeValue::String(s) => expand(s, env)?,
-            DeValue::Integer(i) => i.as_str().to_owned(),
+            DeValue::Integer(i) => u64::from_str_radix(i.as_str(), i.radix())
+                .map_err(|e| format!("`{name}`: {e}"))?
+                .to_string(),
             DeValue::Boolean(b) => b.to_string(),
             other => return Err(format!("`{name}` must be a string, found {}", kind(other))),
         };

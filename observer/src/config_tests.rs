@@ -365,3 +365,16 @@ fn docs_config_md_lists_every_key_with_its_flag_and_default() {
         "docs/config.md's key tables differ from the parser's keys; they should read:\n\n{want}"
     );
 }
+
+#[test]
+fn without_removes_a_repeatable_flags_values_only() {
+    let os = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["--sink", "a", "--tls", "--sink", "b"], &["--tls"]),
+        (&["--port", "80", "--tls"], &["--port", "80", "--tls"]),
+        (&[], &[]),
+    ];
+    for (settings, want) in cases {
+        assert_eq!(without(os(settings), "--sink"), os(want), "{settings:?}");
+    }
+}

@@ -107,7 +107,13 @@ impl Recorder {
             path: path.to_owned(),
             err,
         };
-        let file = File::create(path).map_err(io)?;
+        // 0640, as the outputs: a recording names every process and peer of the host.
+        let file = std::os::unix::fs::OpenOptionsExt::mode(
+            File::options().write(true).create(true).truncate(true),
+            0o640,
+        )
+        .open(path)
+        .map_err(io)?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         let json = serde_json::to_vec(header).map_err(|err| RecordingError::Header {
             path: path.to_owned(),

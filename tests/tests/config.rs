@@ -182,3 +182,55 @@ fn a_file_configures_the_agent_and_a_flag_overrides_it() {
         assert_eq!(mine, states(r).len(), "{r}");
     }
 }
+
+#[test]
+fn a_sink_on_the_command_line_replaces_the_files_and_one_given_twice_is_refused() {
+    if !privileged("a_sink_on_the_command_line_replaces_the_files_and_one_given_twice_is_refused") {
+        return;
+    }
+    let ns = NetNs::new("confsink");
+    let (from_file, from_flag) = (scratch("ndjson"), scratch("ndjson"));
+    let file = File::new(&format!(
+        "[[sink]]\nurl = \"file://{}\"\n",
+        from_file.display()
+    ));
+    let flag = format!("file://{}", from_flag.display());
+    let obs = Observer::start(&ns, &["--config", file.path(), "--sink", &flag]);
+    let port = one_connection(&ns, 0);
+    let _ = obs.wait_records("observer.connection", 2);
+    obs.stop().assert_clean();
+    assert!(
+        !from_file.exists(),
+        "the file's [[sink]] was replaced by --sink"
+    );
+    let lines =
+        observer_tests::observer::parse_lines(&std::fs::read_to_string(&from_flag).expect("read"));
+    let _ = std::fs::remove_file(&from_flag);
+    let records: Vec<_> = lines
+        .iter()
+        .filter(|l| field(l, "event.dataset") == "observer.connection")
+        .collect();
+    assert_eq!(records.len(), 2, "{lines:#?}");
+    assert!(records.iter().all(|r| field(r, "destination.port") == port));
+
+    // The same file twice, once rotated: refused before capture starts.
+    let out = Command::new(bin())
+        .args([
+            "run",
+            "--config",
+            "none",
+            "--output",
+            "/tmp/o.ndjson",
+            "--sink",
+        ])
+        .arg("file:///tmp/o.ndjson?max_size=1MiB")
+        .output()
+        .expect("observer");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "observer: error: the output file is given twice (as file:///tmp/o.ndjson and \
+         file:///tmp/o.ndjson?max_size=1MiB): its lines would be written twice; give each \
+         output once (a --sink on the command line replaces the file's)\n"
+    );
+}

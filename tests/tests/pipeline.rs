@@ -227,6 +227,79 @@ fn a_closed_stdout_ends_the_run_cleanly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+#[test]
+fn a_closed_stdout_ends_only_itself_while_another_output_goes_on() {
+    if !privileged("a_closed_stdout_ends_only_itself_while_another_output_goes_on") {
+        return;
+    }
+    let ns = NetNs::new("pipe2");
+    let file = scratch("ndjson");
+    let mut child = Command::new(bin())
+        .args(["run", "--control-socket", "none", "--netns"])
+        .arg(ns.path())
+        .args(["--sink", "stdout", "--sink"])
+        .arg(format!("file://{}", file.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    stdout.read_line(&mut first).expect("first line");
+    assert!(first.contains("\"started\""), "{first}");
+    drop(stdout);
+    let port = one_connection(&ns, 1);
+    let records = || {
+        of_dataset(
+            &parse_lines(&std::fs::read_to_string(&file).unwrap_or_default()),
+            "observer.connection",
+        )
+        .len()
+    };
+    wait_for(Duration::from_secs(10), "both records in the file", || {
+        (records() == 2).then_some(())
+    });
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(
+            libc::pid_t::try_from(child.id()).expect("pid"),
+            libc::SIGINT,
+        )
+    };
+    let status = child.wait().expect("exit");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(stderr.contains("stopped (SIGINT)"), "{stderr}");
+    let lines = parse_lines(&std::fs::read_to_string(&file).expect("the file"));
+    let _ = std::fs::remove_file(&file);
+    let conns = of_dataset(&lines, "observer.connection");
+    assert_eq!(conns.len(), 2, "{lines:#?}");
+    assert!(conns.iter().all(|c| field(c, "destination.port") == port));
+    let stopped = lines.last().expect("lines");
+    assert_eq!(field(stopped, "event.action"), "stopped", "{stopped}");
+    assert_eq!(field(stopped, "event.reason"), "SIGINT", "{stopped}");
+    // Both were handed every line before the stopped one; stdout dropped all it could not
+    // take once its reader had gone, at least the two records, and counted them.
+    let handed = lines.len() as u64 - 1;
+    assert_eq!(
+        field(stopped, "observer.sink.file.lines"),
+        handed,
+        "{stopped}"
+    );
+    assert_eq!(field(stopped, "observer.sink.file.dropped"), 0, "{stopped}");
+    assert_eq!(
+        field(stopped, "observer.sink.stdout.lines"),
+        handed,
+        "{stopped}"
+    );
+    let dropped = field(stopped, "observer.sink.stdout.dropped")
+        .as_u64()
+        .expect("a count");
+    assert!(dropped >= 2 && dropped < handed, "{stopped}");
+}
+
 /// A tmpfs mounted for one test, unmounted on drop.
 struct SmallDisk {
     dir: std::path::PathBuf,

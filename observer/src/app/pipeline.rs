@@ -306,6 +306,10 @@ impl Pipeline {
         for sink in &mut self.sinks {
             result = result.and(sink.write());
         }
+        // One output whose reader went away does not end the run; the last one does.
+        if !self.sinks.is_empty() && self.sinks.iter().all(|s| s.closed()) {
+            return Err(SinkError::Closed);
+        }
         result
     }
 

@@ -55,8 +55,8 @@ pub struct Totals {
     pub dropped: u64,
     /// Lines written.
     pub written: u64,
-    /// Bytes still queued when the flush timed out.
-    pub unwritten_bytes: usize,
+    /// Lines queued but not written (at the end: when the flush timed out, or in flight then).
+    pub unwritten: u64,
 }
 
 /// What the pipeline writes its records to: each NDJSON output ([`Output`]) and `top`'s read
@@ -82,6 +82,10 @@ pub trait Sink {
     /// [`SinkError::Closed`] when the reader went away.
     fn write(&mut self) -> Result<(), SinkError> {
         Ok(())
+    }
+    /// Its reader went away for good: it takes nothing more (a run ends when every sink is).
+    fn closed(&self) -> bool {
+        false
     }
     /// An NDJSON output, for what only outputs do: count drops, reopen, write out at exit.
     fn output(&mut self) -> Option<&mut Output> {

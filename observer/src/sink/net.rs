@@ -171,6 +171,8 @@ pub struct NetOut {
     backoff: Backoff,
     /// Why there is no connection, as the writer's warning says it.
     down: String,
+    /// Lines given up at exit (still to be resent): counted as dropped.
+    given_up: u64,
 }
 
 impl NetOut {
@@ -195,6 +197,7 @@ impl NetOut {
             next_attempt: Instant::now(),
             backoff: Backoff(FIRST_BACKOFF),
             down: String::new(),
+            given_up: 0,
         };
         let _ = out.connect();
         out
@@ -299,6 +302,18 @@ impl Out for NetOut {
     /// The end of a run: waits a little for the peer's TCP to acknowledge what it was sent,
     /// and says what it did not.
     fn flush(&mut self) {
+        // Lines the last connection did not deliver, with none to send them on now.
+        let _ = self.send_resend();
+        if !self.resend.is_empty() {
+            #[expect(clippy::naive_bytecount, reason = "once, at exit")]
+            let lines = self.resend.iter().filter(|&&b| b == b'\n').count() as u64;
+            eprintln!(
+                "observer: warning: {}: {lines} lines the consumer had not acknowledged could not be sent again before exit; counted as dropped",
+                self.name()
+            );
+            self.given_up += lines;
+            self.resend.clear();
+        }
         let until = Instant::now() + ACK_WAIT;
         let Some(conn) = &self.conn else { return };
         let mut unacked = conn.stream.unacked();
@@ -313,6 +328,10 @@ impl Out for NetOut {
                 ACK_WAIT.as_secs()
             );
         }
+    }
+
+    fn rejected(&mut self) -> u64 {
+        std::mem::take(&mut self.given_up)
     }
 
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {

@@ -116,7 +116,7 @@ impl Output {
 
     /// Hands the `lines` lines in `buf` to the writer, leaving `buf` empty. `keep`: the
     /// observer's own lines, taken a little past a full queue so the reader learns of a loss.
-    fn hand(&mut self, own: bool) -> Result<(), SinkError> {
+    fn hand(&mut self, own: bool) {
         let (mut buf, lines) = if own {
             (
                 std::mem::take(&mut self.own),
@@ -128,25 +128,31 @@ impl Output {
                 std::mem::take(&mut self.lines),
             )
         };
-        let result = self.push(&mut buf, lines, own);
+        self.push(&mut buf, lines, own);
         // The emptied buffer, its capacity kept.
         if own {
             self.own = buf;
         } else {
             self.buf = buf;
         }
-        result
     }
 
-    fn push(&mut self, buf: &mut Vec<u8>, lines: u64, keep: bool) -> Result<(), SinkError> {
+    fn push(&mut self, buf: &mut Vec<u8>, lines: u64, keep: bool) {
         if self.shared.closed.load(Ordering::Relaxed) {
+            // Its reader went away; the other outputs go on.
+            self.shared.queue.drop_lines(lines);
             buf.clear();
-            return Err(SinkError::Closed);
+            return;
         }
-        let full = if keep && self.full == Full::Drop {
+        let full = match self.full {
+            // The end of a run waits for outputs that write, not for one retrying an error.
+            Full::Wait(Some(_)) if self.shared.failing.load(Ordering::Relaxed) => Full::Drop,
+            full => full,
+        };
+        let full = if keep && full == Full::Drop {
             Full::Keep
         } else {
-            self.full
+            full
         };
         if !self.shared.queue.push(buf, lines, full) && !self.warned_full {
             self.warned_full = true;
@@ -157,7 +163,6 @@ impl Output {
                 self.name
             );
         }
-        Ok(())
     }
 
     /// Reopens a file output by its name, after what is queued (SIGHUP, after logrotate).
@@ -179,8 +184,16 @@ impl Output {
             lines: counts.queued + counts.dropped,
             dropped: counts.dropped,
             written: self.shared.written.load(Ordering::Relaxed),
-            unwritten_bytes: counts.bytes,
+            unwritten: counts
+                .queued
+                .saturating_sub(self.shared.written.load(Ordering::Relaxed)),
         }
+    }
+
+    /// Takes nothing more: the writer ends once it has written what is queued. Close every
+    /// output before waiting for any ([`Self::finish`]), so that they write out side by side.
+    pub fn close(&self) {
+        self.shared.queue.close();
     }
 
     /// Writes out what is queued, waiting until `deadline` at most (`None`: as long as it
@@ -220,7 +233,7 @@ impl Sink for Output {
         // A big batch (a table read's updates, the records held at exit) goes in pieces that
         // a small queue can take.
         if self.buf.len() >= BATCH_BYTES {
-            return self.hand(false);
+            self.hand(false);
         }
         Ok(())
     }
@@ -240,9 +253,13 @@ impl Sink for Output {
     }
 
     fn write(&mut self) -> Result<(), SinkError> {
-        let records = self.hand(false);
-        let own = self.hand(true);
-        records.and(own)
+        self.hand(false);
+        self.hand(true);
+        Ok(())
+    }
+
+    fn closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Relaxed)
     }
 
     fn output(&mut self) -> Option<&mut Output> {

@@ -193,6 +193,11 @@ impl Queue {
         }
     }
 
+    /// Counts `lines` that never reached the queue as dropped (their reader had gone).
+    pub fn drop_lines(&self, lines: u64) {
+        self.lock().counts.dropped += lines;
+    }
+
     /// Counts `lines` taken off the queue as dropped: the destination refused them for good.
     pub fn reject(&self, lines: u64) {
         if lines > 0 {

@@ -58,6 +58,15 @@ pub struct Rotate {
 pub const DEFAULT_MAX_BACKUPS: u32 = 5;
 
 impl Target {
+    /// Whether both write to the same place (a file whatever its rotation).
+    #[must_use]
+    pub fn same_place(&self, other: &Target) -> bool {
+        match (self, other) {
+            (Target::File { path: a, .. }, Target::File { path: b, .. }) => a == b,
+            _ => self == other,
+        }
+    }
+
     /// The scheme, the output's default name.
     #[must_use]
     pub fn scheme(&self) -> &'static str {

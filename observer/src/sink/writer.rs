@@ -65,6 +65,8 @@ pub struct Shared {
     pub closed: AtomicBool,
     /// Lines written.
     pub written: AtomicU64,
+    /// A write error is being retried: the end of a run does not wait for this output.
+    pub failing: AtomicBool,
     done: Mutex<bool>,
     finished: Condvar,
 }
@@ -76,6 +78,7 @@ impl Shared {
             queue,
             closed: AtomicBool::new(false),
             written: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
             done: Mutex::new(false),
             finished: Condvar::new(),
         }
@@ -153,12 +156,22 @@ impl Writer {
                         self.shared
                             .written
                             .fetch_add(lines - rejected, Ordering::Relaxed);
+                    } else {
+                        // The reader is gone: what it did not take is dropped, and counted.
+                        self.shared.queue.reject(lines);
                     }
                     self.shared.queue.recycle(buf);
                 }
             }
         }
         self.out.flush();
+        // Lines written earlier that the output gave up on at the end (a network output's
+        // undelivered resend).
+        let late = self.out.rejected();
+        if late > 0 {
+            self.shared.queue.reject(late);
+            self.shared.written.fetch_sub(late, Ordering::Relaxed);
+        }
         *self
             .shared
             .done
@@ -182,6 +195,7 @@ impl Writer {
             }
         }
         if let Some((_, dropped_before)) = self.failing.take() {
+            self.shared.failing.store(false, Ordering::Relaxed);
             match self.shared.queue.counts().dropped - dropped_before {
                 0 => eprintln!(
                     "observer: writing to {} works again; its queue dropped nothing meanwhile",
@@ -204,6 +218,7 @@ impl Writer {
                 RETRY_EVERY.as_millis()
             );
             self.failing = Some((e.kind(), self.shared.queue.counts().dropped));
+            self.shared.failing.store(true, Ordering::Relaxed);
         }
         std::thread::sleep(RETRY_EVERY);
     }

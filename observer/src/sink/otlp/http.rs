@@ -105,14 +105,26 @@ impl Client {
         head.push_str(&self.head);
         head.push_str(itoa::Buffer::new().format(body.len()));
         head.push_str("\r\n\r\n");
-        conn.write_all(head.as_bytes())?;
-        conn.write_all(body)?;
         self.buf.clear();
-        let (response, keep) = read_response(conn, &mut self.buf)?;
-        if !keep {
-            self.conn = None;
+        let sent = conn
+            .write_all(head.as_bytes())
+            .and_then(|()| conn.write_all(body));
+        let answer = sent
+            .map_err(Failed::from)
+            .and_then(|()| read_response(conn, &mut self.buf));
+        match answer {
+            Ok((response, keep)) => {
+                if !keep {
+                    self.conn = None;
+                }
+                Ok(response)
+            }
+            Err(e) => {
+                // A dead connection is not tried again: the retry connects anew.
+                self.conn = None;
+                Err(e)
+            }
         }
-        Ok(response)
     }
 
     fn connect(&self) -> io::Result<TcpStream> {
@@ -345,6 +357,8 @@ fn read_chunked(conn: &mut TcpStream, buf: &mut Vec<u8>, body: &mut Vec<u8>) -> 
                     if empty {
                         return Ok(());
                     }
+                } else if buf.len() > MAX_HEAD {
+                    return Err(bad("a chunked body's trailers are too long"));
                 } else if fill(conn, buf)? == 0 {
                     return Err(bad("the connection closed inside a chunked body"));
                 }
