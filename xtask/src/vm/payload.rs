@@ -213,6 +213,8 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/r
 /usr/bin/ln -sfn /run /var/run
 # As on a login shell of the host: the suite opens 3000 sockets in one process.
 ulimit -n 65536
+# As on any host: loopback is up in the initial namespace (the OTLP collector listens there).
+/usr/sbin/ip link set lo up
 echo "{MARK} kernel $(/usr/bin/uname -r)"
 for m in {modules}; do
     /usr/sbin/modprobe "$m" || echo "{MARK} modprobe-failed $m"
