@@ -102,6 +102,10 @@ def main():
             elif cmd == "shutdown_wr":
                 conn.shutdown(socket.SHUT_WR)
                 reply()
+            elif cmd == "retrans":
+                # struct tcp_info's tcpi_total_retrans (offset 100): the kernel's own count.
+                info = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+                reply(total_retrans=struct.unpack_from("I", info, 100)[0])
             elif cmd == "linger0":
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 reply()

@@ -23,14 +23,20 @@ fn end_us(c: &Value) -> i64 {
 }
 
 /// One client → server transfer of `bytes`, both ends closed.
-fn transfer(client: &mut Peer, server: &mut Peer, port: u16, bytes: usize) {
-    client.port(&format!("connect 4 127.0.0.1 {port}"), "local_port");
+/// One connection carrying `bytes` from the client; the client's port and the retransmissions
+/// its kernel counted (TCP_INFO's total, read just before the close).
+fn transfer(client: &mut Peer, server: &mut Peer, port: u16, bytes: usize) -> (u16, u64) {
+    let local = client.port(&format!("connect 4 127.0.0.1 {port}"), "local_port");
     server.ok("accept");
     client.ok(&format!("send {bytes}"));
     server.ok(&format!("recv {bytes}"));
+    let retrans = client.ok("retrans")["total_retrans"]
+        .as_u64()
+        .expect("total_retrans");
     client.ok("close");
     server.ok("wait_eof");
     server.ok("close");
+    (local, retrans)
 }
 
 #[test]
@@ -80,7 +86,7 @@ fn retransmit_storm_names_the_remote_and_process_and_resolves_when_loss_stops() 
          add rule inet obs in tcp dport {port} meta length > 1000 numgen random mod 100 < 15 drop"
     ));
     for _ in 0..6 {
-        transfer(&mut client, &mut server, port, 60_000);
+        let _ = transfer(&mut client, &mut server, port, 60_000);
     }
     let fired = wait_alerts(&obs, 1, Duration::from_secs(15));
     // The loss stops; clean transfers follow. Their zero retransmits must be the kernel's:
@@ -90,9 +96,9 @@ fn retransmit_storm_names_the_remote_and_process_and_resolves_when_loss_stops() 
     // the same); the lossy transfers above kept it.
     ns.nft("delete table inet obs");
     ns.sysctl("net.ipv4.tcp_early_retrans", "0");
-    for _ in 0..3 {
-        transfer(&mut client, &mut server, port, 60_000);
-    }
+    let clean: Vec<(u16, u64)> = (0..3)
+        .map(|_| transfer(&mut client, &mut server, port, 60_000))
+        .collect();
     // Resolved a whole window (10 s) after the last lossy record.
     let both = wait_alerts(&obs, 2, Duration::from_secs(25));
     assert_eq!(both[0], fired[0]);
@@ -116,10 +122,17 @@ fn retransmit_storm_names_the_remote_and_process_and_resolves_when_loss_stops() 
         .copied()
         .filter(|c| data_retransmits(c) > 0)
         .collect();
-    assert!(
-        clients[6..].iter().all(|c| data_retransmits(c) == 0),
-        "clean after the rule went: {clients:#?}"
-    );
+    // After the rule went, a transfer retransmits only what its kernel did on its own: none,
+    // unless the machine is so loaded that an ACK came after the 200 ms timeout (seen once on
+    // the host during CI: one data segment). Each record says exactly what its kernel counted.
+    for (c, (local, kernel)) in clients[6..].iter().zip(&clean) {
+        assert_eq!(field(c, "source.port"), *local, "in order: {c}");
+        assert_eq!(
+            field(c, "tcp.retransmits").as_u64(),
+            Some(*kernel),
+            "the kernel's count for the clean transfer from port {local}: {c}"
+        );
+    }
     // The record that crossed 10 within 10 s fires; the window then holds those of the last
     // 10 s. (A window of 10 s, not less: on a busy machine a lossy transfer stalled by
     // retransmission timeouts ended more than 3 s after the previous one, and a 3 s storm
