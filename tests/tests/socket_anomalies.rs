@@ -24,7 +24,7 @@ fn end_us(c: &Value) -> i64 {
 
 /// One client → server transfer of `bytes`, both ends closed.
 /// One connection carrying `bytes` from the client; the client's port and the retransmissions
-/// its kernel counted (TCP_INFO's total, read just before the close).
+/// its kernel counted (`TCP_INFO`'s total, read just before the close).
 fn transfer(client: &mut Peer, server: &mut Peer, port: u16, bytes: usize) -> (u16, u64) {
     let local = client.port(&format!("connect 4 127.0.0.1 {port}"), "local_port");
     server.ok("accept");
