@@ -19,7 +19,9 @@ use std::{
 use observer_tests::{
     NetNs, Observer, field,
     observer::{bin, of_dataset, parse_lines, scratch},
-    privileged, sh, wait_for,
+    privileged, sh,
+    traffic::churn,
+    wait_for,
 };
 use serde_json::Value;
 
@@ -47,24 +49,6 @@ fn in_netns<T>(ns: &NetNs, f: impl FnOnce() -> T) -> T {
         std::io::Error::last_os_error()
     );
     out
-}
-
-/// `n` connections in `ns`, one after the other: connect, a byte each way, close.
-fn churn(ns: &NetNs, n: u32) {
-    let script = format!(
-        "import socket\n\
-         l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen(64)\n\
-         for _ in range({n}):\n\
-         \x20   c = socket.create_connection(l.getsockname()); s = l.accept()[0]\n\
-         \x20   c.sendall(b'x'); assert s.recv(1) == b'x'\n\
-         \x20   s.sendall(b'y'); assert c.recv(1) == b'y'\n\
-         \x20   c.close(); s.close()\n"
-    );
-    let status = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "/usr/bin/python3", "-c", &script])
-        .status()
-        .expect("python");
-    assert!(status.success());
 }
 
 fn count(line: &Value, path: &str) -> u64 {

@@ -11,36 +11,19 @@ use std::{
     io::Read as _,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    process::Command,
     time::{Duration, Instant},
 };
 
 use observer_tests::{
     NetNs, Observer, field,
     observer::{parse_lines, scratch},
-    privileged, wait_for,
+    privileged,
+    traffic::churn,
+    wait_for,
 };
 
 const MAX: u64 = 1 << 20;
 const CONNECTIONS: u32 = 3000;
-
-/// `n` connections in `ns`, one after the other: connect, a byte each way, close.
-fn churn(ns: &NetNs, n: u32) {
-    let script = format!(
-        "import socket\n\
-         l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen(64)\n\
-         for _ in range({n}):\n\
-         \x20   c = socket.create_connection(l.getsockname()); s = l.accept()[0]\n\
-         \x20   c.sendall(b'x'); assert s.recv(1) == b'x'\n\
-         \x20   s.sendall(b'y'); assert c.recv(1) == b'y'\n\
-         \x20   c.close(); s.close()\n"
-    );
-    let status = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "/usr/bin/python3", "-c", &script])
-        .status()
-        .expect("python");
-    assert!(status.success());
-}
 
 /// The rule replayed: the sizes of the files `lines` make, oldest first. A line goes into the
 /// current file unless that holds something and the line would take it past `max`.
